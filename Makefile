@@ -1,0 +1,15 @@
+# Two commands: `make run` and `make test`. Both set everything up first, idempotently.
+.PHONY: run test setup lint
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	.venv/bin/amber serve
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy

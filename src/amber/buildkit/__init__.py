@@ -1,0 +1,1 @@
+"""Amber buildkit package."""

@@ -1,0 +1,3 @@
+from amber.cli import main
+
+main()
