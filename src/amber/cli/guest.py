@@ -8,7 +8,7 @@ import typer
 
 
 def setup_guest(
-    data_dir: Path = typer.Option(Path(".amber"), envvar="AMBER_DATA_DIR", help="Where Amber keeps everything."),
+    data_dir: Path = typer.Option(Path(".amber"), envvar="AMBER_DATA_DIR", help="Data directory."),
 ) -> None:
     """Build (once) the guest kernel, initramfs and agent under DATA_DIR/guest."""
     typer.echo("setup-guest: nothing to build yet")
