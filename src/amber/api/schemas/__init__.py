@@ -1,0 +1,1 @@
+"""Contract schemas (pydantic) for the template API."""

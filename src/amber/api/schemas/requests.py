@@ -1,0 +1,928 @@
+"""CreateTemplateRequest and every model it reaches (templates-models.md § 3), and the request rules.
+
+Two layers, both pure:
+
+* ``parse_create_request(data)`` turns decoded JSON into a typed ``CreateTemplateRequest``. Types are strict
+  (``"2"`` is not an integer, ``true`` is not an integer), open models keep unknown keys, closed models (the 15
+  steps, ``TemplateCopyItem``, ``TemplateRegistryAuth``, ``TemplateBuildSecret``) drop them as the SDK does.
+* ``request_problems(req)`` / ``validate_create_request(data)`` apply the content rules of templates-api.md
+  (R2, R3, R29, R30, R40, R42, R52, R54, R58, R59 …) that need no database. Rules needing the store (claim tokens,
+  blob existence, template-base lookup, name ownership) belong to the service.
+
+Every failure is an ``InvalidRequest`` naming the field (``steps[2].command``) and the reason, so the service can
+answer the contract's 400 ``invalid_request`` body. Credential and secret values are ``SecretStr`` (or hidden from
+``repr``) so they cannot leak through logs or error messages; ``persistable_request`` gives the sanitised
+definition that may be stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, ValidationError
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class InvalidRequest(ValueError):
+    """A request rule was broken. ``field`` is a JSON path into the request (``steps[2].command``, ``tags``)."""
+
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InvalidRequest) and (self.field, self.message) == (other.field, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.field, self.message))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small value validators (PlainValidator keeps pydantic's union member names out of error locations)
+
+
+def _mode_value(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError('must be an octal string such as "0755" or an integer mode')
+    if isinstance(value, int):
+        if not 0 <= value <= 0o7777:
+            raise ValueError("must be between 0 and 0o7777")
+        return value
+    if not re.fullmatch(r"[0-7]{1,4}", value.strip()):
+        raise ValueError(f'{value!r} is not an octal mode such as "0755"')
+    return value
+
+
+def _service_account_json(value: Any) -> dict[str, Any] | str:
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            raise ValueError("must be a service-account JSON object or a string holding one") from None
+        if not isinstance(decoded, dict) or not decoded:
+            raise ValueError("must hold a non-empty JSON object")
+        return value
+    if isinstance(value, dict) and value:
+        return value
+    raise ValueError("must be a non-empty service-account JSON object (or a string holding one)")
+
+
+OctalMode = Annotated[int | str, PlainValidator(_mode_value)]
+ServiceAccountJson = Annotated[dict[str, Any] | str, PlainValidator(_service_account_json)]
+
+
+def mode_bits(mode: int | str) -> int:
+    """The permission bits of a validated ``mode`` (``"0755"`` → 0o755, 493 → 0o755)."""
+    return mode if isinstance(mode, int) else int(mode.strip(), 8)
+
+
+def mode_string(mode: int | str) -> str:
+    """The SDK's canonical 4-digit octal form of a mode (``template.py`` ``_normalize_mode_value``)."""
+    return format(mode_bits(mode) & 0o7777, "04o")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Base classes
+
+
+class _Closed(BaseModel):
+    """A closed contract model: unknown keys are dropped, as the SDK's generated model drops them."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class _Open(BaseModel):
+    """An open contract model: unknown keys are kept (and re-emitted)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.2 steps (closed, discriminated by ``action``)
+
+
+class AptInstallStep(_Closed):
+    action: Literal["apt_install"]
+    packages: list[str]
+
+
+class PipInstallStep(_Closed):
+    action: Literal["pip_install"]
+    packages: list[str]
+    g: bool | None = None  # system-wide by default; false = per-user install
+
+
+class NpmInstallStep(_Closed):
+    action: Literal["npm_install"]
+    packages: list[str]
+    g: bool | None = None  # true = global install
+
+
+class BunInstallStep(_Closed):
+    action: Literal["bun_install"]
+    packages: list[str]
+    g: bool | None = None  # true = global install
+
+
+class RunStep(_Closed):
+    action: Literal["run"]
+    command: str
+    user: str | None = None
+
+
+class WorkdirStep(_Closed):
+    action: Literal["workdir"]
+    path: str
+
+
+class UserStep(_Closed):
+    action: Literal["user"]
+    user: str
+
+
+class CopyItem(_Closed):
+    """TemplateCopyItem: one source list → destination copy inside a ``copy_items`` step."""
+
+    sources: list[str]
+    dst: str
+    user: str | None = None
+    mode: OctalMode | None = None
+    force_upload: bool | None = None
+
+
+class CopyStep(_Closed):
+    action: Literal["copy"]
+    sources: list[str]
+    dst: str
+    user: str | None = None
+    mode: OctalMode | None = None
+    force_upload: bool | None = None
+
+
+class CopyItemsStep(_Closed):
+    action: Literal["copy_items"]
+    items: list[CopyItem]
+
+
+class RemoveStep(_Closed):
+    action: Literal["remove"]
+    path: str
+    recursive: bool | None = None
+    force: bool | None = None
+
+
+class RenameStep(_Closed):
+    action: Literal["rename"]
+    src: str
+    dst: str
+    force: bool | None = None
+
+
+class MakeDirStep(_Closed):
+    action: Literal["make_dir"]
+    path: str
+    mode: OctalMode | None = None
+
+
+class MakeSymlinkStep(_Closed):
+    action: Literal["make_symlink"]
+    target: str
+    path: str
+
+
+class GitCloneStep(_Closed):
+    action: Literal["git_clone"]
+    url: str
+    path: str | None = None  # the SDK always sends it; default /workspace
+    branch: str | None = None
+    depth: int | None = None
+
+
+class SkipCacheStep(_Closed):
+    """A cache boundary: this step and every later one rebuild (R46)."""
+
+    action: Literal["skip_cache"]
+
+
+Step = Annotated[
+    AptInstallStep
+    | PipInstallStep
+    | NpmInstallStep
+    | BunInstallStep
+    | RunStep
+    | WorkdirStep
+    | UserStep
+    | CopyStep
+    | CopyItemsStep
+    | RemoveStep
+    | RenameStep
+    | MakeDirStep
+    | MakeSymlinkStep
+    | GitCloneStep
+    | SkipCacheStep,
+    Field(discriminator="action"),
+]
+
+STEP_ACTIONS: tuple[str, ...] = (
+    "apt_install",
+    "pip_install",
+    "npm_install",
+    "bun_install",
+    "run",
+    "workdir",
+    "user",
+    "copy",
+    "copy_items",
+    "remove",
+    "rename",
+    "make_dir",
+    "make_symlink",
+    "git_clone",
+    "skip_cache",
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.4 build context (open)
+
+
+class BuildContextFile(_Open):
+    path: str
+    entry_type: Literal["dir", "file"]
+    content_base64: str | None = Field(default=None, repr=False)
+    blob_id: str | None = None
+    mode: str | None = None
+
+
+class BuildContext(_Open):
+    files: list[BuildContextFile]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.5 build config (open)
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MIB = 512
+
+
+class BuildConfig(_Open):
+    vcpus: int | None = None
+    memory_mib: int | None = None
+    internet_access: bool | None = None
+    disk_mb: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.6 runtime config and readiness probes (open, discriminated by ``kind``)
+
+DEFAULT_READINESS_TIMEOUT_SECS = 30
+DEFAULT_READINESS_INTERVAL_MS = 500
+DEFAULT_READINESS_STARTUP_GRACE_SECS = 2
+
+
+class TcpReadiness(_Open):
+    kind: Literal["tcp"]
+    port: int
+    timeout_secs: int | None = None
+    interval_ms: int | None = None
+    startup_grace_secs: int | None = None
+
+
+class TimeoutReadiness(_Open):
+    kind: Literal["timeout"]
+    timeout_ms: int
+
+
+class HttpReadiness(_Open):
+    kind: Literal["http"]
+    port: int
+    path: str
+    timeout_secs: int | None = None
+    interval_ms: int | None = None
+    startup_grace_secs: int | None = None
+
+
+class CommandReadiness(_Open):
+    kind: Literal["command"]
+    command: str
+    timeout_secs: int | None = None
+    interval_ms: int | None = None
+    startup_grace_secs: int | None = None
+
+
+ReadinessProbe = Annotated[
+    TcpReadiness | TimeoutReadiness | HttpReadiness | CommandReadiness, Field(discriminator="kind")
+]
+
+
+class RuntimeConfig(_Open):
+    default_user: str | None = None
+    default_workdir: str | None = None
+    default_envs: dict[str, str] | None = Field(default=None, repr=False)  # values never leave the server
+    readiness: ReadinessProbe | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.7-3.9 credentials and secrets (memory only)
+
+
+class BaseImageAuthBasic(_Open):
+    kind: Literal["basic"]
+    username: str
+    password: SecretStr
+
+
+class BaseImageAuthAwsEcr(_Open):
+    kind: Literal["aws_ecr"]
+    access_key_id: str
+    secret_access_key: SecretStr
+    region: str
+    session_token: SecretStr | None = None
+
+
+class BaseImageAuthGcpArtifactRegistry(_Open):
+    kind: Literal["gcp_artifact_registry"]
+    service_account_json: ServiceAccountJson = Field(repr=False)
+
+    def service_account_info(self) -> dict[str, Any]:
+        """The service-account key as an object, whichever form it was sent in."""
+        value = self.service_account_json
+        decoded: dict[str, Any] = json.loads(value) if isinstance(value, str) else value
+        return decoded
+
+
+BaseImageAuth = Annotated[
+    BaseImageAuthBasic | BaseImageAuthAwsEcr | BaseImageAuthGcpArtifactRegistry, Field(discriminator="kind")
+]
+
+
+class RegistryAuth(_Closed):
+    registry: str
+    auth: BaseImageAuth
+
+
+class BuildSecret(_Closed):
+    id: str
+    value: SecretStr
+    source: Literal["value", "env", "file"] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# § 3.1 the request
+
+
+class CreateTemplateRequest(_Open):
+    """Body of POST /v1/templates, /build, /builds, /plan and /validate. Every field is optional."""
+
+    name: str | None = None
+    dockerfile: str | None = None
+    base_image: str | None = None
+    alias: str | None = None
+    tags: list[str] | None = None
+    steps: list[Step] | None = None
+    build_envs: dict[str, str] | None = Field(default=None, repr=False)
+    start_cmd: str | None = None
+    build_context: BuildContext | None = None
+    build_config: BuildConfig | None = None
+    build_backend: Literal["buildkit", "native"] | None = None
+    dockerfile_path: str | None = None
+    build_args: dict[str, str] | None = None
+    build_target: str | None = None
+    runtime_config: RuntimeConfig | None = None
+    base_image_auth: BaseImageAuth | None = None
+    registry_auth: list[RegistryAuth] | None = None
+    build_secrets: list[BuildSecret] | None = None
+    skip_cache: bool | None = None
+    claim_token: str | None = None
+
+    @property
+    def effective_tags(self) -> list[str]:
+        """Tags the artifact receives: absent → ``["default"]`` (R3); duplicates collapse, order kept."""
+        if self.tags is None:
+            return ["default"]
+        return list(dict.fromkeys(self.tags))
+
+    @property
+    def effective_backend(self) -> Literal["buildkit", "native"]:
+        """R29: Dockerfile input defaults to ``buildkit``; everything else to ``native``."""
+        if self.build_backend is not None:
+            return self.build_backend
+        return "buildkit" if self.dockerfile is not None else "native"
+
+    @property
+    def step_list(self) -> list[Step]:
+        return list(self.steps or [])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+_UNION_FIELDS = {"readiness", "base_image_auth", "auth"}
+_TAGS = set(STEP_ACTIONS) | {"tcp", "timeout", "http", "command", "basic", "aws_ecr", "gcp_artifact_registry"}
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    """``('steps', 0, 'run', 'command')`` → ``steps[0].command`` (drops pydantic's discriminator segment)."""
+    out = ""
+    prev: int | str | None = None
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif item in _TAGS and (isinstance(prev, int) or prev in _UNION_FIELDS):
+            pass
+        else:
+            out += f".{item}" if out else item
+        prev = item
+    return out
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r}; expected one of " + str(
+            ctx.get("expected_tags", "")
+        )
+    if kind == "union_tag_not_found":
+        ctx = error.get("ctx", {})
+        return f"is missing its {ctx.get('discriminator', 'kind').strip(chr(39))!r} discriminator"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def parse_create_request(data: Any) -> CreateTemplateRequest:
+    """Decoded JSON → ``CreateTemplateRequest``. Raises ``InvalidRequest`` for the first structural error."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("", "request body must be a JSON object")
+    try:
+        return CreateTemplateRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise InvalidRequest(_field_path(first["loc"]) or "body", _message(first)) from None
+
+
+def structural_problems(data: Any) -> list[InvalidRequest]:
+    """Every structural error of ``data`` (for the validate endpoint, which reports them all)."""
+    if not isinstance(data, dict):
+        return [InvalidRequest("", "request body must be a JSON object")]
+    try:
+        CreateTemplateRequest.model_validate(data)
+    except ValidationError as exc:
+        return [InvalidRequest(_field_path(e["loc"]) or "body", _message(e)) for e in exc.errors(include_url=False)]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Content rules
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
+_BLOB_ID_RE = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+_BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+MAX_VCPUS = 64
+MIN_MEMORY_MIB = 128
+MAX_MEMORY_MIB = 65536
+MAX_DISK_MB = 1024 * 1024
+MAX_READINESS_TIMEOUT_SECS = 3600
+
+
+def _problems_name(field: str, value: str) -> Iterable[InvalidRequest]:
+    if not _NAME_RE.fullmatch(value):
+        yield InvalidRequest(
+            field,
+            f"{value!r} is not a valid template name: a single segment of letters, digits, '.', '_' or '-' "
+            "(no '/' or ':'), at most 128 characters",
+        )
+    elif value.startswith("tmpl_") or value.startswith("tb_"):
+        yield InvalidRequest(field, f"{value!r} is reserved: names may not start with 'tmpl_' or 'tb_'")
+
+
+def _problems_text(field: str, value: str, *, what: str, allow_space: bool = True) -> Iterable[InvalidRequest]:
+    if not value.strip():
+        yield InvalidRequest(field, f"{what} must not be empty")
+    elif "\x00" in value:
+        yield InvalidRequest(field, f"{what} must not contain NUL bytes")
+    elif not allow_space and (any(c.isspace() for c in value) or _BAD_CHARS_RE.search(value)):
+        yield InvalidRequest(field, f"{what} {value!r} must not contain whitespace or control characters")
+
+
+def _problems_user(field: str, value: str) -> Iterable[InvalidRequest]:
+    yield from _problems_text(field, value, what="user", allow_space=False)
+    if value.strip() and (value.startswith("-") or value.count(":") > 1 or value.startswith(":")):
+        yield InvalidRequest(field, f"{value!r} is not a user spec (user, uid, user:group or uid:gid)")
+
+
+def _problems_env(field: str, envs: dict[str, str]) -> Iterable[InvalidRequest]:
+    for key, value in envs.items():
+        if not _ENV_KEY_RE.fullmatch(key):
+            yield InvalidRequest(f"{field}.{key}", "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+        elif "\x00" in value:
+            yield InvalidRequest(f"{field}.{key}", "value must not contain NUL bytes")
+
+
+def _problems_context_path(field: str, path: str) -> Iterable[InvalidRequest]:
+    if not path or path.startswith("/"):
+        yield InvalidRequest(field, f"{path!r} must be a relative build-context path (no leading '/')")
+        return
+    if "\\" in path or "\x00" in path:
+        yield InvalidRequest(field, f"{path!r} must use forward slashes and no NUL bytes")
+        return
+    parts = path.rstrip("/").split("/")
+    if any(p in ("", "..") for p in parts):
+        yield InvalidRequest(field, f"{path!r} must not contain '..' or empty segments")
+
+
+def _problems_packages(field: str, packages: list[str]) -> Iterable[InvalidRequest]:
+    if not packages:
+        yield InvalidRequest(field, "must list at least one package")
+    for i, pkg in enumerate(packages):
+        if not pkg.strip():
+            yield InvalidRequest(f"{field}[{i}]", "package name must not be empty")
+        elif pkg.strip() != pkg or _BAD_CHARS_RE.search(pkg):
+            yield InvalidRequest(f"{field}[{i}]", f"{pkg!r} must not have surrounding whitespace or control characters")
+
+
+def _context_paths(req: CreateTemplateRequest) -> set[str]:
+    """Every path a COPY may name: listed entries and their implicit parent directories."""
+    paths: set[str] = set()
+    for entry in req.build_context.files if req.build_context else []:
+        parts = entry.path.rstrip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            paths.add("/".join(parts[:i]))
+    return paths
+
+
+def _problems_copy(
+    field: str, sources: list[str], dst: str, user: str | None, known: set[str] | None
+) -> Iterable[InvalidRequest]:
+    if not sources:
+        yield InvalidRequest(f"{field}.sources", "must list at least one source")
+    for j, src in enumerate(sources):
+        bad = list(_problems_context_path(f"{field}.sources[{j}]", src))
+        yield from bad
+        if not bad and known is not None and src.rstrip("/") not in known:
+            yield InvalidRequest(f"{field}.sources[{j}]", f"{src!r} is not in build_context.files")
+    yield from _problems_text(f"{field}.dst", dst, what="destination")
+    if user is not None:
+        yield from _problems_user(f"{field}.user", user)
+
+
+def _problems_step(i: int, step: Step, known: set[str] | None) -> Iterable[InvalidRequest]:
+    f = f"steps[{i}]"
+    match step:
+        case AptInstallStep() | PipInstallStep() | NpmInstallStep() | BunInstallStep():
+            yield from _problems_packages(f"{f}.packages", step.packages)
+        case RunStep():
+            yield from _problems_text(f"{f}.command", step.command, what="command")
+            if step.user is not None:
+                yield from _problems_user(f"{f}.user", step.user)
+        case WorkdirStep():
+            yield from _problems_text(f"{f}.path", step.path, what="path")
+        case UserStep():
+            yield from _problems_user(f"{f}.user", step.user)
+        case CopyStep():
+            yield from _problems_copy(f, step.sources, step.dst, step.user, known)
+        case CopyItemsStep():
+            if not step.items:
+                yield InvalidRequest(f"{f}.items", "must list at least one item")
+            for k, item in enumerate(step.items):
+                yield from _problems_copy(f"{f}.items[{k}]", item.sources, item.dst, item.user, known)
+        case RemoveStep():
+            yield from _problems_text(f"{f}.path", step.path, what="path")
+        case RenameStep():
+            yield from _problems_text(f"{f}.src", step.src, what="source path")
+            yield from _problems_text(f"{f}.dst", step.dst, what="destination path")
+        case MakeDirStep():
+            yield from _problems_text(f"{f}.path", step.path, what="path")
+        case MakeSymlinkStep():
+            yield from _problems_text(f"{f}.target", step.target, what="link target")
+            yield from _problems_text(f"{f}.path", step.path, what="link path")
+        case GitCloneStep():
+            yield from _problems_text(f"{f}.url", step.url, what="url", allow_space=False)
+            if step.url.startswith("-"):
+                yield InvalidRequest(f"{f}.url", "must not start with '-'")
+            if step.path is not None:
+                yield from _problems_text(f"{f}.path", step.path, what="path")
+            if step.branch is not None:
+                yield from _problems_text(f"{f}.branch", step.branch, what="branch", allow_space=False)
+            if step.depth is not None and step.depth < 1:
+                yield InvalidRequest(f"{f}.depth", "must be at least 1")
+        case SkipCacheStep():
+            pass
+
+
+def _problems_readiness(
+    field: str, probe: TcpReadiness | TimeoutReadiness | HttpReadiness | CommandReadiness
+) -> Iterable[InvalidRequest]:
+    if isinstance(probe, TimeoutReadiness):
+        if not 0 <= probe.timeout_ms <= MAX_READINESS_TIMEOUT_SECS * 1000:
+            yield InvalidRequest(f"{field}.timeout_ms", f"must be between 0 and {MAX_READINESS_TIMEOUT_SECS * 1000}")
+        return
+    if isinstance(probe, TcpReadiness | HttpReadiness) and not 1 <= probe.port <= 65535:
+        yield InvalidRequest(f"{field}.port", "must be a TCP port between 1 and 65535")
+    if isinstance(probe, HttpReadiness) and (
+        not probe.path.startswith("/") or any(c in probe.path for c in "?# ") or _BAD_CHARS_RE.search(probe.path)
+    ):
+        yield InvalidRequest(f"{field}.path", f"{probe.path!r} must be an absolute URL path without query or fragment")
+    if isinstance(probe, CommandReadiness):
+        yield from _problems_text(f"{field}.command", probe.command, what="command")
+    if probe.timeout_secs is not None and not 1 <= probe.timeout_secs <= MAX_READINESS_TIMEOUT_SECS:
+        yield InvalidRequest(f"{field}.timeout_secs", f"must be between 1 and {MAX_READINESS_TIMEOUT_SECS}")
+    if probe.interval_ms is not None and not 1 <= probe.interval_ms <= 600_000:
+        yield InvalidRequest(f"{field}.interval_ms", "must be between 1 and 600000")
+    if probe.startup_grace_secs is not None and not 0 <= probe.startup_grace_secs <= MAX_READINESS_TIMEOUT_SECS:
+        yield InvalidRequest(f"{field}.startup_grace_secs", f"must be between 0 and {MAX_READINESS_TIMEOUT_SECS}")
+
+
+def _problems_auth(
+    field: str, auth: BaseImageAuthBasic | BaseImageAuthAwsEcr | BaseImageAuthGcpArtifactRegistry
+) -> Iterable[InvalidRequest]:
+    # Messages never echo credential values.
+    if isinstance(auth, BaseImageAuthBasic):
+        if not auth.username.strip():
+            yield InvalidRequest(f"{field}.username", "must not be empty")
+        if not auth.password.get_secret_value():
+            yield InvalidRequest(f"{field}.password", "must not be empty")
+    elif isinstance(auth, BaseImageAuthAwsEcr):
+        if not auth.access_key_id.strip():
+            yield InvalidRequest(f"{field}.access_key_id", "must not be empty")
+        if not auth.secret_access_key.get_secret_value().strip():
+            yield InvalidRequest(f"{field}.secret_access_key", "must not be empty")
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", auth.region.strip()):
+            yield InvalidRequest(f"{field}.region", f"{auth.region!r} is not an AWS region such as 'us-east-1'")
+
+
+def _problems_image_ref(field: str, ref: str) -> Iterable[InvalidRequest]:
+    if not ref.strip():
+        yield InvalidRequest(field, "must not be empty")
+        return
+    if any(c.isspace() for c in ref) or _BAD_CHARS_RE.search(ref) or len(ref) > 512:
+        yield InvalidRequest(field, f"{ref!r} is not an image or template reference (whitespace or too long)")
+        return
+    name, at, digest = ref.partition("@")
+    if at and not _DIGEST_RE.fullmatch(digest):
+        yield InvalidRequest(field, f"{ref!r} has a malformed digest (expected e.g. sha256:<64 hex digits>)")
+    if name.endswith((":", "/")) or name.startswith(("/", ":")) or "//" in name:
+        yield InvalidRequest(field, f"{ref!r} is not an image or template reference")
+
+
+def registry_host(ref: str) -> str:
+    """The registry host an image reference pulls from (Docker's rule: a first segment with '.', ':' or
+    ``localhost`` is a host; otherwise Docker Hub, ``docker.io``)."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return _canonical_host(first)
+    return "docker.io"
+
+
+def _canonical_host(host: str) -> str:
+    host = host.lower()
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com") else host
+
+
+def dockerfile_from_images(dockerfile: str) -> list[str]:
+    """Image references named by ``FROM`` lines (stage names and ``$ARG`` forms are skipped)."""
+    images: list[str] = []
+    stages: set[str] = set()
+    for raw in dockerfile.splitlines():
+        words = raw.strip().split()
+        if len(words) < 2 or words[0].upper() != "FROM":
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if not args:
+            continue
+        image = args[0]
+        if len(args) >= 3 and args[1].upper() == "AS":
+            stages.add(args[2].lower())
+        if "$" in image or image.lower() in stages or image == "scratch":
+            continue
+        images.append(image)
+    return images
+
+
+def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
+    """Every content-rule violation of a parsed request, in field order. Empty list = acceptable."""
+    out: list[InvalidRequest] = []
+    add = out.extend
+
+    # Names and tags (R1-R3).
+    if req.name is not None:
+        add(_problems_name("name", req.name))
+    if req.alias is not None:
+        add(_problems_name("alias", req.alias))
+    if req.tags is not None:
+        if not req.tags:
+            out.append(InvalidRequest("tags", "must not be empty; omit it to get the 'default' tag"))
+        for i, tag in enumerate(req.tags):
+            if not _TAG_RE.fullmatch(tag):
+                out.append(
+                    InvalidRequest(
+                        f"tags[{i}]",
+                        f"{tag!r} is not a valid tag: letters, digits, '.', '_', '-', at most 128 characters",
+                    )
+                )
+            elif tag.startswith("tb_"):
+                out.append(InvalidRequest(f"tags[{i}]", f"{tag!r} is reserved: 'tb_' tags name exact builds"))
+
+    # Exactly one source.
+    has_dockerfile = req.dockerfile is not None
+    has_base = req.base_image is not None
+    if has_dockerfile and has_base:
+        out.append(InvalidRequest("base_image", "give either dockerfile or base_image, not both"))
+    elif not has_dockerfile and not has_base:
+        out.append(
+            InvalidRequest("base_image", "a source is required: set base_image (with optional steps) or dockerfile")
+        )
+    if req.dockerfile is not None and not req.dockerfile.strip():
+        out.append(InvalidRequest("dockerfile", "must not be empty"))
+    if req.base_image is not None:
+        add(_problems_image_ref("base_image", req.base_image))
+    if has_dockerfile and req.steps:
+        out.append(
+            InvalidRequest("steps", "declarative steps need base_image; they cannot be combined with dockerfile")
+        )
+
+    # Backend rules (R29, R30, R42).
+    backend = req.effective_backend
+    if has_dockerfile and req.build_backend == "native":
+        out.append(InvalidRequest("build_backend", "'native' cannot build a dockerfile; use 'buildkit' or omit it"))
+    if backend == "native":
+        for field in ("dockerfile_path", "build_args", "build_target"):
+            if getattr(req, field) is not None:
+                out.append(InvalidRequest(field, "applies only to BuildKit Dockerfile builds"))
+        if req.build_secrets:
+            out.append(
+                InvalidRequest(
+                    "build_secrets",
+                    "native builds do not support build secrets; use a dockerfile with the buildkit backend",
+                )
+            )
+    if req.dockerfile_path is not None:
+        add(_problems_context_path("dockerfile_path", req.dockerfile_path))
+    if req.build_target is not None:
+        add(_problems_text("build_target", req.build_target, what="build target", allow_space=False))
+    if req.build_args:
+        for key in req.build_args:
+            if not _ENV_KEY_RE.fullmatch(key):
+                out.append(InvalidRequest(f"build_args.{key}", "is not a valid build argument name"))
+
+    # Steps.
+    known = _context_paths(req) if backend == "native" else None
+    for i, step in enumerate(req.step_list):
+        add(_problems_step(i, step, known))
+
+    # Environment.
+    if req.build_envs:
+        add(_problems_env("build_envs", req.build_envs))
+    if req.start_cmd is not None:
+        add(_problems_text("start_cmd", req.start_cmd, what="start command"))
+
+    # Build context (R52, C9).
+    if req.build_context is not None:
+        seen: set[str] = set()
+        for i, entry in enumerate(req.build_context.files):
+            f = f"build_context.files[{i}]"
+            add(_problems_context_path(f"{f}.path", entry.path))
+            norm = entry.path.rstrip("/")
+            if norm in seen:
+                out.append(InvalidRequest(f"{f}.path", f"{entry.path!r} is listed twice"))
+            seen.add(norm)
+            if entry.mode is not None and not re.fullmatch(r"[0-7]{1,4}", entry.mode):
+                out.append(InvalidRequest(f"{f}.mode", f'{entry.mode!r} is not an octal mode such as "0644"'))
+            if entry.entry_type == "dir":
+                if entry.content_base64 is not None or entry.blob_id is not None:
+                    out.append(InvalidRequest(f, "a 'dir' entry carries neither content_base64 nor blob_id"))
+                continue
+            if (entry.content_base64 is None) == (entry.blob_id is None):
+                out.append(
+                    InvalidRequest(
+                        f,
+                        "a 'file' entry needs exactly one of content_base64 or blob_id "
+                        "(run the blob preflight and upload first)",
+                    )
+                )
+            if entry.content_base64 is not None:
+                try:
+                    base64.b64decode(entry.content_base64, validate=True)
+                except (binascii.Error, ValueError):
+                    out.append(InvalidRequest(f"{f}.content_base64", "is not valid standard base64"))
+            if entry.blob_id is not None and not _BLOB_ID_RE.fullmatch(entry.blob_id):
+                out.append(InvalidRequest(f"{f}.blob_id", f"{entry.blob_id!r} is not a blob id"))
+
+    # Build VM (R59).
+    cfg = req.build_config
+    if cfg is not None:
+        if cfg.vcpus is not None and not 1 <= cfg.vcpus <= MAX_VCPUS:
+            out.append(InvalidRequest("build_config.vcpus", f"must be between 1 and {MAX_VCPUS}"))
+        if cfg.memory_mib is not None and not MIN_MEMORY_MIB <= cfg.memory_mib <= MAX_MEMORY_MIB:
+            out.append(
+                InvalidRequest("build_config.memory_mib", f"must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}")
+            )
+        if cfg.disk_mb is not None and not 1 <= cfg.disk_mb <= MAX_DISK_MB:
+            out.append(InvalidRequest("build_config.disk_mb", f"must be between 1 and {MAX_DISK_MB}"))
+
+    # Runtime (R53-R58).
+    rc = req.runtime_config
+    if rc is not None:
+        if rc.default_user is not None:
+            add(_problems_user("runtime_config.default_user", rc.default_user))
+        if rc.default_workdir is not None:
+            add(_problems_text("runtime_config.default_workdir", rc.default_workdir, what="workdir"))
+            if rc.default_workdir.strip() and not rc.default_workdir.startswith("/"):
+                out.append(InvalidRequest("runtime_config.default_workdir", "must be an absolute path"))
+        if rc.default_envs:
+            add(_problems_env("runtime_config.default_envs", rc.default_envs))
+        if rc.readiness is not None:
+            add(_problems_readiness("runtime_config.readiness", rc.readiness))
+
+    # Credentials (R39-R42).
+    if req.base_image_auth is not None:
+        if req.base_image is None:
+            out.append(InvalidRequest("base_image_auth", "needs base_image"))
+        add(_problems_auth("base_image_auth", req.base_image_auth))
+    if req.registry_auth is not None:
+        hosts: set[str] = set()
+        if req.base_image is not None:
+            hosts.add(registry_host(req.base_image))
+        if req.dockerfile is not None:
+            hosts.update(registry_host(ref) for ref in dockerfile_from_images(req.dockerfile))
+        seen_hosts: set[str] = set()
+        for i, reg in enumerate(req.registry_auth):
+            f = f"registry_auth[{i}]"
+            host = reg.registry.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+            if not _HOST_RE.fullmatch(host):
+                out.append(InvalidRequest(f"{f}.registry", f"{reg.registry!r} is not a registry host"))
+                continue
+            canon = _canonical_host(host)
+            if canon in seen_hosts:
+                out.append(InvalidRequest(f"{f}.registry", f"{reg.registry!r} is listed twice"))
+            seen_hosts.add(canon)
+            if canon not in hosts:
+                out.append(
+                    InvalidRequest(
+                        f"{f}.registry",
+                        f"{reg.registry!r} is not a registry this build pulls from (base image or Dockerfile FROM)",
+                    )
+                )
+            add(_problems_auth(f"{f}.auth", reg.auth))
+    if req.build_secrets:
+        ids: set[str] = set()
+        for i, secret in enumerate(req.build_secrets):
+            if not _SECRET_ID_RE.fullmatch(secret.id):
+                out.append(
+                    InvalidRequest(
+                        f"build_secrets[{i}].id", f"{secret.id!r} may only use letters, digits, '.', '_' and '-'"
+                    )
+                )
+            elif secret.id in ids:
+                out.append(InvalidRequest(f"build_secrets[{i}].id", f"{secret.id!r} is listed twice"))
+            ids.add(secret.id)
+    if req.claim_token is not None and not req.claim_token.strip():
+        out.append(InvalidRequest("claim_token", "must not be empty"))
+    return out
+
+
+def validate_create_request(data: Any) -> CreateTemplateRequest:
+    """Parse and check a request (decoded JSON or an already parsed model). Raises the first ``InvalidRequest``."""
+    req = data if isinstance(data, CreateTemplateRequest) else parse_create_request(data)
+    problems = request_problems(req)
+    if problems:
+        raise problems[0]
+    return req
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Persistence
+
+
+def persistable_request(req: CreateTemplateRequest, *, keep_inline_content: bool = False) -> dict[str, Any]:
+    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values and (unless asked)
+    inline context bytes removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id`` and ``source``;
+    ``registry_auth`` keeps ``registry`` and the auth ``kind``."""
+    data = req.model_dump(mode="json", exclude_none=True)
+    if req.base_image_auth is not None:
+        data["base_image_auth"] = {"kind": req.base_image_auth.kind}
+    if req.registry_auth is not None:
+        data["registry_auth"] = [{"registry": r.registry, "auth": {"kind": r.auth.kind}} for r in req.registry_auth]
+    if req.build_secrets is not None:
+        data["build_secrets"] = [{"id": s.id, **({"source": s.source} if s.source else {})} for s in req.build_secrets]
+    if not keep_inline_content and "build_context" in data:
+        for entry in data["build_context"]["files"]:
+            entry.pop("content_base64", None)
+    return data
