@@ -1,0 +1,474 @@
+"""The one entry point: a Dockerfile request → BuildKit (in Amber's dockerd) → a rootfs tree + image config.
+
+``build_dockerfile_rootfs`` guarantees, per build:
+- every image the Dockerfile imports is checked with the caller's own credentials first (``access.py``);
+- secrets and registry credentials reach dockerd only over this build's session, from memory; they are
+  redacted from every log line and error message;
+- a build with secrets (or ``skip_cache``) runs with ``nocache`` and a per-build nonce ARG in every stage,
+  so it neither reuses BuildKit's cache nor leaves entries another build could ever match;
+- ``internet_access=False`` → network mode ``none`` (else ``host``: dockerd runs without a bridge);
+- the filesystem of the target stage streams as a tar over the session straight into the safe unpacker;
+  the image config comes from a second, cached solve exported as an untagged image that is deleted again;
+- ``cancel`` set → the build is cancelled in dockerd and ``asyncio.CancelledError`` raised.
+User-facing failures raise ``BuildFailed`` (phase ``auth``, ``prepare`` or ``build_step``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import secrets as secrets_module
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from amber.buildkit.access import ImageAccessDenied, verify_pull_access
+from amber.buildkit.context import ContextFileLike, context_entries, write_context_tar
+from amber.buildkit.daemon import ManagedDockerd
+from amber.buildkit.dockerfile_rules import (
+    DockerfileAnalysis,
+    DockerfileProblem,
+    DockerfileRequestError,
+    base_image_auth_host,
+    check_dockerfile_request,
+)
+from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
+from amber.buildkit.progress import ProgressTranslator, decode_trace
+from amber.buildkit.session import BuildSession, RegistryCredential, credential_host_key
+from amber.builds.executor import (
+    BuildFailed,
+    CacheKind,
+    CacheReason,
+    CacheStatus,
+    Emit,
+    FailurePhase,
+    LogEvent,
+    LogKind,
+    LogLevel,
+    LogPhase,
+)
+
+NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
+_CHUNK = 1 << 20
+_TAR_DRAIN_TIMEOUT_S = 30.0
+
+TreeUnpacker = Callable[[BinaryIO, Path], None]
+AccessCheck = Callable[[str, RegistryCredential | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DockerfileBuildRequest:
+    """The Dockerfile-related fields of a CreateTemplateRequest (validated), plus uploaded blob files."""
+
+    dockerfile: str | None
+    dockerfile_path: str | None = None
+    context_files: Sequence[ContextFileLike] = ()
+    blob_paths: Mapping[str, Path] = field(default_factory=dict)
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_target: str | None = None
+    internet_access: bool = True
+    skip_cache: bool = False
+
+
+@dataclass(frozen=True)
+class DockerfileBuildResult:
+    tree: Path
+    image_config: BuiltImageConfig
+    dockerfile_digest: str  # sha256 of the Dockerfile as given (before any nonce)
+    context_digest: str  # sha256 of the context tar sent to BuildKit
+    cache_hits: int
+    cache_misses: int
+    used_cache: bool  # False when the build bypassed BuildKit's cache (secrets or skip_cache)
+
+
+def default_unpacker() -> TreeUnpacker:
+    """Engineer A's safe single-stream unpacker from ``amber.rootfs``."""
+    try:
+        module = importlib.import_module("amber.rootfs.unpack")
+    except ImportError as error:
+        raise RuntimeError(f"amber.rootfs has no tar-stream unpacker: {error}") from error
+    unpack: TreeUnpacker = module.unpack_tar_stream
+    return unpack
+
+
+class _Redactor:
+    """Replaces every secret and password value in a text by ``***`` (longest first)."""
+
+    def __init__(self, values: Sequence[str]) -> None:
+        self._values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
+
+def inject_nonce(dockerfile: str, analysis: DockerfileAnalysis) -> str:
+    """Add ``ARG <NONCE_ARG>`` right after every FROM so every RUN of every stage gets a per-build cache key
+    (declared ARGs are part of a RUN's environment and hence of its cache key)."""
+    lines = dockerfile.split("\n")
+    for stage in sorted(analysis.stages, key=lambda s: s.line, reverse=True):
+        end = _from_end_line(lines, stage.line)
+        lines.insert(end, f"ARG {NONCE_ARG}")
+    return "\n".join(lines)
+
+
+def _from_end_line(lines: list[str], start_line: int) -> int:
+    """1-based line where the FROM starting at ``start_line`` ends (it may continue with backslashes)."""
+    index = start_line - 1
+    while index < len(lines) and lines[index].rstrip().endswith("\\"):
+        index += 1
+    return index + 1
+
+
+class _TarPipe:
+    """The session's DiffCopy writes tar bytes here; the unpacker thread reads them from the other end."""
+
+    def __init__(self) -> None:
+        read_fd, write_fd = os.pipe()
+        self.reader = os.fdopen(read_fd, "rb")
+        self._writer: BinaryIO | None = os.fdopen(write_fd, "wb")
+        self._lock = threading.Lock()
+        self.bytes_written = 0
+
+    def write(self, chunk: bytes) -> None:
+        with self._lock:
+            if self._writer is None:
+                raise BrokenPipeError("output closed")
+            self._writer.write(chunk)
+            self.bytes_written += len(chunk)
+
+    def close_writer(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                with contextlib.suppress(OSError):
+                    self._writer.close()
+                self._writer = None
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+            yield chunk
+
+
+def _build_params(
+    *,
+    session_id: str,
+    build_id: str,
+    dockerfile_name: str,
+    request: DockerfileBuildRequest,
+    build_args: Mapping[str, str],
+    nocache: bool,
+    tar_output: bool,
+) -> dict[str, str]:
+    params = {
+        "version": "2",  # BuildKit
+        "session": session_id,
+        "buildid": build_id,
+        "dockerfile": dockerfile_name,
+        "buildargs": json.dumps(dict(build_args)),
+        "networkmode": "host" if request.internet_access else "none",
+        "pull": "1",  # re-resolve tags in the registry every build
+        "rm": "1",
+        "forcerm": "1",
+    }
+    if request.build_target:
+        params["target"] = request.build_target
+    if nocache:
+        params["nocache"] = "1"
+    if tar_output:
+        params["outputs"] = json.dumps([{"Type": "tar", "Attrs": {}}])
+    return params
+
+
+class _BuildStream:
+    """Reads one /build response stream: progress → LogEvents; error → BuildFailed; image id → ``image_id``."""
+
+    def __init__(self, translator: ProgressTranslator, emit: Emit, redact: _Redactor, *, quiet: bool) -> None:
+        self.translator = translator
+        self.emit = emit
+        self.redact = redact
+        self.quiet = quiet
+        self.image_id: str | None = None
+        self.last_step_index: int | None = None
+
+    async def consume(self, response: httpx.Response) -> None:
+        async for line in response.aiter_lines():
+            if not line.strip():
+                continue
+            try:
+                message: dict[str, Any] = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "error" in message or "errorDetail" in message:
+                detail = (message.get("errorDetail") or {}).get("message") or message.get("error") or "build failed"
+                for event in self.translator.finish():
+                    await self._emit(event)
+                raise BuildFailed(
+                    self.redact(f"Dockerfile build failed: {detail}"),
+                    phase=FailurePhase.BUILD_STEP,
+                    step_index=self.last_step_index,
+                )
+            if message.get("id") == "moby.buildkit.trace" and "aux" in message:
+                for event in self.translator.feed(decode_trace(message["aux"])):
+                    await self._emit(event)
+            elif message.get("id") == "moby.image.id" and isinstance(message.get("aux"), dict):
+                self.image_id = message["aux"].get("ID")
+        for event in self.translator.finish():
+            await self._emit(event)
+
+    async def _emit(self, event: LogEvent) -> None:
+        if event.step_index is not None:
+            self.last_step_index = event.step_index
+        if self.quiet:
+            return
+        await self.emit(event)
+
+
+async def _run_build(
+    api: httpx.AsyncClient,
+    params: dict[str, str],
+    context_tar: Path,
+    stream: _BuildStream,
+    cancel: asyncio.Event,
+) -> None:
+    async def run() -> None:
+        async with api.stream(
+            "POST",
+            "/build",
+            params=params,
+            content=_file_chunks(context_tar),
+            headers={"Content-Type": "application/x-tar"},
+        ) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                raise BuildFailed(
+                    stream.redact(f"dockerd rejected the build: HTTP {response.status_code}: {body.strip()}"),
+                    phase=FailurePhase.PREPARE,
+                )
+            await stream.consume(response)
+
+    build_task = asyncio.create_task(run())
+    cancel_task = asyncio.create_task(cancel.wait())
+    try:
+        done, _ = await asyncio.wait({build_task, cancel_task}, return_when=asyncio.FIRST_COMPLETED)
+        if build_task in done:
+            build_task.result()
+            return
+        with contextlib.suppress(httpx.HTTPError):
+            await api.post("/build/cancel", params={"id": params["buildid"]})
+        build_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await build_task
+        raise asyncio.CancelledError("build cancelled")
+    finally:
+        cancel_task.cancel()
+        if not build_task.done():
+            build_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await build_task
+
+
+def _credentials_for(
+    analysis: DockerfileAnalysis,
+    request: DockerfileBuildRequest,
+    registry_credentials: Mapping[str, RegistryCredential],
+    base_image_credential: RegistryCredential | None,
+) -> dict[str, RegistryCredential]:
+    credentials = {credential_host_key(host): cred for host, cred in registry_credentials.items()}
+    if base_image_credential is not None and request.dockerfile is not None:
+        host = base_image_auth_host(request.dockerfile, request.build_args)
+        credentials.setdefault(credential_host_key(host), base_image_credential)
+    return credentials
+
+
+async def build_dockerfile_rootfs(
+    request: DockerfileBuildRequest,
+    *,
+    dockerd: ManagedDockerd,
+    target_dir: Path,
+    staging_dir: Path,
+    emit: Emit,
+    cancel: asyncio.Event,
+    secrets: Mapping[str, str] | None = None,
+    registry_credentials: Mapping[str, RegistryCredential] | None = None,
+    base_image_credential: RegistryCredential | None = None,
+    unpacker: TreeUnpacker | None = None,
+    access_check: AccessCheck = verify_pull_access,
+) -> DockerfileBuildResult:
+    """Build the Dockerfile's target stage into ``target_dir`` (must be empty or absent).
+
+    ``staging_dir`` holds the context tar and the session socket; the caller removes it. ``registry_credentials``
+    maps registry host → credential; ``base_image_credential`` is the resolved ``base_image_auth`` and applies
+    to the Dockerfile's single registry host.
+    """
+    secrets = dict(secrets or {})
+    registry_credentials = dict(registry_credentials or {})
+    unpack = unpacker or default_unpacker()
+    redact = _Redactor(
+        [*secrets.values(), *(c.password for c in registry_credentials.values())]
+        + ([base_image_credential.password] if base_image_credential else [])
+    )
+    staging_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. The request rules (normally already enforced at the API) and the Dockerfile text.
+    try:
+        entries = context_entries(request.context_files, request.blob_paths)
+        dockerfile_text = request.dockerfile
+        if dockerfile_text is None:
+            wanted = request.dockerfile_path
+            found = next((e for e in entries if e.path == wanted and not e.is_dir), None)
+            if found is None:
+                raise DockerfileRequestError(
+                    [DockerfileProblem("dockerfile_path", f"{wanted!r} is not a file in build_context")]
+                )
+            dockerfile_text = (found.content or b"").decode() if found.source is None else found.source.read_text()
+        analysis = check_dockerfile_request(
+            dockerfile_text,
+            build_args=request.build_args,
+            build_target=request.build_target,
+            registry_auth_hosts=list(registry_credentials),
+            has_base_image_auth=base_image_credential is not None,
+        )
+        credentials = _credentials_for(analysis, request, registry_credentials, base_image_credential)
+    except DockerfileRequestError as error:
+        raise BuildFailed(redact(f"invalid Dockerfile request: {error}"), phase=FailurePhase.PREPARE) from None
+    dockerfile_digest = "sha256:" + hashlib.sha256(dockerfile_text.encode()).hexdigest()
+
+    # 2. Every imported image, checked with this caller's own credentials (BuildKit would not ask again).
+    for image in analysis.images:
+        try:
+            await access_check(image.resolved, credentials.get(credential_host_key(image.host)))
+        except ImageAccessDenied as denied:
+            raise BuildFailed(redact(str(denied)), phase=FailurePhase.AUTH) from None
+        await emit(
+            LogEvent(LogKind.MESSAGE, f"pull access to {image.resolved} verified", LogLevel.DEBUG, LogPhase.PREPARING)
+        )
+
+    # 3. Cache policy: secrets or skip_cache → no reuse, and keys nobody can ever match again.
+    bypass_cache = bool(secrets) or request.skip_cache
+    build_args = dict(request.build_args)
+    effective_dockerfile = dockerfile_text
+    if bypass_cache:
+        build_args[NONCE_ARG] = secrets_module.token_hex(16)
+        effective_dockerfile = inject_nonce(dockerfile_text, analysis)
+        await emit(
+            LogEvent(
+                LogKind.CACHE,
+                "BuildKit cache bypassed: " + ("the build uses secrets" if secrets else "skip_cache is set"),
+                LogLevel.INFO,
+                LogPhase.CACHE,
+                cache_kind=CacheKind.LAYER,
+                cache_status=CacheStatus.BYPASS,
+                cache_reason=CacheReason.WHOLE_BUILD_SKIP_CACHE,
+                cache_subject="buildkit",
+            )
+        )
+    try:
+        context = write_context_tar(
+            staging_dir / "context.tar",
+            entries,
+            dockerfile=effective_dockerfile if (bypass_cache or request.dockerfile is not None) else None,
+            dockerfile_path=request.dockerfile_path,
+        )
+    except DockerfileRequestError as error:
+        raise BuildFailed(f"invalid build context: {error}", phase=FailurePhase.PREPARE) from None
+    context_digest = "sha256:" + await asyncio.to_thread(_sha256_file, context.path)
+
+    await dockerd.ensure_running()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    pipe = _TarPipe()
+    unpack_error: list[BaseException] = []
+
+    def unpack_thread() -> None:
+        try:
+            with pipe.reader:
+                unpack(pipe.reader, target_dir)
+        except BaseException as error:  # reported after the build stream ends
+            unpack_error.append(error)
+
+    total = analysis.instruction_count(request.build_target)
+    translator = ProgressTranslator(total_steps=total, redact=redact)
+    unpacker_thread = threading.Thread(target=unpack_thread, name="amber-bk-unpack", daemon=True)
+    unpacker_thread.start()
+    image_id: str | None = None
+    try:
+        async with (
+            BuildSession(
+                docker_socket=dockerd.layout.socket,
+                workdir=staging_dir,
+                secrets=secrets,
+                credentials=credentials,
+                tar_sink=pipe.write,
+            ) as session,
+            dockerd.client(timeout=None) as api,
+        ):
+            # 4. The real build: the target stage's filesystem as a tar over the session.
+            stream = _BuildStream(translator, emit, redact, quiet=False)
+            params = _build_params(
+                session_id=session.session_id,
+                build_id=f"amber-{secrets_module.token_hex(8)}",
+                dockerfile_name=context.dockerfile_name,
+                request=request,
+                build_args=build_args,
+                nocache=bypass_cache,
+                tar_output=True,
+            )
+            await _run_build(api, params, context.path, stream, cancel)
+            await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
+            pipe.close_writer()
+            await asyncio.to_thread(unpacker_thread.join)
+            if unpack_error:
+                raise BuildFailed(
+                    redact(f"the built filesystem could not be unpacked: {unpack_error[0]}"),
+                    phase=FailurePhase.BUILD_STEP,
+                )
+            # 5. Same solve again, exported as an image only to read its config (served from this build's cache).
+            meta_stream = _BuildStream(ProgressTranslator(redact=redact), emit, redact, quiet=True)
+            meta_params = dict(params, buildid=f"amber-{secrets_module.token_hex(8)}")
+            meta_params.pop("outputs")
+            meta_params.pop("nocache", None)
+            await _run_build(api, meta_params, context.path, meta_stream, cancel)
+            image_id = meta_stream.image_id
+            if image_id is None:
+                raise BuildFailed("BuildKit reported no image for the target stage", phase=FailurePhase.BUILD_STEP)
+            inspect = await api.get(f"/images/{image_id}/json")
+            inspect.raise_for_status()
+            image_config = image_config_from_engine(inspect.json().get("Config"))
+    finally:
+        pipe.close_writer()
+        if unpacker_thread.is_alive():
+            await asyncio.to_thread(unpacker_thread.join, 30)
+        if image_id is not None:
+            async with dockerd.client() as api:
+                with contextlib.suppress(httpx.HTTPError):
+                    await api.delete(f"/images/{image_id}", params={"force": "1"})
+        secrets.clear()
+        credentials.clear()
+    return DockerfileBuildResult(
+        tree=target_dir,
+        image_config=image_config,
+        dockerfile_digest=dockerfile_digest,
+        context_digest=context_digest,
+        cache_hits=translator.cache_hits,
+        cache_misses=translator.cache_misses,
+        used_cache=not bypass_cache,
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

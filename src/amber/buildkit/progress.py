@@ -1,0 +1,177 @@
+"""BuildKit progress (``moby.buildkit.trace`` aux messages of the /build stream) → the pipeline's LogEvents.
+
+Each trace message is a base64 protobuf ``moby.buildkit.v1.StatusResponse``: vertexes (one per LLB step,
+named like ``[builder 2/4] RUN make``), statuses (byte counters) and logs (output chunks per vertex).
+Guarantees: one ``step`` entry when a Dockerfile instruction starts, its output split into lines (each one an
+entry of the same step), a ``cache`` hit entry for every instruction BuildKit served from cache, an error
+entry when a vertex fails. Every message passes through ``redact`` first. Internal vertices
+(``[internal] load metadata …``) become ``preparing`` debug entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from amber.buildkit import wire
+from amber.builds.executor import CacheKind, CacheStatus, LogEvent, LogKind, LogLevel, LogPhase
+
+_STEP_NAME = re.compile(r"^\[(?:(?P<stage>[^\]\s]+) )?(?P<index>\d+)/(?P<count>\d+)\] (?P<instruction>.*)$", re.S)
+_MAX_LINE = 4096
+
+
+@dataclass
+class Vertex:
+    digest: str
+    name: str
+    cached: bool = False
+    started: bool = False
+    completed: bool = False
+    error: str = ""
+
+
+@dataclass
+class TraceUpdate:
+    """One decoded StatusResponse."""
+
+    vertexes: list[Vertex] = field(default_factory=list)
+    logs: list[tuple[str, bytes]] = field(default_factory=list)  # (vertex digest, output chunk)
+
+
+def decode_trace(payload: str | bytes) -> TraceUpdate:
+    """Decode a ``moby.buildkit.trace`` aux payload (base64 of a StatusResponse)."""
+    raw = base64.b64decode(payload) if isinstance(payload, str) else payload
+    message = wire.decode(raw)
+    update = TraceUpdate()
+    for vertex in message.messages(1):
+        update.vertexes.append(
+            Vertex(
+                digest=vertex.string(1),
+                name=vertex.string(3),
+                cached=bool(vertex.int_(4)),
+                started=vertex.has(5),
+                completed=vertex.has(6),
+                error=vertex.string(7),
+            )
+        )
+    for log in message.messages(3):
+        update.logs.append((log.string(1), log.bytes_(4)))
+    return update
+
+
+def is_instruction(name: str) -> bool:
+    return _STEP_NAME.match(name) is not None
+
+
+@dataclass
+class _VertexState:
+    step_index: int | None
+    announced: bool = False
+    cached_reported: bool = False
+    failed_reported: bool = False
+    partial: bytes = b""
+
+
+class ProgressTranslator:
+    """Stateful: feed it decoded trace updates in order, get LogEvents back."""
+
+    def __init__(self, *, total_steps: int | None = None, redact: Callable[[str], str] = lambda s: s) -> None:
+        self.total_steps = total_steps
+        self.redact = redact
+        self._vertices: dict[str, _VertexState] = {}
+        self._names: dict[str, str] = {}
+        self._next_index = 1
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def _state(self, digest: str, name: str) -> _VertexState:
+        state = self._vertices.get(digest)
+        if state is None:
+            index: int | None = None
+            if is_instruction(name):
+                index = self._next_index
+                self._next_index += 1
+            state = _VertexState(index)
+            self._vertices[digest] = state
+        return state
+
+    def _event(self, kind: LogKind, message: str, *, level: LogLevel, state: _VertexState, **extra: object) -> LogEvent:
+        phase = LogPhase.STEP if state.step_index is not None else LogPhase.PREPARING
+        return LogEvent(
+            kind=kind,
+            message=self.redact(message),
+            level=level,
+            phase=phase,
+            step_index=state.step_index,
+            total_steps=self.total_steps if state.step_index is not None else None,
+            **extra,  # type: ignore[arg-type]
+        )
+
+    def feed(self, update: TraceUpdate) -> list[LogEvent]:
+        events: list[LogEvent] = []
+        for vertex in update.vertexes:
+            if vertex.name:
+                self._names[vertex.digest] = vertex.name
+            name = self._names.get(vertex.digest, vertex.name)
+            state = self._state(vertex.digest, name)
+            instruction = state.step_index is not None
+            if vertex.cached and instruction and not state.cached_reported:
+                state.cached_reported = state.announced = True
+                self.cache_hits += 1
+                events.append(
+                    self._event(
+                        LogKind.CACHE,
+                        f"{name} (cached)",
+                        level=LogLevel.INFO,
+                        state=state,
+                        cache_kind=CacheKind.LAYER,
+                        cache_status=CacheStatus.HIT,
+                        cache_subject=name,
+                    )
+                )
+            elif vertex.started and not state.announced:
+                state.announced = True
+                if instruction:
+                    self.cache_misses += 1
+                events.append(
+                    self._event(
+                        LogKind.MESSAGE, name, level=LogLevel.INFO if instruction else LogLevel.DEBUG, state=state
+                    )
+                )
+            if vertex.error and not state.failed_reported:
+                state.failed_reported = True
+                events.extend(self._flush(state))
+                events.append(
+                    self._event(LogKind.MESSAGE, f"{name}: {vertex.error}", level=LogLevel.ERROR, state=state)
+                )
+            if vertex.completed:
+                events.extend(self._flush(state))
+        for digest, chunk in update.logs:
+            state = self._state(digest, self._names.get(digest, ""))
+            data = state.partial + chunk
+            *lines, state.partial = data.split(b"\n")
+            if len(state.partial) > _MAX_LINE:
+                lines.append(state.partial)
+                state.partial = b""
+            for line in lines:
+                events.append(self._line(state, line))
+        return events
+
+    def _line(self, state: _VertexState, line: bytes) -> LogEvent:
+        text = line.decode(errors="replace").rstrip("\r")
+        return self._event(LogKind.MESSAGE, text, level=LogLevel.INFO, state=state)
+
+    def _flush(self, state: _VertexState) -> list[LogEvent]:
+        if not state.partial:
+            return []
+        line, state.partial = state.partial, b""
+        return [self._line(state, line)]
+
+    def finish(self) -> list[LogEvent]:
+        """Output left without a final newline."""
+        events: list[LogEvent] = []
+        for state in self._vertices.values():
+            events.extend(self._flush(state))
+        return events

@@ -1,0 +1,238 @@
+"""A BuildKit session served by Amber for one build: secrets, registry credentials and the tar output.
+
+dockerd upgrades ``POST /session`` to h2c and then acts as the gRPC *client* on that connection, calling back
+the methods we announced. We pump the hijacked connection's bytes to a grpcio server on a private unix
+socket, which answers with generic handlers (no generated code; see ``wire.py``).
+
+Guarantees: secrets and credentials live only in this object's memory and are handed to dockerd only when it
+asks over the session; nothing is written to disk except the unix socket file, which is removed on exit.
+Unknown secret ids get NOT_FOUND; unknown registry hosts get empty (anonymous) credentials.
+Limits: no FileSync (the context is uploaded as a tar), no SSH forwarding, no ``Auth/FetchToken`` (BuildKit
+then falls back to ``Auth/Credentials``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets as secrets_module
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from amber.buildkit import wire
+from amber.buildkit.daemon import ENGINE_API_VERSION
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
+CREDENTIALS = "/moby.filesync.v1.Auth/Credentials"
+FILE_SEND = "/moby.filesync.v1.FileSend/DiffCopy"
+
+_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+@dataclass(frozen=True)
+class RegistryCredential:
+    """Username and password (or token) for one registry host; memory only."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def credential_host_key(host: str) -> str:
+    """The key BuildKit's host maps to in a credentials map (Docker Hub has three names)."""
+    host = host.lower()
+    return "docker.io" if host in _DOCKER_HUB_HOSTS else host
+
+
+TarChunkSink = Callable[[bytes], None]
+
+
+class SessionError(RuntimeError):
+    """The session could not be attached to dockerd."""
+
+
+class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpcio ships no type stubs
+    """Answers dockerd's calls; runs in grpcio's thread pool."""
+
+    def __init__(self, session: BuildSession) -> None:
+        self._session = session
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method == HEALTH_CHECK:
+            return grpc.unary_unary_rpc_method_handler(self._health)
+        if method == GET_SECRET:
+            return grpc.unary_unary_rpc_method_handler(self._get_secret)
+        if method == CREDENTIALS:
+            return grpc.unary_unary_rpc_method_handler(self._credentials)
+        if method == FILE_SEND and self._session.tar_sink is not None:
+            return grpc.stream_stream_rpc_method_handler(self._diff_copy)
+        return None
+
+    def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._session.attached.set()
+        return wire.encode_varint(1 << 3 | wire.VARINT) + wire.encode_varint(1)  # status = SERVING
+
+    def _get_secret(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        secret_id = wire.decode(request).string(1)
+        self._session.secret_requests.append(secret_id)
+        value = self._session.secrets.get(secret_id)
+        if value is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"secret {secret_id} not found")  # raises
+            return b""
+        return wire.encode_bytes(1, value.encode())
+
+    def _credentials(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        host = wire.decode(request).string(1)
+        credential = self._session.credentials.get(credential_host_key(host))
+        if credential is None:
+            return b""  # anonymous
+        return wire.encode_string(1, credential.username) + wire.encode_string(2, credential.password)
+
+    def _diff_copy(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        sink = self._session.tar_sink
+        assert sink is not None
+        try:
+            for message in requests:
+                sink(wire.decode(message).bytes_(1))
+        except BrokenPipeError:
+            context.abort(grpc.StatusCode.ABORTED, "the receiver of the build output stopped reading")
+        self._session.tar_finished.set()
+        return iter(())
+
+
+class BuildSession:
+    """Async context manager: attaches a session to dockerd and serves it until exit.
+
+    ``session_id`` goes into ``POST /build?session=…``. ``tar_sink`` (if given) receives the bytes of the
+    ``outputs=[{"Type":"tar"}]`` export in order, from a grpcio worker thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        docker_socket: Path,
+        workdir: Path,
+        secrets: Mapping[str, str] | None = None,
+        credentials: Mapping[str, RegistryCredential] | None = None,
+        tar_sink: TarChunkSink | None = None,
+    ) -> None:
+        self.docker_socket = docker_socket
+        self.workdir = workdir
+        self.secrets = dict(secrets or {})
+        self.credentials = {credential_host_key(h): c for h, c in (credentials or {}).items()}
+        self.tar_sink = tar_sink
+        self.session_id = secrets_module.token_hex(16)
+        self.attached = threading.Event()
+        self.tar_finished = threading.Event()
+        self.secret_requests: list[str] = []
+        self._grpc_socket = workdir / f"session-{self.session_id[:8]}.sock"
+        self._server: grpc.Server | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    def _methods(self) -> list[str]:
+        methods = [HEALTH_CHECK, GET_SECRET, CREDENTIALS]
+        if self.tar_sink is not None:
+            methods.append(FILE_SEND)
+        return methods
+
+    async def __aenter__(self) -> BuildSession:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="amber-bk-session"),
+            handlers=[_Handlers(self)],
+            options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+        )
+        server.add_insecure_port(f"unix:{self._grpc_socket}")
+        server.start()
+        self._server = server
+        try:
+            daemon_reader, daemon_writer = await self._hijack()
+            grpc_reader, grpc_writer = await asyncio.open_unix_connection(str(self._grpc_socket))
+        except BaseException:
+            await self._close()
+            raise
+        self._writers = [daemon_writer, grpc_writer]
+        self._pump = asyncio.create_task(self._pump_both(daemon_reader, daemon_writer, grpc_reader, grpc_writer))
+        # dockerd health-checks a new session right away; waiting for it means the build will find the session.
+        await asyncio.to_thread(self.attached.wait, 5.0)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        if self._server is not None:
+            await asyncio.to_thread(lambda: self._server.stop(grace=1).wait() if self._server else None)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self._grpc_socket.unlink()
+        self.secrets.clear()
+        self.credentials.clear()
+
+    async def _hijack(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(str(self.docker_socket))
+        headers = [
+            f"POST /{ENGINE_API_VERSION}/session HTTP/1.1",
+            "Host: docker",
+            "Upgrade: h2c",
+            "Connection: Upgrade",
+            "Content-Length: 0",
+            f"X-Docker-Expose-Session-Uuid: {self.session_id}",
+            "X-Docker-Expose-Session-Name: amber",
+            f"X-Docker-Expose-Session-Sharedkey: {secrets_module.token_hex(16)}",
+            *(f"X-Docker-Expose-Session-Grpc-Method: {m}" for m in self._methods()),
+        ]
+        writer.write(("\r\n".join(headers) + "\r\n\r\n").encode())
+        await writer.drain()
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as error:
+            writer.close()
+            raise SessionError(f"dockerd did not accept the BuildKit session: {error}") from error
+        status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if " 101 " not in f"{status_line} ":
+            writer.close()
+            raise SessionError(f"dockerd refused the BuildKit session: {status_line}")
+        return reader, writer
+
+    @staticmethod
+    async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(1 << 16):
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.write_eof()
+
+    async def _pump_both(
+        self,
+        daemon_reader: asyncio.StreamReader,
+        daemon_writer: asyncio.StreamWriter,
+        grpc_reader: asyncio.StreamReader,
+        grpc_writer: asyncio.StreamWriter,
+    ) -> None:
+        await asyncio.gather(self._copy(daemon_reader, grpc_writer), self._copy(grpc_reader, daemon_writer))
+
+    def summary(self) -> dict[str, Any]:
+        """What dockerd asked for (ids only, never values), for tests and debugging."""
+        return {"secret_requests": list(self.secret_requests), "tar_finished": self.tar_finished.is_set()}
