@@ -1,0 +1,104 @@
+"""Content digests of requests: canonical JSON hashing, source/Dockerfile/context digests. Pure.
+
+Every digest is ``sha256:<64 hex>`` over canonical JSON (sorted keys, no spaces, UTF-8), so equal inputs give
+equal digests on every host. Credentials and secret values are never inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from amber.api.schemas.requests import BuildContextFile, CreateTemplateRequest
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_bytes(data: bytes) -> str:
+    return "sha256:" + sha256_hex(data)
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest_json(value: Any) -> str:
+    return digest_bytes(canonical_json(value))
+
+
+def dockerfile_digest(text: str) -> str:
+    return digest_bytes(text.encode())
+
+
+ContentDigest = Callable[[BuildContextFile], str]
+
+
+def plan_content_digest(entry: BuildContextFile) -> str:
+    """Content identity of a context file without touching blob storage: inline bytes are hashed, a blob is
+    identified by its id (blob ids are content-addressed)."""
+    if entry.content_base64 is not None:
+        return digest_bytes(base64.b64decode(entry.content_base64))
+    return f"blob:{entry.blob_id}"
+
+
+@dataclass(frozen=True)
+class ContextManifest:
+    entries: tuple[tuple[str, str, str, str], ...]  # (path, entry_type, mode, content digest or "")
+    digest: str
+
+    @property
+    def file_count(self) -> int:
+        return sum(1 for e in self.entries if e[1] == "file")
+
+    @property
+    def manifest_id(self) -> str:
+        return "ctx_" + self.digest.removeprefix("sha256:")[:24]
+
+
+def context_entry(entry: BuildContextFile, content_digest: ContentDigest) -> tuple[str, str, str, str]:
+    return (
+        entry.path.rstrip("/"),
+        entry.entry_type,
+        entry.mode or "",
+        content_digest(entry) if entry.entry_type == "file" else "",
+    )
+
+
+def context_manifest(files: Iterable[BuildContextFile], content_digest: ContentDigest) -> ContextManifest:
+    """Order-independent manifest of a build context (entries sorted by path)."""
+    entries = tuple(sorted(context_entry(f, content_digest) for f in files))
+    return ContextManifest(entries, digest_json([list(e) for e in entries]))
+
+
+def source_definition(req: CreateTemplateRequest, context_digest: str | None) -> dict[str, Any]:
+    """What the build is made of: source, steps, envs, start command and runtime config, context digest.
+    Excludes identity (name, tags, claim), resources, credentials, secrets and cache switches."""
+    data = req.model_dump(
+        mode="json",
+        exclude_none=True,
+        include={
+            "dockerfile",
+            "base_image",
+            "steps",
+            "build_envs",
+            "start_cmd",
+            "dockerfile_path",
+            "build_args",
+            "build_target",
+            "runtime_config",
+        },
+    )
+    data["build_backend"] = req.effective_backend
+    if context_digest is not None:
+        data["context_digest"] = context_digest
+    return data
+
+
+def source_digest(req: CreateTemplateRequest, context_digest: str | None) -> str:
+    return digest_json(source_definition(req, context_digest))

@@ -1,0 +1,196 @@
+"""Runtime defaults of a template: who runs the start command, where, with which env, and when it is ready.
+
+Pure. Precedence for user and workdir: ``runtime_config`` > the last ``user``/``workdir`` step > the image
+config > root and ``/``. Env: the image config's ``Env`` overlaid by ``runtime_config.default_envs``;
+``build_envs`` never reach the start command (R53, R56). The API exposes env *keys* only (R55).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from amber.api.schemas.requests import (
+    DEFAULT_READINESS_INTERVAL_MS,
+    DEFAULT_READINESS_STARTUP_GRACE_SECS,
+    DEFAULT_READINESS_TIMEOUT_SECS,
+    CommandReadiness,
+    CreateTemplateRequest,
+    HttpReadiness,
+    TcpReadiness,
+    TimeoutReadiness,
+)
+from amber.builds.planning.steps import StepPlan, UserOp, WorkdirOp, resolve_workdir
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """The parts of an OCI image config the runtime uses (all optional)."""
+
+    user: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    healthcheck: Mapping[str, Any] | None = None  # OCI Healthcheck: Test, Interval, Timeout, StartPeriod, Retries
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """A normalised readiness probe: every timing field filled with the contract defaults (30 s, 500 ms, 2 s)."""
+
+    kind: str
+    port: int | None = None
+    path: str | None = None
+    command: str | None = None
+    timeout_ms: int | None = None
+    timeout_secs: int = DEFAULT_READINESS_TIMEOUT_SECS
+    interval_ms: int = DEFAULT_READINESS_INTERVAL_MS
+    startup_grace_secs: int = DEFAULT_READINESS_STARTUP_GRACE_SECS
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's readiness object (TemplateReadinessProbe*)."""
+        if self.kind == "timeout":
+            return {"kind": "timeout", "timeout_ms": self.timeout_ms or 0}
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.port is not None:
+            out["port"] = self.port
+        if self.path is not None:
+            out["path"] = self.path
+        if self.command is not None:
+            out["command"] = self.command
+        out |= {
+            "timeout_secs": self.timeout_secs,
+            "interval_ms": self.interval_ms,
+            "startup_grace_secs": self.startup_grace_secs,
+        }
+        return out
+
+
+def normalise_readiness(probe: TcpReadiness | TimeoutReadiness | HttpReadiness | CommandReadiness) -> Readiness:
+    if isinstance(probe, TimeoutReadiness):
+        return Readiness(kind="timeout", timeout_ms=probe.timeout_ms)
+    timeout = probe.timeout_secs if probe.timeout_secs is not None else DEFAULT_READINESS_TIMEOUT_SECS
+    interval = probe.interval_ms if probe.interval_ms is not None else DEFAULT_READINESS_INTERVAL_MS
+    grace = probe.startup_grace_secs if probe.startup_grace_secs is not None else DEFAULT_READINESS_STARTUP_GRACE_SECS
+    port = probe.port if isinstance(probe, TcpReadiness | HttpReadiness) else None
+    return Readiness(
+        kind=probe.kind,
+        port=port,
+        path=probe.path if isinstance(probe, HttpReadiness) else None,
+        command=probe.command if isinstance(probe, CommandReadiness) else None,
+        timeout_secs=timeout,
+        interval_ms=interval,
+        startup_grace_secs=grace,
+    )
+
+
+def map_healthcheck(healthcheck: Mapping[str, Any] | None) -> Readiness | None:
+    """An image HEALTHCHECK as a readiness probe (R38 ``mapped_readiness``); None for none/``NONE``.
+
+    ``CMD-SHELL c`` → command ``c``; ``CMD a b`` → command ``a b`` shell-quoted. Interval and timeout come from
+    the image (nanoseconds); the overall deadline covers start period + retries x (interval + timeout), at least
+    the contract default of 30 s. No grace: Docker's start period only forgives failures, it does not delay.
+    """
+    if not healthcheck:
+        return None
+    test = healthcheck.get("Test") or healthcheck.get("test") or []
+    if not isinstance(test, Sequence) or isinstance(test, str) or not test:
+        return None
+    head, args = str(test[0]), [str(a) for a in test[1:]]
+    if head == "CMD-SHELL" and args:
+        command = args[0]
+    elif head == "CMD" and args:
+        command = shlex.join(args)
+    else:
+        return None
+
+    def seconds(key: str, default: float) -> float:
+        value = healthcheck.get(key) or healthcheck.get(key.lower())
+        return value / 1e9 if isinstance(value, int) and value > 0 else default
+
+    interval = seconds("Interval", 0.5)
+    timeout = seconds("Timeout", 30.0)
+    start_period = seconds("StartPeriod", 0.0)
+    retries_value = healthcheck.get("Retries") or healthcheck.get("retries")
+    retries = retries_value if isinstance(retries_value, int) and retries_value > 0 else 3
+    deadline = max(DEFAULT_READINESS_TIMEOUT_SECS, math.ceil(start_period + retries * (interval + timeout)))
+    return Readiness(
+        kind="command",
+        command=command,
+        timeout_secs=deadline,
+        interval_ms=max(1, round(interval * 1000)),
+        startup_grace_secs=0,
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeDefaults:
+    user: str
+    workdir: str
+    env: dict[str, str] = field(repr=False)  # values stay server-side
+    start_cmd: str | None
+    readiness: Readiness | None
+    readiness_from_healthcheck: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """TemplateRuntimeDefaults: env keys only, never values (R55)."""
+        out: dict[str, Any] = {
+            "default_env_keys": sorted(self.env),
+            "default_user": self.user,
+            "default_workdir": self.workdir,
+        }
+        if self.start_cmd:
+            out["start_cmd"] = self.start_cmd
+        if self.readiness is not None:
+            out["readiness"] = self.readiness.to_json()
+        return out
+
+
+def step_state(plans: Sequence[StepPlan], image: ImageDefaults) -> tuple[str, str]:
+    """(user, workdir) in force after the steps, starting from the image config."""
+    user = image.user or "root"
+    workdir = image.workdir or "/"
+    for plan in plans:
+        for op in plan.ops:
+            if isinstance(op, UserOp):
+                user = op.user
+            elif isinstance(op, WorkdirOp):
+                workdir = resolve_workdir(workdir, op.path)
+    return user, workdir
+
+
+def image_env(image: ImageDefaults) -> dict[str, str]:
+    env = dict(image.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    return env
+
+
+def runtime_defaults(req: CreateTemplateRequest, plans: Sequence[StepPlan], image: ImageDefaults) -> RuntimeDefaults:
+    rc = req.runtime_config
+    user, workdir = step_state(plans, image)
+    if rc is not None and rc.default_user:
+        user = rc.default_user
+    if rc is not None and rc.default_workdir:
+        workdir = rc.default_workdir
+    env = image_env(image)
+    if rc is not None and rc.default_envs:
+        env.update(rc.default_envs)
+    readiness: Readiness | None = None
+    mapped = False
+    if rc is not None and rc.readiness is not None:
+        readiness = normalise_readiness(rc.readiness)
+    elif req.start_cmd:
+        readiness = map_healthcheck(image.healthcheck)
+        mapped = readiness is not None
+    return RuntimeDefaults(
+        user=user,
+        workdir=workdir,
+        env=env,
+        start_cmd=req.start_cmd or None,
+        readiness=readiness,
+        readiness_from_healthcheck=mapped,
+    )

@@ -1,0 +1,72 @@
+"""Which source a request describes and which backend builds it (R29, R32). Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from amber.api.schemas.requests import CreateTemplateRequest, dockerfile_from_images, registry_host
+
+SourceType = Literal["declarative", "dockerfile", "oci_import", "template_base"]
+Backend = Literal["buildkit", "native"]
+BaseRefKind = Literal["template", "oci", "ambiguous"]
+
+_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def classify_base_ref(ref: str) -> BaseRefKind:
+    """Does ``base_image`` name a template or an OCI image?
+
+    ``tmpl_…``, ``nullspace/…`` and exact-build refs ``name:tb_…`` are templates; a first segment that is a
+    registry host (has '.' or ':' or is ``localhost``) and bare Docker Hub names are images; ``ns/name[:tag]``
+    with a namespace-shaped first segment is *ambiguous* (``acme/app`` is also a Docker Hub repository) and
+    needs the caller's template lookup.
+    """
+    if ref.startswith("tmpl_") or ref.startswith("nullspace/"):
+        return "template"
+    first, slash, rest = ref.partition("/")
+    if not slash:
+        _, colon, tag = ref.partition(":")
+        return "template" if colon and tag.startswith("tb_") else "oci"
+    if "." in first or ":" in first or first == "localhost":
+        return "oci"
+    if "/" in rest or "@" in rest:
+        return "oci"
+    if _SLUG.fullmatch(first) or _UUID.fullmatch(first):
+        return "ambiguous"
+    return "oci"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    source_type: SourceType
+    backend: Backend
+    base_ref: str  # the FROM of the plan: base_image, or the Dockerfile's last FROM image
+    base_is_template: bool
+
+
+def resolve_source(req: CreateTemplateRequest, *, template_exists: Callable[[str], bool] | None = None) -> SourceInfo:
+    """Classify a validated request. ``template_exists`` (from the store) settles ambiguous ``ns/name`` refs;
+    without it they are treated as OCI images.
+
+    Non-empty ``steps`` → ``declarative``; a bare base (``steps`` absent or ``[]``, C21) → ``template_base`` or
+    ``oci_import``; ``dockerfile`` → ``dockerfile``.
+    """
+    backend = req.effective_backend
+    if req.dockerfile is not None:
+        images = dockerfile_from_images(req.dockerfile)
+        return SourceInfo("dockerfile", backend, images[-1] if images else "scratch", False)
+    base = req.base_image or ""
+    kind = classify_base_ref(base)
+    is_template = kind == "template" or (kind == "ambiguous" and template_exists is not None and template_exists(base))
+    if req.steps:
+        return SourceInfo("declarative", backend, base, is_template)
+    return SourceInfo("template_base" if is_template else "oci_import", backend, base, is_template)
+
+
+def base_registry(req: CreateTemplateRequest) -> str | None:
+    """The registry host of an OCI base image, or None for a Dockerfile source."""
+    return registry_host(req.base_image) if req.base_image is not None else None
