@@ -201,7 +201,10 @@ def _file(path: str, content: bytes) -> dict[str, Any]:
 
 
 def test_copy_step_key_follows_file_content_only_for_copied_files() -> None:
-    steps = [{"action": "copy", "sources": ["d"], "dst": "/d"}, {"action": "run", "command": "true"}]
+    steps: list[dict[str, Any]] = [
+        {"action": "copy", "sources": ["d"], "dst": "/d"},
+        {"action": "run", "command": "true"},
+    ]
     a = _keys(steps, {}, [{"path": "d", "entry_type": "dir"}, _file("d/x", b"1"), _file("other", b"1")])
     b = _keys(steps, {}, [{"path": "d", "entry_type": "dir"}, _file("d/x", b"2"), _file("other", b"1")])
     c = _keys(steps, {}, [{"path": "d", "entry_type": "dir"}, _file("d/x", b"1"), _file("other", b"2")])
