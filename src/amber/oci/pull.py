@@ -1,0 +1,212 @@
+"""Resolve an image reference to one platform's manifest and config, and pull its layers into the cache.
+
+``resolve`` always asks the registry for the manifest with the caller's credentials, even when every layer
+is already cached: the manifest fetch is the access check that keeps a private image in the shared cache
+from being served to someone who cannot pull it. The manifest digest it returns is the image's cache key.
+``pull`` then downloads missing layers concurrently (bounded), streaming each to disk while hashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from amber.oci.cache import LayerCache
+from amber.oci.credentials import RegistryCredentials, exchange_credentials
+from amber.oci.errors import DigestMismatchError, PlatformError, UnsupportedMediaTypeError
+from amber.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
+from amber.oci.media_types import Compression, layer_compression
+from amber.oci.platform import Platform, check_image_platform, choose_platform, parse_platform
+from amber.oci.progress import ImportProgress
+from amber.oci.reference import ImageReference, parse_reference
+from amber.oci.registry import RegistryClient
+from amber.rootfs.config import ImageConfig
+
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One platform's image: what ``pull`` fetches. ``manifest_digest`` is the cache key (never the tag)."""
+
+    reference: ImageReference
+    manifest_digest: str
+    manifest: ImageManifest
+    index_digest: str | None
+    platform: Platform
+    config: ImageConfig
+    config_digest: str
+
+    @property
+    def pinned_reference(self) -> ImageReference:
+        """The reference pinned to this platform's manifest digest."""
+        return self.reference.with_digest(self.manifest_digest)
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """A verified layer blob in the cache."""
+
+    descriptor: Descriptor
+    path: Path
+    compression: Compression
+    cached: bool  # True when it was already in the cache before this pull
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor.digest
+
+
+@dataclass(frozen=True)
+class PulledImage:
+    resolved: ResolvedImage
+    layers: tuple[LayerFile, ...]
+    downloaded_bytes: int
+    seconds: float
+
+
+async def _client(
+    reference: ImageReference, credentials: RegistryCredentials | None, insecure_registries: Collection[str]
+) -> RegistryClient:
+    # ECR / GCP exchanges are blocking network calls: keep them off the event loop.
+    basic = await asyncio.to_thread(exchange_credentials, credentials) if credentials is not None else None
+    return RegistryClient(
+        reference.registry, api_host=reference.api_host, credentials=basic, insecure_registries=insecure_registries
+    )
+
+
+async def _resolve_with(client: RegistryClient, reference: ImageReference, wanted: Platform) -> ResolvedImage:
+    fetched = await client.get_manifest(reference.repository, reference.manifest_reference)
+    parsed = parse_manifest(fetched.body, fetched.media_type)
+    index_digest: str | None = None
+    manifest_digest = fetched.digest
+    if isinstance(parsed, ImageIndex):
+        index_digest = fetched.digest
+        found = [d.platform or Platform("", "") for d in parsed.manifests]
+        chosen = parsed.manifests[choose_platform(found, wanted)]
+        fetched = await client.get_manifest(reference.repository, chosen.digest)
+        parsed = parse_manifest(fetched.body, fetched.media_type)
+        manifest_digest = chosen.digest
+        if isinstance(parsed, ImageIndex):
+            raise UnsupportedMediaTypeError(f"index {index_digest} points at another index {chosen.digest}")
+    manifest = parsed
+    config_bytes = await client.get_blob_bytes(reference.repository, manifest.config)
+    config = ImageConfig.from_json(config_bytes)
+    if index_digest is None:
+        check_image_platform(config.platform, wanted)
+    if config.diff_ids and len(config.diff_ids) != len(manifest.layers):
+        raise DigestMismatchError(
+            f"image {reference}: config lists {len(config.diff_ids)} layers but the manifest has "
+            f"{len(manifest.layers)}"
+        )
+    platform = config.platform if config.platform.architecture else wanted
+    return ResolvedImage(reference, manifest_digest, manifest, index_digest, platform, config, manifest.config.digest)
+
+
+def _as_reference(reference: ImageReference | str) -> ImageReference:
+    return parse_reference(reference) if isinstance(reference, str) else reference
+
+
+def _as_platform(platform: Platform | str | None) -> Platform:
+    if isinstance(platform, Platform):
+        if platform.os != "linux":
+            raise PlatformError(f"invalid platform {platform}: only linux images can run in a microVM")
+        return platform
+    return parse_platform(platform)
+
+
+async def resolve(
+    reference: ImageReference | str,
+    *,
+    credentials: RegistryCredentials | None = None,
+    platform: Platform | str | None = None,
+    insecure_registries: Collection[str] = (),
+) -> ResolvedImage:
+    """Fetch the manifest (choosing from an index by R36) and config of ``reference`` for ``platform``.
+
+    ``platform`` None means this host's architecture. Raises :class:`~amber.oci.errors.ImageImportError`
+    subclasses: auth, not found, platform (listing what the index holds), unsupported media type.
+    """
+    ref = _as_reference(reference)
+    wanted = _as_platform(platform)
+    async with await _client(ref, credentials, insecure_registries) as client:
+        return await _resolve_with(client, ref, wanted)
+
+
+async def _fetch_layer(
+    client: RegistryClient,
+    repository: str,
+    descriptor: Descriptor,
+    cache: LayerCache,
+    progress: ImportProgress,
+    limit: asyncio.Semaphore,
+) -> tuple[LayerFile, int]:
+    compression = layer_compression(descriptor.media_type)
+    if compression is None:  # parse_manifest already refuses these; kept for callers building descriptors
+        raise UnsupportedMediaTypeError(f"layer {descriptor.digest} has unsupported media type {descriptor.media_type}")
+    cached = cache.lookup(descriptor)
+    if cached is not None:
+        progress.layer_started(descriptor, cached=True)
+        progress.layer_finished(descriptor)
+        return LayerFile(descriptor, cached, compression, True), 0
+    async with limit:
+        progress.layer_started(descriptor, cached=False)
+        staged = cache.staging_path()
+        try:
+            await client.download_blob(
+                repository, descriptor, staged, lambda n: progress.layer_advanced(descriptor, n)
+            )
+            path = cache.commit(staged, descriptor.digest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+        progress.layer_finished(descriptor)
+        return LayerFile(descriptor, path, compression, False), descriptor.size
+
+
+async def pull(
+    reference: ImageReference | str,
+    *,
+    cache: LayerCache | Path,
+    credentials: RegistryCredentials | None = None,
+    platform: Platform | str | None = None,
+    progress: ImportProgress | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    insecure_registries: Collection[str] = (),
+) -> PulledImage:
+    """Resolve ``reference`` and make every layer a verified file in ``cache`` (downloading what is missing).
+
+    ``cache`` is a :class:`LayerCache` or its root (``<data_dir>/cache/layers``). At most ``concurrency``
+    layers download at once. Nothing unverified ever enters the cache; a failed pull leaves no partial file.
+    """
+    started = time.monotonic()
+    ref = _as_reference(reference)
+    wanted = _as_platform(platform)
+    layer_cache = cache if isinstance(cache, LayerCache) else LayerCache(cache)
+    report = progress or ImportProgress()
+    async with await _client(ref, credentials, insecure_registries) as client:
+        report.phase("resolve")
+        resolved = await _resolve_with(client, ref, wanted)
+        report.phase("pull")
+        limit = asyncio.Semaphore(max(1, concurrency))
+        tasks = [
+            asyncio.ensure_future(_fetch_layer(client, ref.repository, d, layer_cache, report, limit))
+            for d in resolved.manifest.layers
+        ]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    return PulledImage(
+        resolved,
+        tuple(layer for layer, _ in results),
+        sum(n for _, n in results),
+        time.monotonic() - started,
+    )

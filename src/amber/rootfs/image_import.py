@@ -1,0 +1,112 @@
+"""Import an image reference into an ext4 root disk: resolve, pull (cached), unpack, mkfs. One call.
+
+This is the single composition point of ``amber.oci`` (registry side) and ``amber.rootfs`` (disk side),
+used by ``amber image import`` and by the build pipeline. All paths are parameters; nothing reads settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from amber.oci.credentials import RegistryCredentials
+from amber.oci.errors import RootDiskError
+from amber.oci.platform import Platform
+from amber.oci.progress import ImportProgress
+from amber.oci.pull import PulledImage, ResolvedImage, pull
+from amber.oci.reference import ImageReference
+from amber.rootfs.config import ImageConfig
+from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, make_ext4
+from amber.rootfs.unpack import UnpackStats, unpack_layers
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import produced. ``manifest_digest`` identifies the image exactly (use it as a cache key)."""
+
+    resolved: ResolvedImage
+    disk: Path
+    disk_size_bytes: int
+    layer_count: int
+    compressed_bytes: int
+    downloaded_bytes: int
+    unpacked_bytes: int
+    seconds: float
+
+    @property
+    def manifest_digest(self) -> str:
+        return self.resolved.manifest_digest
+
+    @property
+    def config(self) -> ImageConfig:
+        return self.resolved.config
+
+    def summary(self) -> str:
+        """One line for humans: reference, digest, layers, sizes, time."""
+        mib = 1024 * 1024
+        return (
+            f"imported {self.resolved.reference} ({self.resolved.platform}) {self.manifest_digest}: "
+            f"{self.layer_count} layers, {self.compressed_bytes / mib:.1f} MiB compressed "
+            f"({self.downloaded_bytes / mib:.1f} MiB downloaded), {self.unpacked_bytes / mib:.1f} MiB of files "
+            f"→ {self.disk} ({self.disk_size_bytes // mib} MiB) in {self.seconds:.2f} s"
+        )
+
+
+def unpack_image(pulled: PulledImage, target: Path) -> UnpackStats:
+    """Unpack a pulled image's layers into ``target`` (blocking; see ``amber.rootfs.unpack``)."""
+    return unpack_layers(pulled.layers, target)
+
+
+async def import_image(
+    reference: ImageReference | str,
+    output_disk: Path,
+    *,
+    cache_dir: Path,
+    credentials: RegistryCredentials | None = None,
+    platform: Platform | str | None = None,
+    progress: ImportProgress | None = None,
+    min_size_mib: int = DEFAULT_MIN_SIZE_MIB,
+    work_dir: Path | None = None,
+    insecure_registries: Collection[str] = (),
+) -> ImportResult:
+    """Import ``reference`` into the ext4 image ``output_disk``.
+
+    Layers come from / go to the layer cache at ``cache_dir`` (``<data_dir>/cache/layers``). The tree is
+    unpacked in a fresh directory under ``work_dir`` (default: next to ``output_disk``), removed afterwards;
+    ``output_disk`` appears only when complete. Raises :class:`~amber.oci.errors.ImageImportError` subclasses.
+    """
+    started = time.monotonic()
+    report = progress or ImportProgress()
+    pulled = await pull(
+        reference, cache=cache_dir, credentials=credentials, platform=platform, progress=report,
+        insecure_registries=insecure_registries,
+    )
+    parent = work_dir or output_disk.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
+    try:
+        os.chmod(staging, 0o755)  # the disk's / gets the tree root's mode; mkdtemp makes it 0700
+        report.phase("unpack")
+        stats = await asyncio.to_thread(unpack_image, pulled, staging)
+        report.phase("ext4")
+        size = await asyncio.to_thread(make_ext4, staging, output_disk, min_size_mib)
+    except OSError as exc:
+        raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+    return ImportResult(
+        resolved=pulled.resolved,
+        disk=output_disk,
+        disk_size_bytes=size,
+        layer_count=len(pulled.layers),
+        compressed_bytes=sum(layer.descriptor.size for layer in pulled.layers),
+        downloaded_bytes=pulled.downloaded_bytes,
+        unpacked_bytes=stats.bytes,
+        seconds=time.monotonic() - started,
+    )
