@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +20,33 @@ class Settings(BaseSettings):
     port: int = 3000
     workers: int | None = None  # in-process build workers; default from cores and memory
     accel: str | None = None  # "kvm" or "tcg"; default: kvm only where vmx/svm exist
+    build_timeout_secs: float = 3600.0  # one build attempt, all phases together
+    phase_timeout_secs: float = 1200.0  # any single log phase (preparing, step, readiness, …)
+    lease_secs: float = 30.0  # a worker renews its claim on a build this often x3; expired → interrupted
+    claim_ttl_secs: int = 600  # lifetime of a name claim
+    max_blob_bytes: int = 8 * 1024**3  # largest single build-context file accepted
+    sse_heartbeat_secs: float = 10.0  # idle SSE streams get a comment line this often (SDK needs <= 15 s)
+    log_poll_secs: float = 2.0  # followers re-check the database this often (entries written by other hosts)
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def resolved_workers(self) -> int:
+        """Explicit ``workers``, else one per 2 cores and per 4 GiB of memory (at least 1, at most 8)."""
+        if self.workers is not None:
+            return max(1, self.workers)
+        cores = os.cpu_count() or 1
+        try:
+            mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+        except (ValueError, OSError):
+            mem_gib = 4.0
+        return max(1, min(8, cores // 2, int(mem_gib // 4)))
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,1 +1,1 @@
-"""Amber store package."""
+"""Durable records: SQLAlchemy models, Alembic migrations, the catalog of templates, tags, aliases and claims."""

@@ -1,0 +1,66 @@
+"""Pure ASGI middleware (no response buffering, so SSE streams pass straight through).
+
+``RequestIdMiddleware`` gives every request an id (``scope["state"]["request_id"]``, ``x-request-id`` header).
+``RefsRoutingMiddleware`` routes the ``/v1/templates/refs/…`` family on the *raw* path (§0.6, §11): it splits
+on ``/`` before percent-decoding, picks the reading R8 prescribes, and hands the router a path in which the
+ref (and a tag/alias argument) is one percent-encoded segment; handlers decode it with ``unquote``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from amber.api.refs import REFS_PREFIX, route_candidates
+from amber.store.ids import request_id
+
+RefExists = Callable[[str], Awaitable[bool]]
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class RefsRoutingMiddleware:
+    def __init__(self, app: ASGIApp, ref_exists: RefExists) -> None:
+        self.app = app
+        self.ref_exists = ref_exists
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw: bytes = scope.get("raw_path") or scope["path"].encode()
+            raw_path = raw.decode("latin-1").split("?", 1)[0]
+            if raw_path.startswith(REFS_PREFIX):
+                scope = await self._rewrite(scope, raw_path[len(REFS_PREFIX):])
+        await self.app(scope, receive, send)
+
+    async def _rewrite(self, scope: Scope, rest: str) -> Scope:
+        candidates = route_candidates(scope["method"], rest)
+        if not candidates:
+            return scope
+        chosen = candidates[0]
+        if len(candidates) > 1 and chosen.sub is None and not await self.ref_exists(chosen.ref):
+            chosen = candidates[1]  # R8: the whole path is a ref only if it names a template
+        path = chosen.internal_path()
+        new: dict[str, Any] = dict(scope)
+        new["path"] = path
+        new["raw_path"] = path.encode()
+        return new

@@ -1,0 +1,1 @@
+"""Build-context blobs: content-addressed files on disk and their per-namespace records."""

@@ -1,0 +1,606 @@
+"""The build service: accepts builds, keeps the one durable log per build, cancels, retries, promotes, recovers.
+
+Guarantees:
+- A build is accepted in one transaction (template row, consumed claim, build row, ``start`` entry) or not
+  at all, after every check that can fail has passed ("nothing half-created").
+- Log offsets are allocated by an atomic ``UPDATE … RETURNING`` on the build row, so the worker, a cancel
+  from any host and recovery all write into one gap-free sequence. Nothing is appended after a terminal
+  entry (``end``, ``error``, ``cancelled``), and the terminal entry and the status change commit together.
+- Secrets, credentials and inline context bytes stay in this process's memory (``MemoryInputs``); the
+  stored definition is ``persistable_request`` of the request. A build that needs memory-only inputs is
+  pinned to the accepting process; if that process dies first, the build ends as ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from amber.api.schemas.requests import CreateTemplateRequest, persistable_request, validate_create_request
+from amber.blobs.records import resolve_for_build
+from amber.blobs.store import BlobStore
+from amber.builds.executor import BuildArtifact, FailurePhase, LogEvent
+from amber.builds.logbus import LogBus, Published
+from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
+from amber.builds.views import ACTIVE_STATUSES, build_summary, build_view, dumps, ts
+from amber.settings import Settings
+from amber.store import catalog, ids
+from amber.store.catalog import Caller, Resolved
+from amber.store.database import Database
+from amber.store.errors import Conflict, Invalid, NotFound
+from amber.store.models import Artifact, Build, BuildLogEntry, Namespace, Template, utcnow
+
+SUGGESTED_ACTIONS: dict[str, str] = {
+    "auth": "Check the registry credentials (base_image_auth / registry_auth) and retry with fresh ones.",
+    "preflight": "Run the blob preflight again and upload every missing file before building.",
+    "blob_upload": "Upload the build-context files again (preflight, then PUT each missing blob) and rebuild.",
+    "prepare": "Check base_image, the build request and the server's disk space, then retry.",
+    "build_step": "Fix the failing step (its last output lines are in the message) and build again.",
+    "readiness": "Make sure start_cmd starts the service and the readiness probe matches it, then rebuild.",
+    "snapshot": "Retry the build; if it keeps failing, check the server's disk space and logs.",
+    "finalize": "Retry the build; if it keeps failing, check the server's disk space and logs.",
+    "interrupted": "Retry the build (TemplateBuild.retry); the server stopped while it was running.",
+}
+RETRYABLE_PHASES = {"auth", "prepare", "snapshot", "finalize", "interrupted", "blob_upload"}
+MAX_SNAPSHOT_ENTRIES = 1000
+
+
+def build_not_found(build_id: str) -> NotFound:
+    return NotFound(f"template build {build_id!r} not found", code="template_build_not_found")
+
+
+@dataclass
+class MemoryInputs:
+    """What a build needs that is never persisted: the full request (secrets, credentials, inline bytes)."""
+
+    request: CreateTemplateRequest
+
+
+def failure_detail(
+    *,
+    code: str,
+    message: str,
+    phase: str,
+    build_id: str,
+    attempt: int,
+    reason: str,
+    step_index: int | None = None,
+    request_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A TemplateFailureDetail with exactly the SDK's key set."""
+    detail: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "phase": phase,
+        "retryable": phase in RETRYABLE_PHASES,
+        "suggested_action": SUGGESTED_ACTIONS.get(phase, "Retry the build."),
+        "attempt": attempt,
+        "build_id": build_id,
+        "details": {"reason": reason, **(extra or {})},
+    }
+    if step_index is not None:
+        detail["step_index"] = step_index
+    if request_id is not None:
+        detail["request_id"] = request_id
+    return detail
+
+
+def classify(req: CreateTemplateRequest) -> tuple[str, str]:
+    """(build_backend, source_type) of a validated request (R29, R32)."""
+    backend = req.effective_backend
+    if req.dockerfile is not None:
+        return backend, "dockerfile"
+    base = req.base_image or ""
+    if base.startswith("tmpl_") or base.startswith("nullspace/") or (":tb_" in base):
+        return backend, "template_base"
+    if req.steps or req.start_cmd or req.build_envs:
+        return backend, "declarative"
+    return backend, "oci_import"
+
+
+class BuildService:
+    def __init__(self, db: Database, settings: Settings, bus: LogBus, blobs: BlobStore) -> None:
+        self.db = db
+        self.settings = settings
+        self.bus = bus
+        self.blobs = blobs
+        self.identity = WorkerIdentity.current()
+        self.memory: dict[str, MemoryInputs] = {}
+        self.cancel_events: dict[str, asyncio.Event] = {}
+        self.work_available = asyncio.Event()
+
+    # -- log ----------------------------------------------------------------------------------------------------
+
+    def _append(
+        self,
+        session: Session,
+        build: Build,
+        kind: str,
+        message: str,
+        *,
+        level: str = "info",
+        fields: dict[str, Any] | None = None,
+        new_status: str | None = None,
+        status_values: dict[str, Any] | None = None,
+        allow_terminal: bool = False,
+    ) -> Published | None:
+        """Append one entry (and optionally move the build to ``new_status``) atomically. Returns None when the
+        build is already terminal (nothing is written after a terminal entry)."""
+        now = utcnow()
+        values: dict[str, Any] = {"log_next_offset": Build.log_next_offset + 1, "updated_at": now}
+        if new_status is not None:
+            values["status"] = new_status
+        values.update(status_values or {})
+        stmt = update(Build).where(Build.id == build.id)
+        if not allow_terminal:
+            stmt = stmt.where(Build.status.in_(ACTIVE_STATUSES))
+        row = session.execute(stmt.values(**values).returning(Build.log_next_offset)).first()
+        if row is None:
+            return None
+        offset = int(row[0]) - 1
+        entry: dict[str, Any] = {
+            "build_id": build.id,
+            "template_id": build.artifact_id,
+            "offset": offset,
+            "timestamp": ts(now),
+            "kind": kind,
+            "level": level,
+            "message": message,
+        }
+        for key, value in (fields or {}).items():
+            if value is not None:
+                entry[key] = value
+        entry_json = dumps(entry)
+        session.add(BuildLogEntry(build_id=build.id, offset=offset, kind=kind, created_at=now, entry_json=entry_json))
+        return Published(offset=offset, kind=kind, entry_json=entry_json)
+
+    def _publish(self, build_id: str, item: Published | None) -> None:
+        if item is not None:
+            self.bus.publish(build_id, item)
+
+    async def emit(self, build_id: str, event: LogEvent, *, attempt: int) -> bool:
+        """Persist one pipeline event; False once the build is terminal (the worker should stop)."""
+        fields = {
+            "phase": event.phase.value if event.phase else None,
+            "step_index": event.step_index,
+            "total_steps": event.total_steps,
+            "attempt": attempt,
+            "cache_kind": event.cache_kind.value if event.cache_kind else None,
+            "cache_status": event.cache_status.value if event.cache_status else None,
+            "cache_reason": event.cache_reason.value if event.cache_reason else None,
+            "cache_subject": event.cache_subject,
+        }
+        kind = event.kind.value
+        if kind in ("start", "end", "error", "cancelled"):
+            kind = "message"  # terminal kinds and ``start`` belong to the service, never to the pipeline
+
+        def write(session: Session) -> Published | None:
+            build = session.get(Build, build_id)
+            if build is None:
+                return None
+            return self._append(session, build, kind, event.message, level=event.level.value, fields=fields)
+
+        item = await self.db.run(write)
+        self._publish(build_id, item)
+        return item is not None
+
+    async def entries_since(self, build_id: str, offset: int, limit: int) -> tuple[list[Published], str | None]:
+        """Stored entries from ``offset`` on (ascending) and the build's status (None if it no longer exists)."""
+
+        def read(session: Session) -> tuple[list[Published], str | None]:
+            rows = session.execute(
+                select(BuildLogEntry.offset, BuildLogEntry.kind, BuildLogEntry.entry_json)
+                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= offset)
+                .order_by(BuildLogEntry.offset)
+                .limit(limit)
+            ).all()
+            status = session.scalar(select(Build.status).where(Build.id == build_id))
+            return [Published(offset=r[0], kind=r[1], entry_json=r[2]) for r in rows], status
+
+        return await self.db.run(read)
+
+    # -- lookups ------------------------------------------------------------------------------------------------
+
+    def _owned_build(self, session: Session, caller: Caller, build_id: str) -> Build:
+        build = session.get(Build, build_id)
+        if build is None or build.namespace_id != caller.namespace_id:
+            raise build_not_found(build_id)
+        return build
+
+    def _view(self, session: Session, build: Build) -> dict[str, Any]:
+        template = session.get(Template, build.template_id)
+        namespace = session.get(Namespace, build.namespace_id)
+        assert template is not None and namespace is not None
+        return build_view(build, template, namespace, artifact_exists=session.get(Artifact, build.artifact_id)
+                          is not None)
+
+    async def get_owned(self, caller: Caller, build_id: str) -> Build:
+        return await self.db.run(lambda s: self._owned_build(s, caller, build_id))
+
+    async def snapshot_json(self, caller: Caller, build_id: str, offset: int) -> str:
+        """TemplateBuildStatusSnapshot as JSON text (entries are spliced in as stored, not re-encoded)."""
+
+        def read(session: Session) -> str:
+            build = self._owned_build(session, caller, build_id)
+            view = self._view(session, build)
+            rows = session.execute(
+                select(BuildLogEntry.offset, BuildLogEntry.entry_json)
+                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= offset)
+                .order_by(BuildLogEntry.offset)
+                .limit(MAX_SNAPSHOT_ENTRIES)
+            ).all()
+            next_offset = max(offset, rows[-1][0] + 1) if rows else offset
+            entries = ",".join(r[1] for r in rows)
+            return f'{{"build":{dumps(view)},"entries":[{entries}],"next_offset":{next_offset}}}'
+
+        return await self.db.run(read)
+
+    async def build_json(self, build_id: str) -> dict[str, Any]:
+        def read(session: Session) -> dict[str, Any]:
+            build = session.get(Build, build_id)
+            if build is None:
+                raise build_not_found(build_id)
+            return self._view(session, build)
+
+        return await self.db.run(read)
+
+    async def list_builds(
+        self,
+        caller: Caller,
+        ref: catalog.RefQuery,
+        *,
+        status: str | None,
+        backend: str | None,
+        source_type: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> dict[str, Any]:
+        """Build history of the logical template (R26), newest first; ``cursor`` is the last build id seen."""
+
+        def read(session: Session) -> dict[str, Any]:
+            resolved = catalog.resolve(session, caller, ref)
+            if resolved.template.namespace_id != caller.namespace_id:
+                raise catalog.not_found(ref.text)  # builds are caller-scoped even for public templates
+            query = select(Build).where(Build.template_id == resolved.template.id)
+            if status:
+                query = query.where(Build.status == status)
+            if backend:
+                query = query.where(Build.build_backend == backend)
+            if source_type:
+                query = query.where(Build.source_type == source_type)
+            if cursor:
+                query = query.where(Build.id < cursor)
+            rows = session.scalars(query.order_by(Build.id.desc()).limit(limit + 1)).all()
+            artifact_ids = set(session.scalars(
+                select(Artifact.id).where(Artifact.template_id == resolved.template.id)))
+            out: dict[str, Any] = {
+                "builds": [
+                    build_summary(b, resolved.template, artifact_exists=b.artifact_id in artifact_ids)
+                    for b in rows[:limit]
+                ]
+            }
+            if len(rows) > limit:
+                out["next_cursor"] = rows[limit - 1].id
+            return out
+
+        return await self.db.run(read)
+
+    # -- accept -------------------------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        caller: Caller,
+        req: CreateTemplateRequest,
+        *,
+        request_id: str,
+        retry_of: Build | None = None,
+        tags: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create the build (status ``waiting``) and its ``start`` entry. Returns the TemplateBuild JSON."""
+        backend, source_type = classify(req)
+        definition = persistable_request(req)
+        inline = any(f.content_base64 is not None for f in (req.build_context.files if req.build_context else []))
+        blob_entries = [
+            (f.path, f.blob_id)
+            for f in (req.build_context.files if req.build_context else [])
+            if f.blob_id is not None
+        ]
+        needs_memory = bool(req.base_image_auth or req.registry_auth or req.build_secrets or inline)
+        build_tags = tags if tags is not None else req.effective_tags
+        build_config = req.build_config.model_dump(mode="json", exclude_none=True) if req.build_config else {}
+
+        def write(session: Session) -> tuple[dict[str, Any], Published | None]:
+            resolve_for_build(session, self.blobs, caller.namespace_id, blob_entries)
+            if retry_of is not None:
+                template = session.get(Template, retry_of.template_id)
+                if template is None:
+                    raise build_not_found(retry_of.id)
+            else:
+                name = req.name if req.name is not None else req.alias
+                template = catalog.build_target(session, caller, name, req.claim_token)
+            now = utcnow()
+            build = Build(
+                id=ids.build_id(),
+                namespace_id=caller.namespace_id,
+                template_id=template.id,
+                artifact_id=ids.artifact_id(),
+                status="waiting",
+                build_backend=backend,
+                source_type=source_type,
+                tags=build_tags,
+                definition=definition,
+                base_image_auth_kind=req.base_image_auth.kind if req.base_image_auth else None,
+                registry_auth_hosts=[r.registry for r in req.registry_auth or []],
+                secret_ids=[s.id for s in req.build_secrets or []],
+                inline_context=inline,
+                pinned_worker=str(self.identity) if needs_memory else None,
+                build_config=build_config,
+                triggered_by=caller.key_id,
+                attempt=(retry_of.attempt + 1) if retry_of else 1,
+                retry_of_build_id=retry_of.id if retry_of else None,
+                original_build_id=(retry_of.original_build_id or retry_of.id) if retry_of else None,
+                created_at=now,
+                updated_at=now,
+                queued_at=now,
+            )
+            session.add(build)
+            session.flush()
+            message = f"build {build.id} accepted for {template.name} ({source_type}, {backend})"
+            if retry_of is not None:
+                message += f"; retry of {retry_of.id}"
+            item = self._append(session, build, "start", message, fields={"attempt": build.attempt})
+            return self._view(session, build), item
+
+        view, item = await self.db.run(write)
+        self.memory[view["build_id"]] = MemoryInputs(request=req)
+        self._publish(view["build_id"], item)
+        self.work_available.set()
+        return view
+
+    # -- cancel / retry / promote ---------------------------------------------------------------------------------
+
+    async def cancel(self, caller: Caller, build_id: str, reason: str | None) -> str:
+        """R23: idempotent; an active build becomes ``cancelled`` with a durable ``cancelled`` entry at once."""
+
+        def write(session: Session) -> Published | None:
+            build = self._owned_build(session, caller, build_id)
+            if build.status not in ACTIVE_STATUSES:
+                return None
+            now = utcnow()
+            message = "build cancelled" + (f": {reason}" if reason else "")
+            return self._append(
+                session, build, "cancelled", message, level="warn",
+                new_status="cancelled",
+                status_values={
+                    "cancel_requested_at": now,
+                    "cancel_requested_by": caller.key_id,
+                    "cancellation_reason": reason,
+                    "finished_at": now,
+                    "pinned_worker": None,
+                },
+            )
+
+        item = await self.db.run(write)
+        self._publish(build_id, item)
+        event = self.cancel_events.get(build_id)
+        if event is not None:
+            event.set()
+        if item is not None and build_id not in self.cancel_events:
+            self.memory.pop(build_id, None)  # it never started here: drop its memory-only inputs now
+        return await self.snapshot_json(caller, build_id, 0)
+
+    async def retry(self, caller: Caller, build_id: str, fresh: dict[str, Any]) -> dict[str, Any]:
+        """R24/R41: a new attempt from the stored definition plus fresh credentials and secret values."""
+        original = await self.get_owned(caller, build_id)
+        if original.status in ACTIVE_STATUSES:
+            raise Conflict(f"build {build_id!r} is still {original.status}; cancel it or wait before retrying")
+        if original.inline_context:
+            raise Invalid(
+                "build_context: this build sent its context inline (content_base64), which is never stored; "
+                "start a new build instead (contexts uploaded through the blob preflight are retryable)",
+                field="build_context",
+            )
+        data = dict(original.definition)
+        data.pop("claim_token", None)
+        if original.base_image_auth_kind is not None and fresh.get("base_image_auth") is None:
+            raise Invalid(
+                "base_image_auth: the original build used private base-image credentials, which are never "
+                "stored; send fresh base_image_auth with the retry",
+                field="base_image_auth",
+            )
+        if fresh.get("base_image_auth") is not None:
+            data["base_image_auth"] = fresh["base_image_auth"]
+        else:
+            data.pop("base_image_auth", None)
+        if original.registry_auth_hosts and fresh.get("registry_auth") is None:
+            raise Invalid(
+                "registry_auth: the original build used registry credentials, which are never stored; send "
+                "fresh registry_auth with the retry",
+                field="registry_auth",
+            )
+        if fresh.get("registry_auth") is not None:
+            data["registry_auth"] = fresh["registry_auth"]
+        else:
+            data.pop("registry_auth", None)
+        if original.secret_ids:
+            sent = {s.get("id") for s in fresh.get("build_secrets") or [] if isinstance(s, dict)}
+            missing = [i for i in original.secret_ids if i not in sent]
+            if missing:
+                raise Invalid(
+                    f"build_secrets: the retry must resend values for secret id(s) {', '.join(missing)} "
+                    "(secret values are never stored)",
+                    field="build_secrets",
+                )
+        if fresh.get("build_secrets") is not None:
+            data["build_secrets"] = fresh["build_secrets"]
+        else:
+            data.pop("build_secrets", None)
+        if fresh.get("tags") is not None:
+            data["tags"] = fresh["tags"]
+        req = validate_create_request(data)
+        return await self.accept(caller, req, request_id="", retry_of=original, tags=req.effective_tags
+                                 if fresh.get("tags") is not None else list(original.tags))
+
+    async def promote(self, caller: Caller, build_id: str, tags: list[str]) -> dict[str, Any]:
+        """R25: move ``tags`` onto the retained artifact of a successful build (audited as ``promote``)."""
+
+        def write(session: Session) -> dict[str, Any]:
+            build = self._owned_build(session, caller, build_id)
+            artifact = session.get(Artifact, build.artifact_id)
+            if build.status != "ready" or artifact is None:
+                why = "its artifact was deleted" if build.status == "ready" else f"it is {build.status}"
+                raise Conflict(f"build {build_id!r} is not promotable: {why}")
+            template = session.get(Template, build.template_id)
+            namespace = session.get(Namespace, build.namespace_id)
+            assert template is not None and namespace is not None
+            for tag in tags:
+                catalog.move_tag(session, template, tag, artifact, action="promote")
+            session.flush()
+            resolved = Resolved(template=template, namespace=namespace, artifact=artifact, via_tag=tags[0])
+            return catalog.template_info(session, resolved)
+
+        return await self.db.run(write)
+
+    # -- worker outcomes ----------------------------------------------------------------------------------------
+
+    async def succeed(self, build_id: str, artifact: BuildArtifact) -> bool:
+        """Store the artifact, move the build's tags onto it and append ``end`` with ``result``."""
+
+        def write(session: Session) -> Published | None:
+            build = session.get(Build, build_id)
+            if build is None or build.status != "building":
+                return None
+            template = session.get(Template, build.template_id)
+            namespace = session.get(Namespace, build.namespace_id)
+            assert template is not None and namespace is not None
+            runtime = catalog.safe_runtime_defaults(artifact.runtime_defaults) or {}
+            row = Artifact(
+                id=build.artifact_id,
+                template_id=template.id,
+                build_id=build.id,
+                storage_dir=str(artifact.artifact_dir),
+                runtime_defaults=runtime,
+                oci_metadata=artifact.oci_metadata,
+                size_bytes=artifact.size_bytes,
+            )
+            session.add(row)
+            session.flush()
+            for tag in build.tags:
+                catalog.move_tag(session, template, tag, row)
+            session.flush()
+            info = catalog.template_info(
+                session, Resolved(template=template, namespace=namespace, artifact=row,
+                                  via_tag=build.tags[0] if build.tags else None)
+            )
+            metadata: dict[str, Any] = {}
+            if runtime:
+                metadata["runtime_defaults"] = runtime
+            if artifact.oci_metadata:
+                metadata["oci_metadata"] = artifact.oci_metadata
+            now = utcnow()
+            return self._append(
+                session, build, "end", f"template {info['canonical_ref']} is ready",
+                fields={"result": _jsonable(info), "result_metadata": metadata or None, "attempt": build.attempt},
+                new_status="ready",
+                status_values={
+                    "finished_at": now,
+                    "lease_owner": None,
+                    "pinned_worker": None,
+                    "cache_summary": artifact.cache_summary or None,
+                    "runtime_defaults": runtime or None,
+                    "oci_metadata": artifact.oci_metadata,
+                    "source_digest": artifact.source_digest,
+                    "dockerfile_digest": artifact.dockerfile_digest,
+                    "context_digest": artifact.context_digest,
+                },
+            )
+
+        item = await self.db.run(write)
+        self._publish(build_id, item)
+        if item is None:
+            shutil.rmtree(artifact.artifact_dir, ignore_errors=True)  # cancelled or deleted meanwhile
+        return item is not None
+
+    async def fail(
+        self,
+        build_id: str,
+        *,
+        code: str,
+        message: str,
+        phase: str,
+        reason: str,
+        step_index: int | None = None,
+        allow_waiting: bool = True,
+    ) -> bool:
+        """End an active build with ``status=error`` and a terminal ``error`` entry carrying the detail."""
+
+        def write(session: Session) -> Published | None:
+            build = session.get(Build, build_id)
+            if build is None or build.status not in ACTIVE_STATUSES:
+                return None
+            if build.status == "waiting" and not allow_waiting:
+                return None
+            detail = failure_detail(code=code, message=message, phase=phase, build_id=build_id,
+                                    attempt=build.attempt, reason=reason, step_index=step_index)
+            return self._append(
+                session, build, "error", message, level="error",
+                fields={"error_detail": detail, "attempt": build.attempt, "step_index": step_index},
+                new_status="error",
+                status_values={
+                    "finished_at": utcnow(),
+                    "error": message,
+                    "error_detail": detail,
+                    "failure_phase": phase,
+                    "lease_owner": None,
+                    "pinned_worker": None,
+                },
+            )
+
+        item = await self.db.run(write)
+        self._publish(build_id, item)
+        return item is not None
+
+    # -- recovery -----------------------------------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """End builds whose worker died (``interrupted``) and waiting builds whose memory-only inputs are gone.
+        Waiting builds without such inputs stay queued and are resumed. Returns the ended build ids."""
+
+        def scan(session: Session) -> tuple[list[str], list[str]]:
+            return ([b.id for b in orphaned_builds(session, self.identity)],
+                    [b.id for b in stranded_waiting(session, self.identity)])
+
+        running, stranded = await self.db.run(scan)
+        ended = []
+        for build_id in running:
+            if await self.fail(
+                build_id, code="build_error", phase=FailurePhase.INTERRUPTED.value, reason="worker_lost",
+                message="build interrupted: the server running it stopped (restart or crash) before it finished; "
+                        "its VM and scratch files were cleaned up",
+            ):
+                ended.append(build_id)
+        for build_id in stranded:
+            if await self.fail(
+                build_id, code="build_error", phase=FailurePhase.INTERRUPTED.value, reason="inputs_lost",
+                message="build interrupted: the server restarted before the build started, and its secrets, "
+                        "credentials or inline context are never stored; start it again with fresh inputs",
+            ):
+                ended.append(build_id)
+        return ended
+
+    def artifact_dirs_removed(self, dirs: list[str]) -> None:
+        for d in dirs:
+            if d:
+                shutil.rmtree(Path(d), ignore_errors=True)
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: (ts(v) if isinstance(v, datetime) else v) for k, v in info.items()}

@@ -1,0 +1,265 @@
+"""In-process build workers: claim queued builds, run the pipeline, persist its events, enforce timeouts.
+
+Each worker is an asyncio task in the server's event loop; the pipeline does its blocking work in threads
+or subprocesses. While a build runs its worker renews the lease every ``lease_secs / 3`` and checks for a
+cancel requested through any host. Timeouts: the whole attempt (``build_timeout_secs``) and any single log
+phase (``phase_timeout_secs``); on expiry the pipeline is cancelled and the build fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from amber.api.schemas.requests import CreateTemplateRequest, validate_create_request
+from amber.blobs.records import resolve_for_build
+from amber.builds.executor import BuildExecutor, BuildFailed, BuildJob, FailurePhase, LogEvent, LogPhase
+from amber.builds.queue import claim_next, renew_lease
+from amber.builds.service import BuildService
+from amber.store.models import Build
+
+log = logging.getLogger("amber.workers")
+
+_CANCEL_GRACE_SECS = 30.0  # how long the pipeline gets to clean up after cancel before its task is cancelled
+_PHASE_TO_FAILURE = {
+    LogPhase.CACHE: FailurePhase.PREPARE,
+    LogPhase.PREPARING: FailurePhase.PREPARE,
+    LogPhase.VM_CREATE: FailurePhase.PREPARE,
+    LogPhase.STEP: FailurePhase.BUILD_STEP,
+    LogPhase.SYNC: FailurePhase.BUILD_STEP,
+    LogPhase.STARTUP: FailurePhase.READINESS,
+    LogPhase.READINESS: FailurePhase.READINESS,
+    LogPhase.SNAPSHOT: FailurePhase.SNAPSHOT,
+    LogPhase.FINALIZE: FailurePhase.FINALIZE,
+    LogPhase.CLEANUP: FailurePhase.FINALIZE,
+    LogPhase.RETRY: FailurePhase.PREPARE,
+}
+
+
+def load_executor(settings: Any) -> BuildExecutor | None:
+    """The native/BuildKit pipeline, or None when this checkout has none (every build then fails clearly)."""
+    try:
+        module = importlib.import_module("amber.builds.pipeline")
+    except ImportError:
+        module = None
+    factory = getattr(module, "create_executor", None)
+    if factory is None:
+        log.error("amber.builds.pipeline.create_executor is not available; builds will fail")
+        return None
+    executor: BuildExecutor = factory(settings)
+    return executor
+
+
+class _Progress:
+    """Tracks the current log phase for timeouts and for mapping an unexpected crash to a failure phase."""
+
+    def __init__(self) -> None:
+        self.phase: LogPhase | None = None
+        self.phase_started = time.monotonic()
+        self.step_index: int | None = None
+
+    def see(self, event: LogEvent) -> None:
+        if event.phase is not None and event.phase != self.phase:
+            self.phase = event.phase
+            self.phase_started = time.monotonic()
+        if event.step_index is not None:
+            self.step_index = event.step_index
+
+    @property
+    def failure_phase(self) -> FailurePhase:
+        return _PHASE_TO_FAILURE.get(self.phase, FailurePhase.PREPARE) if self.phase else FailurePhase.PREPARE
+
+
+class WorkerPool:
+    def __init__(self, service: BuildService, count: int, executor: BuildExecutor | None) -> None:
+        self.service = service
+        self.count = count
+        self.executor = executor
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self._tasks.append(asyncio.create_task(self._loop(), name=f"amber-worker-{index}"))
+        self._tasks.append(asyncio.create_task(self._reaper(), name="amber-reaper"))
+
+    async def stop(self) -> None:
+        """Cancel running builds (their pipelines clean up) and stop the workers."""
+        self._stopping = True
+        for event in self.service.cancel_events.values():
+            event.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _loop(self) -> None:
+        service = self.service
+        settings = service.settings
+        owner = str(service.identity)
+        postgres = not service.db.is_sqlite
+        while not self._stopping:
+            build = await service.db.run(lambda s: claim_next(s, owner, settings.lease_secs, postgres=postgres))
+            if build is None:
+                service.work_available.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(service.work_available.wait(), timeout=1.0 if postgres else 5.0)
+                continue
+            try:
+                await self._run(build)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in the service itself: end the build instead of leaving it running
+                log.exception("worker crashed on build %s", build.id)
+                await service.fail(build.id, code="internal_error", message=f"internal error: {exc}",
+                                   phase=FailurePhase.FINALIZE.value, reason="internal_error")
+            finally:
+                service.memory.pop(build.id, None)
+                service.cancel_events.pop(build.id, None)
+
+    async def _reaper(self) -> None:
+        """Periodically end builds whose worker (on any host) lost its lease."""
+        while not self._stopping:
+            await asyncio.sleep(self.service.settings.lease_secs)
+            with contextlib.suppress(Exception):
+                await self.service.recover()
+
+    def _job(self, build: Build) -> BuildJob:
+        service = self.service
+        memory = service.memory.get(build.id)
+        request: CreateTemplateRequest = memory.request if memory else validate_create_request(build.definition)
+        return BuildJob(
+            build_id=build.id,
+            template_id=build.artifact_id,
+            request=request,
+            data_dir=Path(service.settings.data_dir),
+            secrets={s.id: s.value.get_secret_value() for s in request.build_secrets or []},
+            registry_credentials={r.registry: r.auth for r in request.registry_auth or []},
+            base_image_credentials=request.base_image_auth,
+            blob_paths={},  # filled in _run (needs the database)
+        )
+
+    async def _run(self, build: Build) -> None:
+        service = self.service
+        settings = service.settings
+        if build.pinned_worker is not None and build.id not in service.memory:
+            await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,
+                               reason="inputs_lost",
+                               message="build interrupted: its secrets, credentials or inline context were lost")
+            return
+        job = self._job(build)
+        files = job.request.build_context.files if job.request.build_context else []
+        entries = [(f.path, f.blob_id) for f in files if f.blob_id is not None]
+        if entries:
+            try:
+                paths = await service.db.run(
+                    lambda s: resolve_for_build(s, service.blobs, build.namespace_id, entries))
+            except Exception as exc:
+                await service.fail(build.id, code="file_upload_error", phase="blob_upload",
+                                   reason="missing_parts", message=str(exc))
+                return
+            job.blob_paths = {k: Path(v) for k, v in paths.items()}
+        if self.executor is None:
+            await service.fail(build.id, code="internal_error", phase=FailurePhase.PREPARE.value,
+                               reason="pipeline_unavailable",
+                               message="this server has no build pipeline installed (amber.builds.pipeline)")
+            return
+
+        cancel = asyncio.Event()
+        service.cancel_events[build.id] = cancel
+        progress = _Progress()
+        attempt = build.attempt
+        stopped = False
+
+        async def emit(event: LogEvent) -> None:
+            nonlocal stopped
+            progress.see(event)
+            if stopped:
+                return
+            if not await service.emit(build.id, event, attempt=attempt):
+                stopped = True
+                cancel.set()
+
+        started = time.monotonic()
+        task = asyncio.create_task(self.executor.run(job, emit, cancel))
+        timeout_message: str | None = None
+        last_renew = time.monotonic()
+        cancel_seen: float | None = None
+        owner = str(service.identity)
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if task.done():
+                break
+            now = time.monotonic()
+            if timeout_message is None and not cancel.is_set():
+                if now - started > settings.build_timeout_secs:
+                    timeout_message = f"build timed out after {settings.build_timeout_secs:.0f} s"
+                elif now - progress.phase_started > settings.phase_timeout_secs:
+                    phase = progress.phase.value if progress.phase else "preparing"
+                    timeout_message = f"phase {phase} timed out after {settings.phase_timeout_secs:.0f} s"
+                if timeout_message:
+                    cancel.set()
+            if now - last_renew > settings.lease_secs / 3:
+                last_renew = now
+                status, cancel_at = await service.db.run(
+                    lambda s: renew_lease(s, build.id, owner, settings.lease_secs))
+                if status != "building" or cancel_at is not None:
+                    cancel.set()
+            if cancel.is_set():
+                cancel_seen = cancel_seen if cancel_seen is not None else now
+                if now - cancel_seen > _CANCEL_GRACE_SECS:
+                    task.cancel()  # the pipeline ignored cancel: stop waiting for it
+        await self._finish(build, task, progress, timeout_message, cancel)
+
+    async def _finish(
+        self,
+        build: Build,
+        task: asyncio.Task[Any],
+        progress: _Progress,
+        timeout_message: str | None,
+        cancel: asyncio.Event,
+    ) -> None:
+        service = self.service
+        error: BaseException | None = None
+        artifact = None
+        if task.cancelled():
+            error = asyncio.CancelledError()
+        else:
+            error = task.exception()
+            if error is None:
+                artifact = task.result()
+        if artifact is not None and not cancel.is_set():
+            await service.succeed(build.id, artifact)
+            return
+        if artifact is not None:
+            await asyncio.to_thread(service.artifact_dirs_removed, [str(artifact.artifact_dir)])
+        if timeout_message is not None:
+            await service.fail(build.id, code="build_error", message=timeout_message,
+                               phase=progress.failure_phase.value, reason="timeout", step_index=progress.step_index)
+        elif isinstance(error, BuildFailed):
+            await service.fail(build.id, code=error.code, message=error.message, phase=error.phase.value,
+                               reason=_reason_for(error.phase), step_index=error.step_index)
+        elif isinstance(error, asyncio.CancelledError) or cancel.is_set():
+            # Cancelled through the API (already terminal) or by shutdown: shutdown ends it as interrupted.
+            await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,
+                               reason="server_shutdown",
+                               message="build interrupted: the server shut down while it was running")
+        elif error is not None:
+            log.error("pipeline crashed on build %s", build.id, exc_info=error)
+            await service.fail(build.id, code="internal_error", message=f"internal error in the build pipeline: "
+                               f"{type(error).__name__}: {error}", phase=progress.failure_phase.value,
+                               reason="internal_error", step_index=progress.step_index)
+
+
+def _reason_for(phase: FailurePhase) -> str:
+    return {
+        FailurePhase.BUILD_STEP: "step_failed",
+        FailurePhase.READINESS: "readiness_failed",
+        FailurePhase.AUTH: "registry_auth_failed",
+    }.get(phase, f"{phase.value}_failed")
