@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import secrets as secrets_module
@@ -55,6 +54,7 @@ from amber.builds.executor import (
     LogLevel,
     LogPhase,
 )
+from amber.rootfs.unpack import unpack_tar_stream
 
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20
@@ -89,14 +89,9 @@ class DockerfileBuildResult:
     used_cache: bool  # False when the build bypassed BuildKit's cache (secrets or skip_cache)
 
 
-def default_unpacker() -> TreeUnpacker:
-    """Engineer A's safe single-stream unpacker from ``amber.rootfs``."""
-    try:
-        module = importlib.import_module("amber.rootfs.unpack")
-    except ImportError as error:
-        raise RuntimeError(f"amber.rootfs has no tar-stream unpacker: {error}") from error
-    unpack: TreeUnpacker = module.unpack_tar_stream
-    return unpack
+def default_unpacker(stream: BinaryIO, target: Path) -> None:
+    """Engineer A's safe unpacker (path checks, links, set-id bits, xattrs); special files are rejected."""
+    unpack_tar_stream(stream, target, layer="BuildKit output")
 
 
 class _Redactor:
@@ -314,7 +309,7 @@ async def build_dockerfile_rootfs(
     """
     secrets = dict(secrets or {})
     registry_credentials = dict(registry_credentials or {})
-    unpack = unpacker or default_unpacker()
+    unpack = unpacker or default_unpacker
     redact = _Redactor(
         [*secrets.values(), *(c.password for c in registry_credentials.values())]
         + ([base_image_credential.password] if base_image_credential else [])

@@ -126,9 +126,12 @@ class ManagedDockerd:
             await self._start()
 
     async def stop(self) -> None:
-        """Stop the daemon Amber started (SIGTERM, then SIGKILL after a grace period)."""
+        """Stop the daemon Amber started (SIGTERM, then SIGKILL after a grace period) and remove its empty
+        exec root (never entering anything still mounted)."""
         async with self._lock:
             await asyncio.to_thread(self._terminate)
+            await asyncio.to_thread(self._stop_stale_from_pidfile)
+            await asyncio.to_thread(_remove_exec_root, self.layout.exec_root)
 
     async def supervise(self, interval_s: float = 5.0) -> None:
         """Health-check forever, restarting the daemon when it dies (run as a background task)."""
@@ -179,29 +182,84 @@ class ManagedDockerd:
             process.wait(timeout=_STOP_TIMEOUT_S)
 
     def _stop_stale_from_pidfile(self) -> None:
-        """A dockerd left by an earlier Amber process on the same data root is stopped before starting anew."""
-        try:
-            pid = int(self.layout.pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            return
-        if f"--data-root={self.layout.data_root}".encode() not in cmdline:
-            return  # the PID was reused by something that is not ours
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_TIMEOUT_S
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.05)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
+        """A dockerd (or the containerd it started) left by a dead daemon or an earlier Amber process on the
+        same roots is stopped before starting anew; PIDs are checked against their command lines first."""
+        _stop_pid_from_file(self.layout.pidfile, f"--data-root={self.layout.data_root}")
+        containerd_pidfile = self.layout.exec_root / "containerd" / "containerd.pid"
+        _stop_pid_from_file(containerd_pidfile, str(self.layout.exec_root))
+        # A dead containerd may linger as a zombie (PID 1 here does not reap), and dockerd would take the PID
+        # in this file for a running containerd and wait for it forever.
+        with contextlib.suppress(FileNotFoundError):
+            containerd_pidfile.unlink()
+        # dockerd bind-mounts its data root onto itself; a killed daemon leaves that mount behind.
+        for _ in range(8):
+            if not _is_mount_point(self.layout.data_root):
+                break
+            subprocess.run(["umount", str(self.layout.data_root)], check=False, capture_output=True)
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
             return " | ".join(self.layout.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def _stop_pid_from_file(pidfile: Path, marker: str) -> None:
+    """SIGTERM (then SIGKILL) the process named in ``pidfile`` if its command line contains ``marker``."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return
+    if marker.encode() not in cmdline:
+        return  # the PID was reused by something that is not ours
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    if _running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _is_mount_point(path: Path) -> bool:
+    """True when ``path`` is a mount point, bind mounts of the same filesystem included (``ismount`` misses
+    those)."""
+    target = str(path.resolve())
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].encode().decode("unicode_escape") == target:
+                return True
+    return False
+
+
+def _remove_exec_root(root: Path) -> None:
+    """Remove what a stopped dockerd left in its exec root (sockets, configs), never entering a mount point."""
+    if not root.is_dir():
+        return
+    for directory, subdirs, files in os.walk(root, topdown=False):
+        if os.path.ismount(directory) or _is_mount_point(Path(directory)):
+            continue
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        for name in subdirs:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
 
 
 _DAEMONS: dict[Path, ManagedDockerd] = {}

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 import dockerfile as dockerfile_parser
 
+from amber.oci.errors import InvalidReferenceError
+from amber.oci.reference import parse_reference
+
 # Automatic platform ARGs BuildKit defines in the global scope (this host builds linux/amd64 only).
 PLATFORM_ARGS: dict[str, str] = {
     "TARGETPLATFORM": "linux/amd64",
@@ -140,10 +143,10 @@ def canonical_host(host: str) -> str:
 
 
 def reference_host(reference: str) -> str:
-    """The registry host of an image reference, Docker's rule: a first component with '.' or ':' or
-    ``localhost`` is a host, anything else lives on Docker Hub."""
+    """The registry host of an image reference, Docker's rule: a first component with '.' or ':', upper-case
+    letters or ``localhost`` is a host, anything else lives on Docker Hub."""
     first, sep, _rest = reference.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
         return canonical_host(first)
     return DOCKER_HUB
 
@@ -242,6 +245,7 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
                 analysis.forward_alias_lines.append(command.start_line)
             if resolved and base is None and resolved.lower() != "scratch":
                 analysis.images.append(ImageUse(written, resolved, command.start_line, "FROM", "$" in written))
+                _check_reference(analysis, resolved, command.start_line)
             current = Stage(
                 len(analysis.stages),
                 stage_name,
@@ -276,9 +280,17 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
                 current.stage_refs.add(named.index)
                 continue
             analysis.images.append(ImageUse(reference, reference, command.start_line, "--from", "$" in reference))
+            _check_reference(analysis, reference, command.start_line)
     if not analysis.stages and not analysis.problems:
         analysis.problems.append(DockerfileProblem("dockerfile", "has no FROM instruction"))
     return analysis
+
+
+def _check_reference(analysis: DockerfileAnalysis, reference: str, line: int) -> None:
+    try:
+        parse_reference(reference)
+    except InvalidReferenceError as error:
+        analysis.problems.append(DockerfileProblem("dockerfile", f"line {line}: {error}"))
 
 
 def dockerfile_request_problems(

@@ -111,6 +111,7 @@ class ProgressTranslator:
 
     def feed(self, update: TraceUpdate) -> list[LogEvent]:
         events: list[LogEvent] = []
+        finished: list[tuple[Vertex, str, _VertexState]] = []
         for vertex in update.vertexes:
             if vertex.name:
                 self._names[vertex.digest] = vertex.name
@@ -135,19 +136,11 @@ class ProgressTranslator:
                 state.announced = True
                 if instruction:
                     self.cache_misses += 1
-                events.append(
-                    self._event(
-                        LogKind.MESSAGE, name, level=LogLevel.INFO if instruction else LogLevel.DEBUG, state=state
-                    )
-                )
-            if vertex.error and not state.failed_reported:
-                state.failed_reported = True
-                events.extend(self._flush(state))
-                events.append(
-                    self._event(LogKind.MESSAGE, f"{name}: {vertex.error}", level=LogLevel.ERROR, state=state)
-                )
-            if vertex.completed:
-                events.extend(self._flush(state))
+                level = LogLevel.INFO if instruction else LogLevel.DEBUG
+                events.append(self._event(LogKind.MESSAGE, name, level=level, state=state))
+            if vertex.error or vertex.completed:
+                finished.append((vertex, name, state))
+        # Output before completion: a vertex's last chunk may arrive in the same update that completes it.
         for digest, chunk in update.logs:
             state = self._state(digest, self._names.get(digest, ""))
             data = state.partial + chunk
@@ -157,6 +150,12 @@ class ProgressTranslator:
                 state.partial = b""
             for line in lines:
                 events.append(self._line(state, line))
+        for vertex, name, state in finished:
+            events.extend(self._flush(state))
+            if vertex.error and not state.failed_reported:
+                state.failed_reported = True
+                message = f"{name}: {vertex.error}"
+                events.append(self._event(LogKind.MESSAGE, message, level=LogLevel.ERROR, state=state))
         return events
 
     def _line(self, state: _VertexState, line: bytes) -> LogEvent:

@@ -19,7 +19,6 @@ import secrets as secrets_module
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +27,7 @@ import grpc
 
 from amber.buildkit import wire
 from amber.buildkit.daemon import ENGINE_API_VERSION
+from amber.oci.credentials import BasicCredentials
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
@@ -37,12 +37,7 @@ FILE_SEND = "/moby.filesync.v1.FileSend/DiffCopy"
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 
-@dataclass(frozen=True)
-class RegistryCredential:
-    """Username and password (or token) for one registry host; memory only."""
-
-    username: str
-    password: str = field(repr=False)
+RegistryCredential = BasicCredentials  # username + password (or token) for one registry host; memory only
 
 
 def credential_host_key(host: str) -> str:
