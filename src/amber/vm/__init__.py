@@ -1,1 +1,69 @@
-"""Amber vm package."""
+"""Amber's microVM runtime: QEMU ``microvm`` VMs driven over QMP, a guest agent over virtio-serial,
+snapshots to template artifacts and lazy copy-on-write restores.
+
+Public API (everything else is internal):
+
+- ``boot(disk, data_dir=…, cpus=, memory_mib=, network=, overlay=, accel=)`` → ``MicroVM``
+- ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, network=, …])`` → ``MicroVM``
+- ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``: exec,
+  write_file, read_file, tcp_probe, http_probe, sync, post_restore); ``checkpoint_disk(new_overlay)`` →
+  ``DiskChain``; ``snapshot(out_dir)`` → ``TemplateArtifact``; ``close()``
+- ``DiskChain.of(base, *layers)``, ``TemplateArtifact.load(dir)``, ``sweep_stale(data_dir)``
+
+Guarantees and limits:
+
+- No stray processes: QEMU dies with its owner (parent-death signal) and on ``close``/errors; the first VM
+  call of a process in a data directory sweeps run directories whose owner died (``sweep_stale``).
+- Disks: chain layers are never written; every VM writes only its own fresh qcow2 overlay.
+- Accelerator: KVM only where the host CPU has vmx/svm, else TCG (override: ``accel=`` or AMBER_ACCEL).
+  Under TCG guest CPU work is ~20x slower; boot to agent ~2 s, restore to agent ~0.2 s.
+- Guest: kernel and agent from ``amber setup-guest``; the agent is PID 1 and nothing is written into the
+  image except mount points it needs (/dev, /proc, /sys, /dev/pts, /dev/shm) and, with ``network``,
+  /etc/resolv.conf.
+- One snapshot per VM; a restored VM cannot be snapshotted again (its RAM maps the template privately).
+- Thread-safe: ``exec`` and agent requests may run concurrently from many threads (up to 64 jobs);
+  ``checkpoint_disk`` and ``snapshot`` must not overlap other disk writes of the same VM.
+"""
+
+from amber.vm.agent import AgentClient, ExecResult, FileInfo
+from amber.vm.artifact import TemplateArtifact, restore
+from amber.vm.errors import (
+    AgentDisconnected,
+    AgentError,
+    AgentTimeout,
+    ArtifactError,
+    BootError,
+    MachineMismatch,
+    SnapshotError,
+    VMError,
+)
+from amber.vm.machine import Accel, DiskChain, DiskFormat, DiskLayer, MachineDescription, MemoryBackend
+from amber.vm.microvm import MicroVM, boot
+from amber.vm.process import sweep_stale
+from amber.vm.protocol import SyncMode
+
+__all__ = [
+    "Accel",
+    "AgentClient",
+    "AgentDisconnected",
+    "AgentError",
+    "AgentTimeout",
+    "ArtifactError",
+    "BootError",
+    "DiskChain",
+    "DiskFormat",
+    "DiskLayer",
+    "ExecResult",
+    "FileInfo",
+    "MachineDescription",
+    "MachineMismatch",
+    "MemoryBackend",
+    "MicroVM",
+    "SnapshotError",
+    "SyncMode",
+    "TemplateArtifact",
+    "VMError",
+    "boot",
+    "restore",
+    "sweep_stale",
+]

@@ -1,0 +1,293 @@
+"""Template artifacts (a snapshotted VM on disk) and lazy restore from them.
+
+Layout of an artifact directory::
+
+    vmlinux, initramfs.cpio.gz    the guest kernel and initramfs the VM booted
+    disk/NN-<name>                the disk chain, bottom first (the last one is the VM's final overlay)
+    memory.bin                    guest RAM (file backend only; sparse)
+    state.bin                     QEMU device state (plus all RAM for the RAM backend)
+    machine.json                  the exact MachineDescription
+    manifest.json                 every file above with size and sha256, and the disk chain order
+
+Guarantees: an artifact is never written after ``snapshot`` returns; restores map ``memory.bin`` private
+(copy-on-write) and write only to their own fresh overlay, so any number of restores, in parallel, leave
+every artifact file byte-identical. A restore checks file presence and sizes (and, with
+``verify_checksums``, the sha256 of every file) and the machine description before QEMU starts.
+Limits: QEMU 7.2 opens ``memory.bin`` read-write even for a private mapping, so the artifact must be on a
+writable filesystem; a restore needs the same QEMU version and accelerator as the snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from amber.vm.errors import ArtifactError, BootError, MachineMismatch, VMError
+from amber.vm.machine import (
+    DiskChain,
+    DiskFormat,
+    DiskLayer,
+    MachineDescription,
+    MachineFiles,
+    MemoryBackend,
+    virtual_size,
+)
+from amber.vm.microvm import (
+    MicroVM,
+    create_overlay,
+    describe,
+    load_guest_or_fail,
+    new_boot_id,
+    sweep_once,
+    wait_migration,
+)
+from amber.vm.process import create_run_dir
+from amber.vm.qmp import QMPError
+
+MANIFEST_VERSION = 1
+Progress = Callable[[str], None]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TemplateArtifact:
+    """A loaded, structurally checked artifact directory (see the module docstring for its layout)."""
+
+    directory: Path
+    description: MachineDescription
+    chain: DiskChain
+    files: dict[str, ArtifactFile]
+    snapshot_seconds: float
+    created: float
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinux"
+
+    @property
+    def initramfs(self) -> Path:
+        return self.directory / "initramfs.cpio.gz"
+
+    @property
+    def state(self) -> Path:
+        return self.directory / "state.bin"
+
+    @property
+    def memory(self) -> Path | None:
+        return self.directory / "memory.bin" if self.description.memory_backend == MemoryBackend.FILE else None
+
+    def size_bytes(self) -> dict[str, int]:
+        """Apparent and allocated bytes of the whole artifact, and of state and memory files."""
+        allocated = sum((self.directory / n).stat().st_blocks * 512 for n in self.files)
+        out = {"apparent": sum(f.size for f in self.files.values()), "allocated": allocated,
+               "state": self.files["state.bin"].size}
+        if "memory.bin" in self.files:
+            out["memory_allocated"] = (self.directory / "memory.bin").stat().st_blocks * 512
+        return out
+
+    def verify(self) -> None:
+        """Recompute every checksum; raise ``ArtifactError`` naming the first file that differs."""
+        for name, expected in self.files.items():
+            actual = sha256_file(self.directory / name)
+            if actual != expected.sha256:
+                raise ArtifactError(f"template artifact {self.directory}: {name} checksum mismatch "
+                                    f"(manifest {expected.sha256[:16]}…, file {actual[:16]}…)")
+
+    @classmethod
+    def load(cls, directory: Path, *, verify_checksums: bool = False) -> TemplateArtifact:
+        """Read the manifest and check every listed file exists with its recorded size."""
+        directory = directory.resolve()
+        manifest_path = directory / "manifest.json"
+        if not directory.is_dir():
+            raise ArtifactError(f"template artifact {directory} does not exist")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            description = MachineDescription.from_json(json.loads((directory / "machine.json").read_text()))
+        except FileNotFoundError as e:
+            raise ArtifactError(f"template artifact {directory} is missing {Path(str(e.filename)).name}") from None
+        except (ValueError, KeyError) as e:
+            raise ArtifactError(f"template artifact {directory}: unreadable manifest or machine.json: {e}") from None
+        if manifest.get("version") != MANIFEST_VERSION:
+            raise ArtifactError(f"template artifact {directory}: unsupported manifest version "
+                                f"{manifest.get('version')!r}")
+        files = {name: ArtifactFile(int(v["size"]), str(v["sha256"])) for name, v in manifest["files"].items()}
+        for name, info in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise ArtifactError(f"template artifact {directory} is missing {name}")
+            size = path.stat().st_size
+            if size != info.size:
+                raise ArtifactError(f"template artifact {directory}: {name} is {size} bytes, "
+                                    f"the manifest says {info.size}")
+        if sha256_file(directory / "machine.json") != files.get("machine.json", ArtifactFile(0, "")).sha256:
+            raise ArtifactError(f"template artifact {directory}: machine.json does not match the manifest")
+        chain = DiskChain(tuple(DiskLayer(directory / d["path"], DiskFormat(d["format"])) for d in manifest["disk"]))
+        artifact = cls(directory, description, chain, files, float(manifest.get("snapshot_seconds", 0)),
+                       float(manifest.get("created", 0)))
+        if verify_checksums:
+            artifact.verify()
+        return artifact
+
+
+def _place(src: Path, dst: Path, *, move: bool) -> None:
+    """Move, hard-link (same filesystem) or copy ``src`` to ``dst``."""
+    if move:
+        try:
+            os.replace(src, dst)
+            return
+        except OSError:
+            pass
+    else:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+
+
+def write_artifact(
+    staging: Path,
+    out_dir: Path,
+    *,
+    description: MachineDescription,
+    files: MachineFiles,
+    chain: DiskChain,
+    overlay: Path,
+    run_dir: Path,
+    snapshot_seconds: float,
+    progress: Progress | None = None,
+) -> TemplateArtifact:
+    """Assemble a stopped VM's files in ``staging`` (which already holds state.bin), then rename it to
+    ``out_dir``. Files from the run directory are moved; everything else is hard-linked or copied."""
+    _place(files.kernel, staging / "vmlinux", move=False)
+    _place(files.initramfs, staging / "initramfs.cpio.gz", move=False)
+    (staging / "disk").mkdir()
+    disk: list[dict[str, str]] = []
+    layers = [*chain.layers, DiskLayer(overlay, DiskFormat.QCOW2)]
+    for i, layer in enumerate(layers):
+        name = f"disk/{i:02d}-{layer.path.name}"
+        _place(layer.path, staging / name, move=layer.path.parent == run_dir)
+        disk.append({"path": name, "format": str(layer.format)})
+    if files.memory_file is not None:
+        _place(files.memory_file, staging / "memory.bin", move=files.memory_file.parent == run_dir)
+    (staging / "machine.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
+    if progress:
+        progress("checksumming the artifact")
+    listed = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "created": time.time(),
+        "snapshot_seconds": snapshot_seconds,
+        "disk": disk,
+        "files": {n: {"size": (staging / n).stat().st_size, "sha256": sha256_file(staging / n)} for n in listed},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for n in listed:  # read-only from now on (root still may, hence the overlay-only discipline above)
+        with contextlib.suppress(OSError):
+            os.chmod(staging / n, 0o444 if n != "memory.bin" else 0o644)
+    os.rename(staging, out_dir)
+    return TemplateArtifact.load(out_dir)
+
+
+def restore(
+    artifact: Path | TemplateArtifact,
+    *,
+    data_dir: Path,
+    cpus: int | None = None,
+    memory_mib: int | None = None,
+    network: bool | None = None,
+    accel: str | None = None,
+    overlay: Path | None = None,
+    hostname: str | None = None,
+    verify_checksums: bool = False,
+    timeout: float = 60.0,
+) -> MicroVM:
+    """Start a new VM from a template artifact and return it once its agent has answered.
+
+    Arguments left as None take the artifact's values; any that differ from it (and any host fact that
+    differs: QEMU version, accelerator, kernel) raise ``MachineMismatch`` before QEMU starts, as does a
+    missing or resized file (``ArtifactError``). After ``cont`` the agent sets the guest clock to the
+    host's, reseeds the guest RNG with fresh host entropy and gives the guest a new boot_id, so restores
+    from one template never share clocks or random streams. The VM writes to a fresh overlay (in its run
+    directory, or ``overlay``).
+    """
+    data_dir = data_dir.resolve()
+    sweep_once(data_dir)
+    art = artifact if isinstance(artifact, TemplateArtifact) else TemplateArtifact.load(
+        artifact, verify_checksums=verify_checksums)
+    saved = art.description
+    guest = load_guest_or_fail(data_dir)
+    wanted = describe(
+        guest,
+        cpus=saved.cpus if cpus is None else cpus,
+        memory_mib=saved.memory_mib if memory_mib is None else memory_mib,
+        network=saved.network if network is None else network,
+        memory_backend=saved.memory_backend,
+        accel=accel or saved.accel,
+    )
+    # The kernel is the artifact's own copy, so only the host-dependent and caller-chosen fields compare.
+    wanted = replace(wanted, kernel_release=saved.kernel_release, kernel_sha256=saved.kernel_sha256,
+                     initramfs_sha256=saved.initramfs_sha256, kernel_cmdline=saved.kernel_cmdline)
+    diffs = saved.differences(wanted)
+    if diffs:
+        raise MachineMismatch(f"cannot restore {art.directory}: the machine differs from the snapshot's "
+                              f"({'; '.join(d.replace(' != ', ' in the artifact, requested ') for d in diffs)})")
+    if overlay is not None:
+        overlay = overlay.resolve()
+        if overlay.exists():
+            raise BootError(f"overlay {overlay} already exists")
+    run_dir = create_run_dir(data_dir)
+    vm: MicroVM | None = None
+    try:
+        started = time.monotonic()
+        top = overlay or run_dir / "disk.qcow2"
+        create_overlay(art.chain.top.path, art.chain.top.format, top, virtual_size(art.chain.top))
+        files = MachineFiles(kernel=art.kernel, initramfs=art.initramfs, chain=art.chain, overlay=top,
+                             memory_file=art.memory, share_memory=False, incoming=True)
+        vm = MicroVM.start(run_dir, saved, files)
+        try:
+            if saved.memory_backend == MemoryBackend.FILE:
+                vm.qmp.execute("migrate-set-capabilities",
+                               capabilities=[{"capability": "x-ignore-shared", "state": True}])
+            vm.qmp.execute("migrate-incoming", uri=f"exec:cat {shlex.quote(str(art.state))}")
+            wait_migration(vm.qmp, "restore", timeout)
+            vm.qmp.execute("cont")
+        except QMPError as e:
+            raise BootError(vm._failure(f"restore of {art.directory} failed: {e}")) from None
+        agent = vm.connect_agent(timeout)
+        try:
+            agent.post_restore(boot_id=new_boot_id(), hostname=hostname)
+        except VMError as e:
+            raise BootError(f"post-restore duties failed: {e}") from None
+        vm.boot_seconds = time.monotonic() - started
+        return vm
+    except BaseException:
+        if vm is not None:
+            vm.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if overlay is not None:
+            overlay.unlink(missing_ok=True)
+        raise

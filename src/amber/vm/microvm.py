@@ -1,0 +1,461 @@
+"""A running QEMU microVM: boot from a disk chain, talk to its agent, checkpoint its disk, close it.
+
+Guarantees: a ``MicroVM`` is a context manager; on ``close()``, on an exception during boot, on SIGKILL
+of the owning process (parent-death signal) and at the next driver start after a crash (``sweep_stale``)
+its QEMU process is killed and its run directory (sockets, console log, private overlay, memory file)
+removed. The immutable layers of the disk chain are opened read-only and never written; the VM writes only
+to its own qcow2 overlay. Limits: one snapshot per VM (QEMU cannot migrate twice; the VM is gone after
+``snapshot``); guest RAM is a sparse file in the run directory (file backend), so the data directory's
+filesystem needs room for what the guest touches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from amber.guest.install import GuestImage, GuestMissing, load_guest
+from amber.settings import get_settings
+from amber.vm import host
+from amber.vm.agent import AgentClient, ExecResult, OutputCallback
+from amber.vm.errors import AgentError, BootError, SnapshotError, VMError
+from amber.vm.machine import (
+    Accel,
+    DiskChain,
+    DiskFormat,
+    MachineDescription,
+    MachineFiles,
+    MemoryBackend,
+    kernel_cmdline,
+    qemu_argv,
+    virtual_size,
+)
+from amber.vm.process import create_run_dir, kill_and_wait, spawn, sweep_stale
+from amber.vm.protocol import SyncMode
+from amber.vm.qmp import QMPClient, QMPError
+
+if TYPE_CHECKING:
+    from amber.vm.artifact import TemplateArtifact
+
+Progress = Callable[[str], None]
+
+MAX_BANDWIDTH = 100 << 30  # bytes/s: lifts QEMU's 128 MiB/s default, which also throttles migration to a file
+_swept: set[Path] = set()
+_sweep_lock = threading.Lock()
+
+
+def sweep_once(data_dir: Path) -> None:
+    """Run ``sweep_stale`` the first time this process touches ``data_dir``."""
+    with _sweep_lock:
+        if data_dir not in _swept:
+            sweep_stale(data_dir)
+            _swept.add(data_dir)
+
+
+def resolve_accel(accel: Accel | str | None) -> Accel:
+    """Explicit argument, else ``Settings.accel`` (AMBER_ACCEL), else KVM only with vmx/svm, else TCG."""
+    chosen = accel or get_settings().accel
+    if chosen:
+        try:
+            return Accel(chosen)
+        except ValueError:
+            raise VMError(f"accel must be 'kvm' or 'tcg', got {chosen!r}") from None
+    return host.detect_accel()
+
+
+def describe(
+    guest: GuestImage,
+    *,
+    cpus: int,
+    memory_mib: int,
+    network: bool,
+    memory_backend: MemoryBackend,
+    accel: Accel | str | None,
+    hostname: str = "amber",
+) -> MachineDescription:
+    """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version)."""
+    if not 1 <= cpus <= 64:
+        raise VMError(f"cpus must be 1..64, got {cpus}")
+    if not 64 <= memory_mib <= 1 << 20:
+        raise VMError(f"memory_mib must be at least 64, got {memory_mib}")
+    chosen = resolve_accel(accel)
+    return MachineDescription(
+        qemu_version=host.qemu_version(),
+        accel=chosen,
+        cpu_model="max" if chosen == Accel.TCG else "host",
+        cpus=cpus,
+        memory_mib=memory_mib,
+        memory_backend=memory_backend,
+        network=network,
+        kernel_release=guest.kernel_release,
+        kernel_sha256=guest.vmlinux_sha256,
+        initramfs_sha256=guest.initramfs_sha256,
+        kernel_cmdline=kernel_cmdline(tsc_khz=host.tsc_khz(), lpj=host.lpj(), network=network, hostname=hostname),
+    )
+
+
+def create_overlay(backing: Path, backing_format: DiskFormat, overlay: Path, size: int) -> None:
+    """A fresh, empty qcow2 over ``backing`` (~6 ms). ``-u``: the backing is not opened, so a layer that a
+    running VM holds is fine; the header's backing path is informational (QEMU gets the chain explicitly)."""
+    done = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", str(backing_format),
+         str(overlay), str(size)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if done.returncode != 0:
+        raise VMError(f"qemu-img create {overlay} failed: {done.stderr.strip()}")
+
+
+def load_guest_or_fail(data_dir: Path) -> GuestImage:
+    try:
+        return load_guest(data_dir)
+    except GuestMissing as e:
+        raise BootError(str(e)) from None
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    return data[-limit:].decode(errors="replace").strip()
+
+
+class MicroVM:
+    """A running microVM. Use ``boot()`` or ``restore()`` to get one, and ``with`` (or ``close()``) to end it.
+
+    ``exec``/``agent`` reach the guest; ``checkpoint_disk`` turns the writable overlay into an immutable
+    layer without a reboot; ``snapshot`` writes a template artifact and ends the VM.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        description: MachineDescription,
+        files: MachineFiles,
+        process: subprocess.Popen[bytes],
+    ) -> None:
+        self.run_dir = run_dir
+        self.description = description
+        self.files = files
+        self.chain = files.chain
+        self.overlay = files.overlay
+        self.process = process
+        self._top_node = "root"
+        self._checkpoints = 0
+        self._dirfd = os.open(run_dir, os.O_PATH | os.O_CLOEXEC)
+        self._qmp: QMPClient | None = None
+        self._agent: AgentClient | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.boot_seconds = 0.0
+
+    # ---- life cycle ----
+
+    @classmethod
+    def start(cls, run_dir: Path, description: MachineDescription, files: MachineFiles) -> MicroVM:
+        """Spawn QEMU and connect QMP (no agent yet). On failure the caller removes ``run_dir``."""
+        argv = qemu_argv(host.qemu_binary(), description, files)
+        (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
+        process = spawn(argv, run_dir, run_dir / "qemu.log")
+        vm = cls(run_dir=run_dir, description=description, files=files, process=process)
+        try:
+            vm._qmp = QMPClient(vm._connect(files.qmp_socket, 30.0))
+        except BaseException as e:
+            vm.close()
+            if isinstance(e, VMError):
+                raise BootError(vm._failure(f"QEMU did not start: {e}")) from None
+            raise
+        return vm
+
+    def _sock_path(self, name: str) -> str:
+        path = str(self.run_dir / name)
+        # sun_path holds 108 bytes: reach long run directories through our O_PATH descriptor instead.
+        return path if len(path) < 100 else f"/proc/self/fd/{self._dirfd}/{name}"
+
+    def _connect(self, name: str, timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        path = self._sock_path(name)
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if self.process.poll() is not None:
+                    raise VMError(f"QEMU exited with status {self.process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise VMError(f"{name} did not appear within {timeout:.0f}s") from None
+                time.sleep(0.003)
+
+    def connect_agent(self, timeout: float) -> AgentClient:
+        """Connect to the agent port and wait until the agent answers a ping."""
+        try:
+            sock = self._connect(self.files.agent_socket, timeout)
+            sock.settimeout(None)
+            self._agent = AgentClient(sock)
+            self._agent.wait_ready(timeout, alive=self.alive)
+        except VMError as e:
+            raise BootError(self._failure(f"the guest agent did not answer: {e}")) from None
+        return self._agent
+
+    def _failure(self, message: str) -> str:
+        parts = [message]
+        log = _tail(self.run_dir / "qemu.log", 1500)
+        if log:
+            parts.append(f"QEMU said: {log}")
+        serial = _tail(self.run_dir / self.files.serial_log)
+        if serial:
+            parts.append(f"guest console (last lines):\n{serial}")
+        return "\n".join(parts)
+
+    def alive(self) -> bool:
+        return not self._closed and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def qmp(self) -> QMPClient:
+        if self._qmp is None:
+            raise VMError("the VM has no QMP connection")
+        return self._qmp
+
+    @property
+    def agent(self) -> AgentClient:
+        """The agent client (thread-safe; see ``AgentClient`` for every request)."""
+        if self._agent is None or self._closed:
+            raise VMError("the VM is not running")
+        return self._agent
+
+    def serial_log(self) -> str:
+        return _tail(self.run_dir / self.files.serial_log, 1 << 20)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the QEMU process."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def close(self) -> None:
+        """Kill QEMU and remove the run directory. Idempotent. Caller-owned overlays are left in place."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        kill_and_wait(self.process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        for client in (self._agent, self._qmp):
+            if client is not None:
+                client.close()
+        os.close(self._dirfd)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> MicroVM:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- guest work ----
+
+    def exec(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        shell: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecResult:
+        """Run a command in the guest (see ``AgentClient.exec``)."""
+        return self.agent.exec(argv, shell=shell, env=env, cwd=cwd, user=user, stdin=stdin, timeout=timeout,
+                               on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def checkpoint_disk(self, new_overlay: Path) -> DiskChain:
+        """Freeze the guest's root filesystem, put a fresh overlay at ``new_overlay`` on top of the disk,
+        thaw, and return the chain that now ends with the previous overlay — an immutable layer from here
+        on, safe to hash, share and boot other VMs from while this VM keeps running on ``new_overlay``.
+
+        The VM must have been booted with ``overlay=`` (or checkpointed before) so the finished layer is a
+        file the caller owns; a run-directory overlay would vanish with the VM.
+        """
+        new_overlay = new_overlay.resolve()
+        if self.overlay.parent == self.run_dir:
+            raise VMError("checkpoint_disk needs a caller-owned overlay: boot with overlay=<path>")
+        if new_overlay.exists():
+            raise VMError(f"checkpoint_disk: {new_overlay} already exists")
+        with self._lock:
+            size = virtual_size(self.chain.top)
+            create_overlay(self.overlay, DiskFormat.QCOW2, new_overlay, size)
+            node = f"top{self._checkpoints + 1}"
+            self.agent.sync(SyncMode.FREEZE)
+            try:
+                self.qmp.execute("blockdev-add", driver="qcow2", **{"node-name": node},
+                                 file={"driver": "file", "filename": str(new_overlay)}, backing=None)
+                self.qmp.execute("blockdev-snapshot", node=self._top_node, overlay=node)
+            except QMPError as e:
+                new_overlay.unlink(missing_ok=True)
+                raise VMError(f"checkpoint_disk failed: {e}") from None
+            finally:
+                self.agent.sync(SyncMode.THAW)
+            self._checkpoints += 1
+            self._top_node = node
+            self.chain = self.chain.plus(self.overlay)
+            self.overlay = new_overlay
+            return self.chain
+
+    def snapshot(self, out_dir: Path, progress: Progress | None = None) -> TemplateArtifact:
+        """Write a template artifact to ``out_dir`` (must not exist) and end this VM.
+
+        Sequence: guest sync → QMP stop → migrate device state (and, for the RAM backend, all memory) to
+        ``state.bin`` with the bandwidth cap lifted and ``x-ignore-shared`` for file-backed memory → quit →
+        the memory file and the disk chain (layers hard-linked when possible, else copied) move into the
+        artifact, with ``machine.json`` and a checksummed ``manifest.json``. On error the VM is closed and
+        nothing is left at ``out_dir``.
+        """
+        from amber.vm.artifact import write_artifact
+
+        out_dir = out_dir.resolve()
+        if out_dir.exists():
+            raise SnapshotError(f"snapshot target {out_dir} already exists")
+        staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{self.run_dir.name}")
+        staging.mkdir(parents=True)
+        try:
+            try:
+                self.agent.sync()
+            except AgentError as e:
+                raise SnapshotError(f"guest sync before snapshot failed: {e}") from None
+            state = staging / "state.bin"
+            started = time.monotonic()
+            self._migrate_to(state)
+            snapshot_seconds = time.monotonic() - started
+            with contextlib.suppress(QMPError):
+                self.qmp.execute("quit")
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                kill_and_wait(self.process.pid)
+            artifact = write_artifact(
+                staging, out_dir, description=self.description, files=self.files, chain=self.chain,
+                overlay=self.overlay, run_dir=self.run_dir, snapshot_seconds=snapshot_seconds, progress=progress,
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.close()
+            raise
+        self.close()
+        return artifact
+
+    def _migrate_to(self, state: Path) -> None:
+        qmp = self.qmp
+        try:
+            qmp.execute("stop")
+            qmp.execute("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+            if self.description.memory_backend == MemoryBackend.FILE:
+                qmp.execute("migrate-set-capabilities",
+                            capabilities=[{"capability": "x-ignore-shared", "state": True}])
+            qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            wait_migration(qmp, "snapshot", 600)
+        except QMPError as e:
+            raise SnapshotError(self._failure(f"snapshot failed: {e}")) from None
+
+
+def wait_migration(qmp: QMPClient, what: str, timeout: float) -> None:
+    """Poll ``query-migrate`` until completed; raise on failure or timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        info = qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise QMPError(f"{what} migration {status}: {info.get('error-desc', 'no details')}")
+        if time.monotonic() > deadline:
+            raise QMPError(f"{what} migration still {status} after {timeout:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def boot(
+    disk: DiskChain | Path,
+    *,
+    data_dir: Path,
+    cpus: int = 1,
+    memory_mib: int = 512,
+    network: bool = False,
+    memory_backend: MemoryBackend = MemoryBackend.FILE,
+    accel: Accel | str | None = None,
+    overlay: Path | None = None,
+    hostname: str = "amber",
+    boot_timeout: float = 120.0,
+) -> MicroVM:
+    """Boot a microVM from ``disk`` (one image path, or a ``DiskChain``) and wait for its agent.
+
+    The chain is read-only; the guest writes to ``overlay`` (created fresh; it must not exist) or, by
+    default, to a private overlay in the run directory. ``network`` adds a user-mode NIC (guest
+    10.0.2.15, host reachable as 10.0.2.2, outbound internet if the host has it). ``accel`` overrides the
+    choice of KVM/TCG. Raises ``BootError`` (with the console tail) if the agent does not answer within
+    ``boot_timeout`` seconds; nothing is left behind then.
+    """
+    data_dir = data_dir.resolve()
+    sweep_once(data_dir)
+    chain = disk if isinstance(disk, DiskChain) else DiskChain.of(disk)
+    for layer in chain.layers:
+        if not layer.path.is_file():
+            raise BootError(f"disk layer {layer.path} does not exist")
+    guest = load_guest_or_fail(data_dir)
+    desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=network, memory_backend=memory_backend,
+                    accel=accel, hostname=hostname)
+    if overlay is not None:
+        overlay = overlay.resolve()
+        if overlay.exists():
+            raise BootError(f"overlay {overlay} already exists")
+    run_dir = create_run_dir(data_dir)
+    vm: MicroVM | None = None
+    try:
+        started = time.monotonic()
+        top = overlay or run_dir / "disk.qcow2"
+        create_overlay(chain.top.path, chain.top.format, top, virtual_size(chain.top))
+        files = MachineFiles(
+            kernel=guest.vmlinux, initramfs=guest.initramfs, chain=chain, overlay=top,
+            memory_file=run_dir / "memory.bin" if memory_backend == MemoryBackend.FILE else None,
+            share_memory=True,
+        )
+        vm = MicroVM.start(run_dir, desc, files)
+        vm.connect_agent(boot_timeout)
+        vm.boot_seconds = time.monotonic() - started
+        return vm
+    except BaseException:
+        if vm is not None:
+            vm.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if overlay is not None:
+            overlay.unlink(missing_ok=True)
+        raise
+
+
+def new_boot_id() -> str:
+    return str(uuid.uuid4())
