@@ -157,8 +157,8 @@ class BuildSession:
             raise
         self._writers = [daemon_writer, grpc_writer]
         self._pump = asyncio.create_task(self._pump_both(daemon_reader, daemon_writer, grpc_reader, grpc_writer))
-        # dockerd health-checks a new session right away; waiting for it means the build will find the session.
-        await asyncio.to_thread(self.attached.wait, 5.0)
+        # No need to wait for dockerd's first health check (about 1 s in): a build that names this session
+        # waits in dockerd until the session is registered, which happens as soon as the upgrade completed.
         return self
 
     async def __aexit__(
