@@ -122,11 +122,12 @@ class _LayerUnpacker:
     def _reject(self, cls: type[LayerRejectedError], name: str, why: str) -> LayerRejectedError:
         return cls(f"layer {self.layer}: entry {name!r} {why}", entry=name, layer=self.layer)
 
-    def _parts(self, name: str, what: str = "escapes the target directory with '..'") -> list[str]:
+    def _parts(self, name: str, what: str = "escapes the target directory with '..'", *, entry: str | None = None
+               ) -> list[str]:
         try:
             return split_relative(name)
         except PathEscapeError:
-            raise self._reject(UnsafeLayerError, name, what) from None
+            raise self._reject(UnsafeLayerError, entry or name, what) from None
 
     def _resolve_parent(self, name: str, parts: list[str]) -> list[str]:
         """Resolve the parent in-root and create missing directories (0755, root-owned, like Docker)."""
@@ -255,7 +256,9 @@ class _LayerUnpacker:
         self.stats.bytes += info.size
 
     def _hardlink(self, dest: str, info: tarfile.TarInfo) -> None:
-        target = self._parts(info.linkname, f"is a hard link to {info.linkname!r}, outside the target directory")
+        target = self._parts(
+            info.linkname, f"is a hard link to {info.linkname!r}, outside the target directory", entry=info.name
+        )
         if not target:
             raise self._reject(UnsafeLayerError, info.name, "is a hard link to the target directory itself")
         try:
