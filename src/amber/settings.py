@@ -38,9 +38,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_workers(self) -> int:
-        """Explicit ``workers``, else one per 2 cores and per 4 GiB of memory (at least 1, at most 8)."""
+        """Explicit ``workers`` (0 = accept builds but run none here), else one per 2 cores and per
+        4 GiB of memory (at least 1, at most 8)."""
         if self.workers is not None:
-            return max(1, self.workers)
+            return max(0, self.workers)
         cores = os.cpu_count() or 1
         try:
             mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
