@@ -1,0 +1,87 @@
+"""Structured build log entries for one build: phases, step indices and cache events, as ``LogEvent``s.
+
+Counts cache outcomes as they are reported, for the build's TemplateBuildCacheSummary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from amber.builds.executor import (
+    CacheKind,
+    CacheReason,
+    CacheStatus,
+    Emit,
+    LogEvent,
+    LogKind,
+    LogLevel,
+    LogPhase,
+)
+
+
+class BuildLog:
+    def __init__(self, emit: Emit, total_steps: int) -> None:
+        self._emit = emit
+        self.total_steps = total_steps
+        self.cache_counts: Counter[str] = Counter()
+
+    async def info(self, phase: LogPhase, message: str, *, step: int | None = None) -> None:
+        await self._event(LogKind.MESSAGE, LogLevel.INFO, phase, message, step)
+
+    async def debug(self, phase: LogPhase, message: str, *, step: int | None = None) -> None:
+        await self._event(LogKind.MESSAGE, LogLevel.DEBUG, phase, message, step)
+
+    async def warn(self, phase: LogPhase, message: str, *, step: int | None = None) -> None:
+        await self._event(LogKind.WARNING, LogLevel.WARN, phase, message, step)
+
+    async def _event(self, kind: LogKind, level: LogLevel, phase: LogPhase, message: str, step: int | None) -> None:
+        await self._emit(
+            LogEvent(
+                kind,
+                message,
+                level,
+                phase,
+                step_index=step,
+                total_steps=self.total_steps if step is not None else None,
+            )
+        )
+
+    async def cache(
+        self,
+        kind: CacheKind,
+        status: CacheStatus,
+        subject: str,
+        message: str,
+        *,
+        reason: CacheReason | None = None,
+        step: int | None = None,
+    ) -> None:
+        self.cache_counts[f"{kind.value}_{_plural(status)}"] += 1
+        await self._emit(
+            LogEvent(
+                LogKind.CACHE,
+                message,
+                LogLevel.INFO,
+                LogPhase.CACHE,
+                step_index=step,
+                total_steps=self.total_steps if step is not None else None,
+                cache_kind=kind,
+                cache_status=status,
+                cache_reason=reason,
+                cache_subject=subject,
+            )
+        )
+
+    def cache_summary(self) -> dict[str, int]:
+        """TemplateBuildCacheSummary: every counter present (zero when nothing happened)."""
+        keys = [f"{k.value}_{_plural(s)}" for k in CacheKind for s in CacheStatus]
+        return {key: self.cache_counts.get(key, 0) for key in keys}
+
+
+def _plural(status: CacheStatus) -> str:
+    return {
+        CacheStatus.HIT: "hits",
+        CacheStatus.MISS: "misses",
+        CacheStatus.STORED: "stores",
+        CacheStatus.BYPASS: "bypasses",
+    }[status]

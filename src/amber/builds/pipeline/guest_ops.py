@@ -1,0 +1,184 @@
+"""Executing planned step ops inside the build VM through the guest agent (blocking; call from a thread).
+
+Shell ops run ``/bin/sh -c`` as the step's user (else the current USER) in the current WORKDIR, with the image
+env plus ``build_envs`` (build envs exist only here, R56). Output is streamed line by line to ``on_line`` and the
+last lines are kept for the failure message. COPY writes files through the agent (no tools needed in the
+image); a directory that needs its own mode or owner, or is empty, is created with the image's ``mkdir``/
+``chmod``/``chown``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from amber.builds.pipeline.context import BuildContextFiles, GuestDir, GuestFile, copy_operations
+from amber.builds.planning.steps import CopyOp, ShellOp, UserOp, WorkdirOp, resolve_workdir
+from amber.vm.agent import AgentClient, ExecResult
+from amber.vm.errors import AgentError
+
+TAIL_LINES = 20
+TAIL_CHARS = 2000
+
+
+class StepError(Exception):
+    """A step failed in the guest. ``message`` is for the user: what ran, how it ended, its last output."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LineSplitter:
+    """Turns a byte stream into complete text lines (the last partial line comes out on ``flush``)."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self._sink = sink
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._sink(line.decode("utf-8", "replace").rstrip("\r"))
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._sink(self._buffer.decode("utf-8", "replace"))
+            self._buffer = b""
+
+
+@dataclass
+class GuestState:
+    """USER and WORKDIR as the steps so far left them."""
+
+    user: str
+    workdir: str
+
+
+def agent_user(user: str) -> str:
+    """The agent's user argument; root is spelled numerically so images without /etc/passwd work."""
+    return "0:0" if user in ("", "root", "0", "0:0") else user
+
+
+def _ended(result: ExecResult) -> str:
+    if result.timed_out:
+        return "timed out"
+    if result.signal is not None:
+        return f"was killed by signal {result.signal}"
+    return f"exited with code {result.exit_code}"
+
+
+def run_shell(
+    agent: AgentClient,
+    command: str,
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    user: str,
+    on_line: Callable[[str], None],
+    what: str,
+    timeout: float | None = None,
+) -> None:
+    """Run ``command``; raise ``StepError`` (with the last output lines) unless it exits 0."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def sink(line: str) -> None:
+        tail.append(line)
+        on_line(line)
+
+    out, err = LineSplitter(sink), LineSplitter(sink)
+    try:
+        result = agent.exec(
+            shell=command,
+            env=dict(env),
+            cwd=cwd,
+            user=user,
+            timeout=timeout,
+            on_stdout=out.feed,
+            on_stderr=err.feed,
+        )
+    except AgentError as exc:
+        raise StepError(f"{what} could not start: {exc}") from None
+    out.flush()
+    err.flush()
+    if not result.ok:
+        last = "\n".join(tail)[-TAIL_CHARS:]
+        detail = f"; last output:\n{last}" if last else " without output"
+        raise StepError(f"{what} {_ended(result)}{detail}")
+
+
+def _ensure_dir(agent: AgentClient, d: GuestDir, env: Mapping[str, str]) -> None:
+    owner = d.owner or "0:0"
+    script = (
+        f"mkdir -p {shlex.quote(d.path)} && chmod {d.mode:o} {shlex.quote(d.path)} && "
+        f"chown {shlex.quote(owner)} {shlex.quote(d.path)}"
+    )
+    result = agent.exec(shell=script, env=dict(env), timeout=60)
+    if not result.ok:
+        text = (result.stderr or result.stdout).decode("utf-8", "replace").strip()[-500:]
+        raise StepError(f"creating directory {d.path} failed: {text or _ended(result)}")
+
+
+def copy_into_guest(
+    agent: AgentClient, op: CopyOp, context: BuildContextFiles, state: GuestState, env: Mapping[str, str]
+) -> int:
+    """Perform one COPY; returns the number of files written."""
+    written = 0
+    ops = copy_operations(op, context, state.workdir)
+    dirs_with_files = {
+        o.path.rsplit("/", 1)[0] or "/" for o in ops if isinstance(o, GuestFile)
+    }  # dirs that write_file(make_parents) creates anyway
+    for item in ops:
+        if isinstance(item, GuestDir):
+            plain = item.mode == 0o755 and item.owner is None and item.path in dirs_with_files
+            if not plain:
+                _ensure_dir(agent, item, env)
+            continue
+        try:
+            agent.write_file(item.path, item.source.read(), mode=item.mode, owner=item.owner, make_parents=True)
+        except AgentError as exc:
+            raise StepError(f"copying {item.source.path} to {item.path} failed: {exc}") from None
+        written += 1
+    return written
+
+
+def apply_ops(
+    agent: AgentClient,
+    ops: tuple[object, ...],
+    *,
+    context: BuildContextFiles,
+    state: GuestState,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None],
+    step_index: int,
+) -> None:
+    """Run one step's ops in order, updating ``state``."""
+    for op in ops:
+        if isinstance(op, ShellOp):
+            run_shell(
+                agent,
+                op.command,
+                env=env,
+                cwd=state.workdir,
+                user=agent_user(op.user or state.user),
+                on_line=on_line,
+                what=f"step {step_index}: command {op.command!r}",
+            )
+        elif isinstance(op, CopyOp):
+            copy_into_guest(agent, op, context, state, env)
+        elif isinstance(op, WorkdirOp):
+            state.workdir = resolve_workdir(state.workdir, op.path)
+            run_shell(
+                agent,
+                f"mkdir -p {shlex.quote(state.workdir)}",
+                env=env,
+                cwd="/",
+                user="0:0",
+                on_line=on_line,
+                what=f"step {step_index}: creating WORKDIR {state.workdir}",
+            )
+        elif isinstance(op, UserOp):
+            state.user = op.user

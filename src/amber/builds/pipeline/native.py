@@ -1,0 +1,523 @@
+"""The native build pipeline: base image → cached disk chain → build VM → steps → start → ready → snapshot.
+
+One ``NativeExecutor.run`` per build attempt. Phases, in order, each reported as log entries: ``cache`` (every
+lookup with hit/miss/bypass and reason), ``preparing`` (resolve, import), ``vm_create``, ``step`` (with
+``step_index``/``total_steps``), ``sync``, ``startup``, ``readiness``, ``snapshot``, ``finalize``, ``cleanup``.
+
+Guarantees:
+- the base disk is cached by image *manifest digest*; each step's disk layer by its chain key; the finished
+  artifact by a key over the last layer, start command, readiness and runtime defaults — a fully cached
+  rebuild boots nothing and only links the cached artifact into a new artifact directory;
+- on failure or cancellation the VM is stopped, the build's work directory and artifact directory removed,
+  and unpublished cache entries dropped; nothing half-written is ever visible in the cache;
+- secrets and credentials are never logged, hashed into keys, or written to disk by this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amber.api.schemas.requests import (
+    BuildContextFile,
+    CreateTemplateRequest,
+    InvalidRequest,
+    validate_create_request,
+)
+from amber.builds.executor import (
+    BuildArtifact,
+    BuildFailed,
+    BuildJob,
+    CacheKind,
+    CacheReason,
+    CacheStatus,
+    Emit,
+    FailurePhase,
+    LogPhase,
+)
+from amber.builds.pipeline.base import image_defaults, prepare_oci_base
+from amber.builds.pipeline.context import BuildContextFiles, ContextError
+from amber.builds.pipeline.credentials import base_image_credentials
+from amber.builds.pipeline.events import BuildLog
+from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
+from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
+from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
+from amber.builds.pipeline.store import CacheStore, EntryClaim
+from amber.builds.planning.cache import (
+    CacheDecision,
+    copied_entries,
+    final_artifact_key,
+    final_decision,
+    layer_decisions,
+    step_key,
+)
+from amber.builds.planning.digests import context_manifest, dockerfile_digest, source_digest
+from amber.builds.planning.runtime import ImageDefaults, RuntimeDefaults, image_env, runtime_defaults, step_state
+from amber.builds.planning.source import resolve_source
+from amber.builds.planning.steps import StepPlan, plan_steps, render_dockerfile
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MIB = 512
+ARTIFACT_MANIFEST = "amber-artifact.json"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A root disk to start from, plus the image config the runtime defaults come from."""
+
+    disk: Path
+    defaults: ImageDefaults
+    key: str  # cache key of the disk (for the step chain)
+    oci_metadata: dict[str, Any] | None = None
+
+
+@dataclass
+class _Attempt:
+    """Per-build mutable state that the cleanup needs."""
+
+    work_dir: Path
+    artifact_dir: Path
+    claims: list[EntryClaim] = field(default_factory=list)
+    machine: BuildMachine | None = None
+    done: bool = False
+
+
+def _request_of(job: BuildJob) -> CreateTemplateRequest:
+    """The job's request as a model. A stored (sanitised) definition carries no credential values: those come
+    from ``BuildJob.base_image_credentials`` / ``registry_credentials`` instead."""
+    if isinstance(job.request, CreateTemplateRequest):
+        return job.request
+    data = dict(job.request)
+    for key in ("base_image_auth", "registry_auth", "build_secrets"):
+        data.pop(key, None)
+    try:
+        return validate_create_request(data)
+    except InvalidRequest as exc:
+        raise BuildFailed(f"invalid build definition: {exc}", phase=FailurePhase.PREPARE) from None
+
+
+class NativeExecutor:
+    """Runs native builds on ``vm`` (see ``amber.builds.pipeline.create_executor`` for the real backend).
+
+    Cache entries live under ``<data_dir>/cache/build``; image layers in ``amber.oci``'s shared cache
+    ``<data_dir>/cache/layers``; artifacts in ``<data_dir>/artifacts/<build_id>``; per-build work files in
+    ``<data_dir>/builds/<build_id>`` (removed when the attempt ends).
+    """
+
+    def __init__(self, *, data_dir: Path, vm: VmBackend) -> None:
+        self.data_dir = data_dir
+        self.cache = CacheStore(data_dir / "cache" / "build")
+        self.layer_cache = data_dir / "cache" / "layers"
+        self.vm = vm
+
+    async def run(self, job: BuildJob, emit: Emit, cancel: asyncio.Event) -> BuildArtifact:
+        req = _request_of(job)
+        plans = plan_steps(req.step_list)
+        log = BuildLog(emit, len(plans))
+        attempt = _Attempt(
+            work_dir=job.data_dir / "builds" / job.build_id,
+            artifact_dir=job.data_dir / "artifacts" / job.build_id,
+        )
+        work = asyncio.ensure_future(self._build(job, req, plans, log, attempt, cancel))
+        stop = asyncio.ensure_future(cancel.wait())
+        try:
+            finished, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if work in finished:
+                return work.result()
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BuildFailed, Exception):
+                await work
+            raise asyncio.CancelledError
+        finally:
+            stop.cancel()
+            if not work.done():  # run() itself was cancelled: stop the build before cleaning up after it
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+            await self._cleanup(attempt, log)
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    async def _build(
+        self,
+        job: BuildJob,
+        req: CreateTemplateRequest,
+        plans: list[StepPlan],
+        log: BuildLog,
+        attempt: _Attempt,
+        cancel: asyncio.Event,
+    ) -> BuildArtifact:
+        source = resolve_source(req)
+        if source.source_type == "dockerfile":
+            raise BuildFailed(
+                "Dockerfile builds are not available yet on this server (BuildKit is not wired into the pipeline)",
+                phase=FailurePhase.PREPARE,
+            )
+        if source.base_is_template:
+            raise BuildFailed(
+                f"base_image {source.base_ref!r} names a template; building on a template base is not supported "
+                "yet: use an OCI image reference such as 127.0.0.1:5000/team/image:tag",
+                phase=FailurePhase.PREPARE,
+            )
+        shutil.rmtree(attempt.artifact_dir, ignore_errors=True)
+        shutil.rmtree(attempt.work_dir, ignore_errors=True)
+        attempt.work_dir.mkdir(parents=True)
+
+        context_files: list[BuildContextFile] = list(req.build_context.files) if req.build_context else []
+        try:
+            context = BuildContextFiles(context_files, job.blob_paths)
+        except ContextError as exc:
+            raise BuildFailed(str(exc), phase=FailurePhase.PREPARE) from None
+
+        base_decision, decisions = layer_decisions(req, plans)
+        cfg = req.build_config
+        disk_mb = cfg.disk_mb if cfg else None
+        try:
+            fingerprint = await asyncio.to_thread(self.vm.fingerprint)
+        except Exception as exc:
+            raise BuildFailed(f"the build VM cannot start on this server: {exc}", phase=FailurePhase.PREPARE) from None
+
+        # preparing: the base root disk (cached by manifest digest)
+        await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
+        try:
+            credentials = base_image_credentials(
+                source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
+                req.registry_auth,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
+        disk, resolved, base_key = await prepare_oci_base(
+            source.base_ref,
+            credentials=credentials,
+            decision=base_decision,
+            disk_mb=disk_mb,
+            log=log,
+            store=self.cache,
+            layer_cache=self.layer_cache,
+            work_dir=attempt.work_dir,
+            claims=attempt.claims,
+            guest_fingerprint=fingerprint,
+        )
+        base = BaseImage(disk, image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
+
+        # keys: the chain over the base, then the final artifact key
+        content_digests = await asyncio.to_thread(
+            lambda: {e.path: e.sha256() for e in context.entries.values() if not e.is_dir}
+        )
+
+        def digest_of(entry: BuildContextFile) -> str:
+            return content_digests.get(entry.path.rstrip("/"), "")
+
+        keys: list[str] = []
+        parent = base.key
+        build_envs = dict(req.build_envs or {})
+        for plan in plans:
+            parent = step_key(parent, plan, copied_entries(plan, context_files, digest_of), build_envs)
+            keys.append(parent)
+        runtime = runtime_defaults(req, plans, base.defaults)
+        vcpus = (cfg.vcpus if cfg and cfg.vcpus else None) or DEFAULT_VCPUS
+        memory = (cfg.memory_mib if cfg and cfg.memory_mib else None) or DEFAULT_MEMORY_MIB
+        network = not (cfg is not None and cfg.internet_access is False)
+        final_key = final_artifact_key(
+            parent, runtime, vcpus=vcpus, memory_mib=memory, disk_mb=disk_mb, internet_access=network,
+            guest_fingerprint=fingerprint,
+        )  # fmt: skip
+        manifest = context_manifest(context_files, digest_of)
+        digests: dict[str, str | None] = {
+            "source_digest": source_digest(req, manifest.digest if context_files else None),
+            "dockerfile_digest": dockerfile_digest(
+                render_dockerfile(source.base_ref, plans, build_envs, req.start_cmd)
+            ),
+            "context_digest": manifest.digest if context_files else None,
+        }
+
+        # cache: how far the step layers go, and whether the whole artifact exists
+        hits = 0
+        for plan, key, decision in zip(plans, keys, decisions, strict=True):
+            if not decision.lookup or not self.cache.is_complete(self.cache.layer_path(key)):
+                break
+            hits += 1
+            await log.cache(CacheKind.LAYER, CacheStatus.HIT, plan.description,
+                            f"step {plan.index}/{len(plans)} cached: {plan.description}", step=plan.index)  # fmt: skip
+        fdecision = final_decision(req, decisions)
+        final_dir = self.cache.final_path(final_key)
+        if hits == len(plans) and fdecision.lookup and self.cache.is_complete(final_dir):
+            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.HIT, "template artifact",
+                            "the whole template is cached; reusing its snapshot")  # fmt: skip
+            await asyncio.to_thread(_link_tree, final_dir, attempt.artifact_dir)
+            return await self._finish(attempt, log, runtime, base, digests, write_manifest=False)
+        if fdecision.lookup:
+            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.MISS, "template artifact",
+                            "template artifact not cached", reason=CacheReason.MISSING_OR_INCOMPATIBLE)  # fmt: skip
+
+        # where each remaining step's writes go: its cache entry (claimed now) or a private file
+        final_overlay = attempt.work_dir / "top.qcow2"
+
+        def overlay_for(position: int) -> tuple[Path, EntryClaim | None]:
+            if position >= len(plans):
+                return final_overlay, None
+            claim = self.cache.claim(self.cache.layer_path(keys[position])) if decisions[position].lookup else None
+            if claim is None:
+                return attempt.work_dir / f"step-{position + 1:03d}.qcow2", None
+            attempt.claims.append(claim)
+            return claim.path, claim
+
+        # vm_create
+        chain = (base.disk, *(self.cache.layer_path(k) for k in keys[:hits]))
+        state = GuestState(*step_state(plans[:hits], base.defaults))
+        env = image_env(base.defaults) | build_envs
+        overlay, claim = overlay_for(hits)
+        await log.info(LogPhase.VM_CREATE, f"booting the build VM: {vcpus} vCPU, {memory} MiB, "
+                                           f"network {'on' if network else 'off'}")  # fmt: skip
+        started = time.monotonic()
+        spec = MachineSpec(chain=chain, overlay=overlay, cpus=vcpus, memory_mib=memory, network=network)
+        try:
+            attempt.machine = await asyncio.to_thread(self.vm.boot, spec)
+        except Exception as exc:
+            raise BuildFailed(f"the build VM did not start: {exc}", phase=FailurePhase.PREPARE) from None
+        machine = attempt.machine
+        await log.info(LogPhase.VM_CREATE, f"build VM up in {time.monotonic() - started:.2f} s")
+
+        # step: run every step that was not cached, freezing each into a layer
+        loop = asyncio.get_running_loop()
+        for position in range(hits, len(plans)):
+            plan, decision = plans[position], decisions[position]
+            await self._report_step_cache(log, plan, decision, len(plans))
+            await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)}: {plan.description}", step=plan.index)
+
+            def on_line(line: str, index: int = plan.index) -> None:
+                asyncio.run_coroutine_threadsafe(log.debug(LogPhase.STEP, line, step=index), loop)
+
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(
+                    apply_ops, machine.agent, plan.ops, context=context, state=state, env=env,
+                    on_line=on_line, step_index=plan.index,
+                )  # fmt: skip
+            except StepError as exc:
+                raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=plan.index) from None
+            next_overlay, next_claim = overlay_for(position + 1)
+            await asyncio.to_thread(machine.checkpoint, next_overlay)
+            await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)} done in {time.monotonic() - started:.2f} s",
+                           step=plan.index)  # fmt: skip
+            if claim is not None:
+                await asyncio.to_thread(claim.publish)
+                await log.cache(CacheKind.LAYER, CacheStatus.STORED, plan.description,
+                                f"step {plan.index} stored in the layer cache", step=plan.index)  # fmt: skip
+            claim = next_claim
+
+        # sync
+        await log.info(LogPhase.SYNC, "syncing guest filesystems")
+        await asyncio.to_thread(machine.agent.sync)
+
+        # startup + readiness
+        start_exit: asyncio.Future[str] = loop.create_future()
+        if runtime.start_cmd:
+            await self._start(machine, runtime, log, start_exit, loop)
+        if runtime.readiness is not None:
+            await self._wait_ready(machine, runtime, log, start_exit, cancel)
+        elif runtime.start_cmd:
+            await log.info(LogPhase.READINESS, "no readiness probe: snapshotting right after the start")
+        if start_exit.done():
+            raise BuildFailed(f"the start command {start_exit.result()} before the snapshot",
+                              phase=FailurePhase.READINESS)  # fmt: skip
+
+        # snapshot
+        await log.info(LogPhase.SNAPSHOT, "snapshotting the running VM")
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(machine.snapshot, attempt.artifact_dir)
+        except Exception as exc:
+            raise BuildFailed(f"snapshot failed: {exc}", phase=FailurePhase.SNAPSHOT) from None
+        finally:
+            attempt.machine = None
+        await log.info(LogPhase.SNAPSHOT, f"snapshot written in {time.monotonic() - started:.2f} s")
+
+        artifact = await self._finish(attempt, log, runtime, base, digests, write_manifest=True)
+        if fdecision.lookup:
+            final_claim = self.cache.claim(final_dir)
+            if final_claim is not None:
+                attempt.claims.append(final_claim)
+                await asyncio.to_thread(_link_tree, attempt.artifact_dir, final_dir)
+                await asyncio.to_thread(final_claim.publish)
+                await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.STORED, "template artifact",
+                                "template artifact stored in the cache")  # fmt: skip
+        else:
+            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.BYPASS, "template artifact",
+                            "template artifact not cached: part of this build bypassed the cache",
+                            reason=fdecision.reason)  # fmt: skip
+        artifact.cache_summary = log.cache_summary()  # now including the final store
+        return artifact
+
+    async def _report_step_cache(self, log: BuildLog, plan: StepPlan, decision: CacheDecision, total: int) -> None:
+        if decision.lookup:
+            await log.cache(CacheKind.LAYER, CacheStatus.MISS, plan.description,
+                            f"step {plan.index}/{total} not cached: {plan.description}",
+                            reason=CacheReason.MISSING_OR_INCOMPATIBLE, step=plan.index)  # fmt: skip
+        else:
+            why = {
+                CacheReason.WHOLE_BUILD_SKIP_CACHE: "skip_cache is set for the whole build",
+                CacheReason.FORCE_UPLOAD: "the copy forces a fresh upload",
+            }.get(decision.reason or CacheReason.BUILDER_CACHE_BOUNDARY, "after a skip_cache boundary")
+            await log.cache(CacheKind.LAYER, CacheStatus.BYPASS, plan.description,
+                            f"step {plan.index}/{total} rebuilt: {why}", reason=decision.reason,
+                            step=plan.index)  # fmt: skip
+
+    async def _start(
+        self,
+        machine: BuildMachine,
+        runtime: RuntimeDefaults,
+        log: BuildLog,
+        start_exit: asyncio.Future[str],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        command = runtime.start_cmd or ""
+        await log.info(LogPhase.STARTUP, f"starting: {command}")
+
+        def on_line(line: str) -> None:
+            asyncio.run_coroutine_threadsafe(log.debug(LogPhase.STARTUP, line), loop)
+
+        def run() -> None:
+            try:
+                run_shell(machine.agent, command, env=runtime.env, cwd=runtime.workdir,
+                          user=agent_user(runtime.user), on_line=on_line, what="start command")  # fmt: skip
+                outcome = "exited with code 0"
+            except StepError as exc:
+                outcome = exc.message.removeprefix("start command ")
+            except Exception:  # the VM went away (snapshot or cancel): the command did not "exit"
+                return
+            loop.call_soon_threadsafe(_settle, start_exit, outcome)
+
+        # The start command keeps running in the VM; its exec stream simply ends with the snapshot.
+        threading.Thread(target=run, name="amber-start-cmd", daemon=True).start()
+
+    async def _wait_ready(
+        self,
+        machine: BuildMachine,
+        runtime: RuntimeDefaults,
+        log: BuildLog,
+        start_exit: asyncio.Future[str],
+        cancel: asyncio.Event,
+    ) -> None:
+        readiness = runtime.readiness
+        assert readiness is not None
+        source = " (from the image HEALTHCHECK)" if runtime.readiness_from_healthcheck else ""
+        await log.info(LogPhase.READINESS, f"waiting for {describe(readiness)}{source}")
+        agent = machine.agent
+
+        def check(timeout: float) -> str | None:
+            if start_exit.done():
+                return f"start command {start_exit.result()}"
+            try:
+                if readiness.kind == "tcp":
+                    agent.tcp_probe(readiness.port or 0, timeout=min(timeout, 2.0))
+                    return None
+                if readiness.kind == "http":
+                    status = agent.http_probe(readiness.port or 0, readiness.path or "/", timeout=min(timeout, 2.0))
+                    return None if 200 <= status < 400 else f"HTTP status {status}"
+                result = agent.exec(shell=readiness.command or "true", env=dict(runtime.env), cwd=runtime.workdir,
+                                    user=agent_user(runtime.user), timeout=timeout)  # fmt: skip
+                return None if result.ok else f"command exited with code {result.exit_code}"
+            except Exception as exc:
+                return str(exc) or type(exc).__name__
+
+        async def probe(timeout: float) -> str | None:
+            failure = await asyncio.to_thread(check, timeout)
+            if failure is not None and start_exit.done():
+                raise BuildFailed(f"the start command {start_exit.result()} before it was ready",
+                                  phase=FailurePhase.READINESS)  # fmt: skip
+            return failure
+
+        started = time.monotonic()
+        try:
+            attempts = await wait_until_ready(readiness, probe, cancel)
+        except NotReady as exc:
+            raise BuildFailed(str(exc), phase=FailurePhase.READINESS) from None
+        await log.info(LogPhase.READINESS, f"ready after {time.monotonic() - started:.2f} s ({attempts} attempts)")
+
+    async def _finish(
+        self,
+        attempt: _Attempt,
+        log: BuildLog,
+        runtime: RuntimeDefaults,
+        base: BaseImage,
+        digests: dict[str, str | None],
+        *,
+        write_manifest: bool,
+    ) -> BuildArtifact:
+        await log.info(LogPhase.FINALIZE, "finalizing the template artifact")
+        runtime_json = runtime.to_json()
+        meta = {
+            "runtime_defaults": runtime_json,
+            "runtime_env": runtime.env,  # values stay server-side; the API shows keys only (R55)
+            "oci_metadata": base.oci_metadata,
+            **digests,
+        }
+        manifest_path = attempt.artifact_dir / ARTIFACT_MANIFEST
+        if write_manifest:
+            await asyncio.to_thread(_write_json, manifest_path, meta)
+        size = await asyncio.to_thread(_tree_size, attempt.artifact_dir)
+        attempt.done = True
+        return BuildArtifact(
+            artifact_dir=attempt.artifact_dir,
+            runtime_defaults=runtime_json,
+            oci_metadata=base.oci_metadata,
+            cache_summary=log.cache_summary(),
+            source_digest=digests.get("source_digest"),
+            dockerfile_digest=digests.get("dockerfile_digest"),
+            context_digest=digests.get("context_digest"),
+            size_bytes=size,
+        )
+
+    async def _cleanup(self, attempt: _Attempt, log: BuildLog) -> None:
+        machine, attempt.machine = attempt.machine, None
+        if machine is not None:
+            await asyncio.to_thread(machine.close)
+        for claim in attempt.claims:
+            claim.release()
+        await asyncio.to_thread(shutil.rmtree, attempt.work_dir, True)
+        if not attempt.done:
+            await asyncio.to_thread(shutil.rmtree, attempt.artifact_dir, True)
+        with contextlib.suppress(Exception):
+            await log.debug(LogPhase.CLEANUP, "build VM stopped and work files removed")
+
+
+def _settle(future: asyncio.Future[str], outcome: str) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            yield Path(dirpath) / name
+
+
+def _tree_size(root: Path) -> int:
+    return sum(p.stat().st_blocks * 512 for p in _walk_files(root) if not p.is_symlink())
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of ``src`` into ``dst`` (same filesystem; artifacts are never modified)."""
+    for path in _walk_files(src):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        else:
+            os.link(path, target)

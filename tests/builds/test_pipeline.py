@@ -1,0 +1,246 @@
+"""The native pipeline end to end: a real loopback registry, the busybox image, real QEMU (TCG here).
+
+One module-scoped executor and data directory: the first build is cold, the second identical one must be served
+from cache, a ``skip_cache`` step rebuilds from its position, a failing ``run`` step reports its index and
+output. In-guest work is kept tiny (TCG runs the guest ~18x slower than the host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amber.api.schemas.requests import validate_create_request
+from amber.builds.executor import (
+    BuildArtifact,
+    BuildFailed,
+    BuildJob,
+    CacheKind,
+    CacheReason,
+    CacheStatus,
+    FailurePhase,
+    LogEvent,
+    LogKind,
+    LogPhase,
+)
+from amber.builds.pipeline import NativeExecutor
+from amber.builds.pipeline.machine import MicroVmBackend
+from amber.guest.install import ensure_guest
+from amber.settings import get_settings
+from amber.vm.artifact import restore
+from amber.vm.process import sweep_stale
+from tests.support.images import push_busybox_image
+from tests.support.registry import Registry, running_registry
+
+pytestmark = pytest.mark.vm
+
+APP_TEXT = b"hello from a blob\n"
+APP_BLOB = "sha256:" + hashlib.sha256(APP_TEXT).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private data dir whose guest/ is the repository's built guest (`amber setup-guest`)."""
+    guest_root = get_settings().data_dir.resolve()
+    ensure_guest(guest_root)
+    d = tmp_path_factory.mktemp("amber-builds")
+    (d / "guest").symlink_to(guest_root / "guest")
+    yield d
+    sweep_stale(d)
+    leftovers = list((d / "run").glob("vm-*")) if (d / "run").exists() else []
+    assert not leftovers, f"VM run directories left behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    with running_registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def base_ref(registry: Registry) -> str:
+    return push_busybox_image(registry)
+
+
+@pytest.fixture(scope="module")
+def executor(data_dir: Path) -> NativeExecutor:
+    return NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
+
+
+@pytest.fixture(scope="module")
+def blob(data_dir: Path) -> Path:
+    path = data_dir / "blob-app.txt"
+    path.write_bytes(APP_TEXT)
+    return path
+
+
+class Build:
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    async def emit(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+    def cache(self, kind: CacheKind) -> list[tuple[int | None, CacheStatus, CacheReason | None]]:
+        return [
+            (e.step_index, e.cache_status, e.cache_reason)
+            for e in self.events
+            if e.kind == LogKind.CACHE and e.cache_kind == kind and e.cache_status is not None
+        ]
+
+    def phases(self) -> list[LogPhase]:
+        seen: list[LogPhase] = []
+        for e in self.events:
+            if e.phase is not None and (not seen or seen[-1] != e.phase):
+                seen.append(e.phase)
+        return seen
+
+
+def run_build(
+    executor: NativeExecutor, data_dir: Path, request: dict[str, Any], build_id: str, blob: Path
+) -> tuple[Build, BuildArtifact | BuildFailed]:
+    build = Build()
+    job = BuildJob(
+        build_id=build_id,
+        template_id="tmpl_" + build_id,
+        request=validate_create_request(request),
+        data_dir=data_dir,
+        blob_paths={APP_BLOB: blob},
+    )
+
+    async def go() -> BuildArtifact | BuildFailed:
+        try:
+            return await executor.run(job, build.emit, asyncio.Event())
+        except BuildFailed as failed:
+            return failed
+
+    return build, asyncio.run(go())
+
+
+def request_for(base_ref: str, *, extra_steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "name": "pipeline-test",
+        "base_image": base_ref,
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "build_envs": {"BUILD_ONLY": "visible-to-steps"},
+        "steps": [
+            {"action": "run", "command": 'echo "$BUILD_ONLY" > /build-env'},
+            {"action": "copy", "sources": ["builder-context/step-1/src-0/app.txt"], "dst": "/srv/app.txt",
+             "mode": "0640"},
+            {"action": "workdir", "path": "/srv"},
+            *(extra_steps or []),
+            {"action": "run", "command": "echo made-in-$(pwd) > /home/app/made.txt", "user": "app"},
+        ],
+        "build_context": {"files": [
+            {"path": "builder-context/step-1/src-0/app.txt", "entry_type": "file", "blob_id": APP_BLOB,
+             "mode": "0644"},
+        ]},
+        "start_cmd": "env > /tmp/start-env; echo started > /dev/shm/state; exec httpd -f -p 8080 -h /srv",
+        "runtime_config": {"readiness": {"kind": "tcp", "port": 8080, "timeout_secs": 60, "interval_ms": 100,
+                                         "startup_grace_secs": 0},
+                           "default_envs": {"RUNTIME_ENV": "yes"}},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cold(
+    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
+) -> tuple[Build, BuildArtifact | BuildFailed]:
+    return run_build(executor, data_dir, request_for(base_ref), "tb_cold", blob)
+
+
+def test_cold_build_runs_every_phase_and_restores(
+    cold: tuple[Build, BuildArtifact | BuildFailed], data_dir: Path
+) -> None:
+    build, result = cold
+    assert isinstance(result, BuildArtifact), result
+    assert build.cache(CacheKind.LAYER)[0][1] in (CacheStatus.MISS, CacheStatus.HIT)  # base disk
+    step_cache = [c for c in build.cache(CacheKind.LAYER) if c[0] is not None]
+    assert [c[1] for c in step_cache if c[1] != CacheStatus.STORED] == [CacheStatus.MISS] * 4
+    assert [c[0] for c in step_cache if c[1] == CacheStatus.STORED] == [1, 2, 3, 4]
+    phases = build.phases()
+    for phase in (LogPhase.PREPARING, LogPhase.VM_CREATE, LogPhase.STEP, LogPhase.SYNC, LogPhase.STARTUP,
+                  LogPhase.READINESS, LogPhase.SNAPSHOT, LogPhase.FINALIZE, LogPhase.CLEANUP):  # fmt: skip
+        assert phase in phases, (phase, phases)
+    assert all(e.total_steps == 4 for e in build.events if e.step_index is not None)
+    defaults = result.runtime_defaults
+    assert defaults["default_workdir"] == "/srv" and defaults["start_cmd"].startswith("env > /tmp/start-env")
+    assert "RUNTIME_ENV" in defaults["default_env_keys"] and "yes" not in str(defaults)
+    assert result.cache_summary["layer_stores"] >= 4 and result.cache_summary["final_artifact_stores"] == 1
+    assert result.source_digest and result.dockerfile_digest and result.context_digest
+
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        vm.agent.tcp_probe(8080)  # the started service is still listening
+        assert vm.exec(["cat", "/srv/app.txt"]).stdout == APP_TEXT
+        assert vm.exec(["stat", "-c", "%a", "/srv/app.txt"]).stdout.strip() == b"640"
+        assert vm.exec(["cat", "/build-env"]).stdout == b"visible-to-steps\n"
+        assert vm.exec(["cat", "/home/app/made.txt"]).stdout == b"made-in-/srv\n"
+        assert vm.exec(["stat", "-c", "%U", "/home/app/made.txt"]).stdout.strip() == b"app"
+        start_env = vm.exec(["cat", "/tmp/start-env"]).stdout.decode()
+        assert "RUNTIME_ENV=yes" in start_env
+        assert "BUILD_ONLY" not in start_env  # build envs never reach the start command
+        assert vm.exec(["cat", "/dev/shm/state"]).stdout == b"started\n"  # memory state from before the snapshot
+
+
+def test_identical_rebuild_is_served_from_cache(
+    cold: tuple[Build, BuildArtifact | BuildFailed], executor: NativeExecutor, data_dir: Path, base_ref: str,
+    blob: Path,
+) -> None:  # fmt: skip
+    assert isinstance(cold[1], BuildArtifact)
+    build, result = run_build(executor, data_dir, request_for(base_ref), "tb_warm", blob)
+    assert isinstance(result, BuildArtifact), result
+    layer = build.cache(CacheKind.LAYER)
+    assert layer[0] == (None, CacheStatus.HIT, None)  # the base disk
+    assert layer[1:] == [(i, CacheStatus.HIT, None) for i in (1, 2, 3, 4)]  # every step a cache hit
+    assert build.cache(CacheKind.FINAL_ARTIFACT) == [(None, CacheStatus.HIT, None)]
+    assert LogPhase.VM_CREATE not in build.phases()  # nothing booted
+    assert result.runtime_defaults == cold[1].runtime_defaults
+    assert result.artifact_dir != cold[1].artifact_dir and (result.artifact_dir / "manifest.json").exists()
+
+
+def test_skip_cache_step_rebuilds_itself_and_everything_after(
+    cold: tuple[Build, BuildArtifact | BuildFailed], executor: NativeExecutor, data_dir: Path, base_ref: str,
+    blob: Path,
+) -> None:  # fmt: skip
+    assert isinstance(cold[1], BuildArtifact)
+    request = request_for(base_ref, extra_steps=[{"action": "skip_cache"}])
+    build, result = run_build(executor, data_dir, request, "tb_skip", blob)
+    assert isinstance(result, BuildArtifact), result
+    steps = [c for c in build.cache(CacheKind.LAYER) if c[0] is not None]
+    assert steps == [
+        (1, CacheStatus.HIT, None),
+        (2, CacheStatus.HIT, None),
+        (3, CacheStatus.HIT, None),
+        (4, CacheStatus.BYPASS, CacheReason.BUILDER_CACHE_BOUNDARY),
+        (5, CacheStatus.BYPASS, CacheReason.BUILDER_CACHE_BOUNDARY),
+    ]
+    assert build.cache(CacheKind.FINAL_ARTIFACT) == [(None, CacheStatus.BYPASS, CacheReason.BUILDER_CACHE_BOUNDARY)]
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        assert vm.exec(["cat", "/home/app/made.txt"]).stdout == b"made-in-/srv\n"
+
+
+def test_failing_run_step_reports_index_and_output(
+    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
+) -> None:
+    request = {
+        "base_image": base_ref,
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "steps": [
+            {"action": "run", "command": "true"},
+            {"action": "run", "command": "echo first line; echo the-reason >&2; exit 3"},
+            {"action": "run", "command": "echo never"},
+        ],
+    }
+    build, result = run_build(executor, data_dir, request, "tb_fail", blob)
+    assert isinstance(result, BuildFailed)
+    assert result.phase == FailurePhase.BUILD_STEP and result.step_index == 2 and result.code == "build_error"
+    assert "step 2" in result.message and "exited with code 3" in result.message
+    assert "the-reason" in result.message and "first line" in result.message
+    assert not (data_dir / "artifacts" / "tb_fail").exists()
+    assert not (data_dir / "builds" / "tb_fail").exists()
+    assert any(e.step_index == 2 and "the-reason" in e.message for e in build.events)
