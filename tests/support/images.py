@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -453,8 +454,9 @@ def push_index(
         pusher.close()
 
 
+@functools.lru_cache(maxsize=8)
 def busybox_layer(compression: Compression = Compression.GZIP, *, docker_media_types: bool = False) -> Layer:
-    """The busybox-static tree (tests/support/busybox.py) as one layer."""
+    """The busybox-static tree (tests/support/busybox.py) as one layer (built once per process and kind)."""
     with tempfile.TemporaryDirectory(prefix="amber-busybox-") as tmp:
         tree = make_busybox_tree(Path(tmp) / "rootfs")
         return Layer.from_tar(

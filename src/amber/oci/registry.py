@@ -248,7 +248,7 @@ class RegistryClient:
             if response.status_code == 404:
                 await response.aread()
                 codes = _error_codes(response)
-                if "NAME_UNKNOWN" in codes:
+                if "NAME_UNKNOWN" in codes or await self._repository_missing(repository, scope):
                     raise RepositoryNotFoundError(f"repository {repository} not found on registry {self.host}")
                 what = "digest" if reference.startswith("sha256:") else "tag"
                 raise ManifestNotFoundError(
@@ -274,6 +274,11 @@ class RegistryClient:
             )
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         return FetchedManifest(bytes(body), content_type, digest)
+
+    async def _repository_missing(self, repository: str, scope: str) -> bool:
+        """Tell a missing repository from a missing tag (distribution answers MANIFEST_UNKNOWN for both)."""
+        response = await self._send("GET", f"/v2/{repository}/tags/list?n=1", scope)
+        return response.status_code == 404 and "NAME_UNKNOWN" in _error_codes(response)
 
     async def get_blob_bytes(self, repository: str, descriptor: Descriptor, max_size: int = MAX_CONFIG_BYTES) -> bytes:
         """A small blob (the image config) in memory, size- and digest-checked."""
