@@ -18,6 +18,7 @@ from amber.api.schemas.requests import (
     SkipCacheStep,
     parse_create_request,
     persistable_request,
+    request_from_definition,
     request_problems,
     structural_problems,
     validate_create_request,
@@ -257,3 +258,18 @@ def test_registry_auth_for_the_dockerfile_from_host_is_accepted() -> None:
         }
     )
     assert request_problems(req) == []
+
+
+def test_request_from_definition_takes_fresh_credentials() -> None:
+    original = validate_create_request(
+        {**BASE, "base_image_auth": {"kind": "basic", "username": "u", "password": "old-secret"}}
+    )
+    stored = persistable_request(original)
+    assert stored["base_image_auth"] == {"kind": "basic"} and "old-secret" not in json.dumps(stored)
+    with pytest.raises(InvalidRequest):
+        validate_create_request(stored)  # a stub is not a credential
+    fresh = request_from_definition(stored, base_image_auth={"kind": "basic", "username": "u", "password": "new"})
+    assert fresh.base_image_auth is not None and fresh.base_image_auth.kind == "basic"
+    again = request_from_definition(stored, base_image_auth=fresh.base_image_auth)
+    assert again.base_image_auth == fresh.base_image_auth
+    assert request_from_definition(stored).base_image_auth is None

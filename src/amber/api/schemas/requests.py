@@ -926,3 +926,43 @@ def persistable_request(req: CreateTemplateRequest, *, keep_inline_content: bool
         for entry in data["build_context"]["files"]:
             entry.pop("content_base64", None)
     return data
+
+
+def request_from_definition(
+    definition: dict[str, Any],
+    *,
+    base_image_auth: Any = None,
+    registry_auth: Any = None,
+    build_secrets: Any = None,
+) -> CreateTemplateRequest:
+    """Rebuild a request from a ``persistable_request`` definition (R24, R41): the stored credential/secret
+    stubs are dropped and replaced by the fresh values given here (decoded JSON or models), then every rule is
+    checked again. Raises ``InvalidRequest``."""
+    data = {k: v for k, v in definition.items() if k not in ("base_image_auth", "registry_auth", "build_secrets")}
+    for key, value in (("base_image_auth", base_image_auth), ("registry_auth", registry_auth),
+                       ("build_secrets", build_secrets)):  # fmt: skip
+        if value is None:
+            continue
+        if isinstance(value, BaseModel):
+            data[key] = _revealed(value)
+        elif isinstance(value, list):
+            data[key] = [_revealed(v) if isinstance(v, BaseModel) else v for v in value]
+        else:
+            data[key] = value
+    return validate_create_request(data)
+
+
+def _revealed(model: BaseModel) -> dict[str, Any]:
+    """A model as plain JSON with secret values in clear (memory only, for re-validation)."""
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, BaseModel):
+            value = _revealed(value)
+        out[name] = value
+    out.update(model.model_extra or {})
+    return out
