@@ -147,6 +147,11 @@ class TokenServer:
         issued = dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
         return {"token": token, "access_token": token, "expires_in": self.token_ttl_seconds, "issued_at": issued}
 
+    def add_user(self, username: str, password: str) -> None:
+        """Accept another user (e.g. ``oauth2accesstoken`` with a token a test's fake IdP issued)."""
+        with self._lock:
+            self.users = {**self.users, username: password}
+
     def authenticate(self, username: str | None, password: str | None) -> tuple[bool, str | None]:
         """(ok, account): anonymous is ok with account None; a wrong password is not ok."""
         if username is None:
