@@ -244,3 +244,53 @@ def test_failing_run_step_reports_index_and_output(
     assert not (data_dir / "artifacts" / "tb_fail").exists()
     assert not (data_dir / "builds" / "tb_fail").exists()
     assert any(e.step_index == 2 and "the-reason" in e.message for e in build.events)
+
+
+def qemu_processes_for(data_dir: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = str((proc / "cwd").resolve()) if "qemu-system" in cmd else ""
+        except OSError:
+            continue
+        if "qemu-system" in cmd and (str(data_dir) in cmd or cwd.startswith(str(data_dir))):
+            found.append(int(proc.name))
+    return found
+
+
+def test_cancel_stops_the_vm_and_leaves_nothing_behind(
+    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
+) -> None:
+    request = {
+        "base_image": base_ref,
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "steps": [{"action": "run", "command": "echo cancel-me > /x"}, {"action": "run", "command": "sleep 3600"}],
+    }
+    build = Build()
+    cancel = asyncio.Event()
+
+    async def emit(event: LogEvent) -> None:
+        build.events.append(event)
+        if event.phase == LogPhase.STEP and event.step_index == 2:
+            cancel.set()
+
+    job = BuildJob(build_id="tb_cancel", template_id="tmpl_cancel", request=validate_create_request(request),
+                   data_dir=data_dir)  # fmt: skip
+
+    async def go() -> None:
+        # The guard only keeps a broken cancel from hanging the suite; the sleep would take an hour.
+        await asyncio.wait_for(executor.run(job, emit, cancel), timeout=300)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(go())
+    assert cancel.is_set()
+    assert qemu_processes_for(data_dir) == []
+    assert not (data_dir / "builds" / "tb_cancel").exists()
+    assert not (data_dir / "artifacts" / "tb_cancel").exists()
+    layers = data_dir / "cache" / "build" / "layers"
+    unpublished = [p for p in layers.glob("*.qcow2") if not Path(f"{p}.ok").exists()]
+    assert unpublished == []
+    assert any(e.phase == LogPhase.CLEANUP for e in build.events)

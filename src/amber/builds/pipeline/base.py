@@ -107,6 +107,7 @@ async def prepare_oci_base(
     target = claim.path if claim is not None else work_dir / "base.raw"
     if claim is not None:
         claims.append(claim)
+    await log.info(LogPhase.PREPARING, f"importing {reference} into a root disk")
     started = time.monotonic()
     await import_base_disk(resolved, target, layer_cache=layer_cache, credentials=credentials, disk_mb=disk_mb)
     await log.info(LogPhase.PREPARING, f"imported {reference} in {time.monotonic() - started:.2f} s")
