@@ -29,15 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amber.api.schemas.requests import validate_create_request  # noqa: E402
-from amber.builds.executor import BuildArtifact, BuildJob, CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
-from amber.builds.pipeline import NativeExecutor  # noqa: E402
-from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
-from amber.guest.install import ensure_guest  # noqa: E402
-from amber.settings import get_settings  # noqa: E402
-from amber.vm.microvm import resolve_accel  # noqa: E402
-from tests.support.images import push_busybox_image  # noqa: E402
-from tests.support.registry import running_registry  # noqa: E402
+from tests.support.images import push_busybox_image
+from tests.support.registry import running_registry
+
+from amber.api.schemas.requests import validate_create_request
+from amber.builds.executor import BuildArtifact, BuildJob, CacheKind, CacheStatus, LogEvent, LogKind
+from amber.builds.pipeline import NativeExecutor
+from amber.builds.pipeline.machine import MicroVmBackend
+from amber.guest.install import ensure_guest
+from amber.settings import get_settings
+from amber.vm.microvm import resolve_accel
 
 APP = b"print('hello')\n"
 APP_BLOB = "sha256:" + hashlib.sha256(APP).hexdigest()
@@ -81,8 +82,13 @@ class Timeline:
 
 async def one_build(data_dir: Path, base_ref: str, blob: Path, build_id: str) -> tuple[float, Timeline]:
     executor = NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
-    job = BuildJob(build_id=build_id, template_id=f"tmpl_{build_id}", request=validate_create_request(request(base_ref)),
-                   data_dir=data_dir, blob_paths={APP_BLOB: blob})  # fmt: skip
+    job = BuildJob(
+        build_id=build_id,
+        template_id=f"tmpl_{build_id}",
+        request=validate_create_request(request(base_ref)),
+        data_dir=data_dir,
+        blob_paths={APP_BLOB: blob},
+    )
     timeline = Timeline()
     started = time.monotonic()
     result = await executor.run(job, timeline.emit, asyncio.Event())
