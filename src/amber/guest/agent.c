@@ -105,17 +105,21 @@ static uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) | (uin
 static unsigned char *obuf;
 static size_t olen, ocap, ohead;
 
+static size_t frame_start;  /* offset of the frame being built (see begin/end) */
+
+/* Room for n more bytes; compaction shifts the frame under construction along with everything else. */
 static void oreserve(size_t n) {
-    if (ohead > 0 && ohead == olen) ohead = olen = 0;
-    if (olen + n > ocap) {
-        if (ohead > 0) { memmove(obuf, obuf + ohead, olen - ohead); olen -= ohead; ohead = 0; }
-        if (olen + n > ocap) { ocap = (olen + n) * 2; obuf = xrealloc(obuf, ocap); }
+    if (olen + n > ocap && ohead > 0) {
+        memmove(obuf, obuf + ohead, olen - ohead);
+        olen -= ohead;
+        frame_start -= frame_start >= ohead ? ohead : frame_start;
+        ohead = 0;
     }
+    if (olen + n > ocap) { ocap = (olen + n) * 2; obuf = xrealloc(obuf, ocap); }
 }
 static size_t opending(void) { return olen - ohead; }
 
 /* A frame under construction: header reserved first, fields appended, length patched at the end. */
-static size_t frame_start;
 static void begin(int type, uint32_t id) {
     oreserve(HDR);
     frame_start = olen;
@@ -1045,7 +1049,8 @@ int main(int argc, char **argv) {
         if (opending() && (port_slot >= 0 || out_slot >= 0) && !hup) {
             ssize_t w = write(out_fd, obuf + ohead, opending());
             if (w > 0) ohead += (size_t)w;
-            else if (w < 0 && errno != EAGAIN && errno != EINTR && host_mode) return 0;
+            if (ohead == olen) ohead = olen = 0;  /* all sent: reuse the buffer from its start */
+            if (w < 0 && errno != EAGAIN && errno != EINTR && host_mode) return 0;
         }
         for (int i = 1; i < np; i++) {
             if (!pfd[i].revents || i == port_slot || i == out_slot) continue;

@@ -124,15 +124,17 @@ class TemplateArtifact:
             raise ArtifactError(f"template artifact {directory} does not exist")
         try:
             manifest = json.loads(manifest_path.read_text())
-            description = MachineDescription.from_json(json.loads((directory / "machine.json").read_text()))
-        except FileNotFoundError as e:
-            raise ArtifactError(f"template artifact {directory} is missing {Path(str(e.filename)).name}") from None
-        except (ValueError, KeyError) as e:
-            raise ArtifactError(f"template artifact {directory}: unreadable manifest or machine.json: {e}") from None
+            files = {name: ArtifactFile(int(v["size"]), str(v["sha256"])) for name, v in manifest["files"].items()}
+            disk = [(str(d["path"]), DiskFormat(d["format"])) for d in manifest["disk"]]
+        except FileNotFoundError:
+            raise ArtifactError(f"template artifact {directory} is missing manifest.json") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ArtifactError(f"template artifact {directory}: unreadable manifest.json: {e}") from None
         if manifest.get("version") != MANIFEST_VERSION:
             raise ArtifactError(f"template artifact {directory}: unsupported manifest version "
                                 f"{manifest.get('version')!r}")
-        files = {name: ArtifactFile(int(v["size"]), str(v["sha256"])) for name, v in manifest["files"].items()}
+        if "machine.json" not in files or "state.bin" not in files:
+            raise ArtifactError(f"template artifact {directory}: the manifest lists no machine.json or state.bin")
         for name, info in files.items():
             path = directory / name
             if not path.is_file():
@@ -141,9 +143,16 @@ class TemplateArtifact:
             if size != info.size:
                 raise ArtifactError(f"template artifact {directory}: {name} is {size} bytes, "
                                     f"the manifest says {info.size}")
-        if sha256_file(directory / "machine.json") != files.get("machine.json", ArtifactFile(0, "")).sha256:
+        if sha256_file(directory / "machine.json") != files["machine.json"].sha256:
             raise ArtifactError(f"template artifact {directory}: machine.json does not match the manifest")
-        chain = DiskChain(tuple(DiskLayer(directory / d["path"], DiskFormat(d["format"])) for d in manifest["disk"]))
+        try:
+            description = MachineDescription.from_json(json.loads((directory / "machine.json").read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"template artifact {directory}: unreadable machine.json: {e}") from None
+        for path, _ in disk:
+            if path not in files:
+                raise ArtifactError(f"template artifact {directory}: disk layer {path} is not in the manifest")
+        chain = DiskChain(tuple(DiskLayer(directory / path, fmt) for path, fmt in disk))
         artifact = cls(directory, description, chain, files, float(manifest.get("snapshot_seconds", 0)),
                        float(manifest.get("created", 0)))
         if verify_checksums:
