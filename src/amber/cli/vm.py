@@ -31,21 +31,22 @@ def _step(message: str) -> Iterator[None]:
     err.print(f"[dim]{message}: done in {time.monotonic() - started:.2f}s[/dim]")
 
 
+def _to_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _to_stderr(data: bytes) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
+
+
 def _run_command(vm: MicroVM, command: list[str]) -> int:
     if not command:
         err.print("[red]no command given (put it after --)[/red]")
         return 2
-
-    def out(data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-
-    def errout(data: bytes) -> None:
-        sys.stderr.buffer.write(data)
-        sys.stderr.buffer.flush()
-
     try:
-        result: ExecResult = vm.exec(command, on_stdout=out, on_stderr=errout)
+        result: ExecResult = vm.exec(command, on_stdout=_to_stdout, on_stderr=_to_stderr)
     except AgentError as e:
         err.print(f"[red]{e}[/red]")
         return 127
@@ -100,7 +101,7 @@ def snapshot(
             # The start command runs for the VM's whole life: its exec never returns before the snapshot.
             def service() -> None:
                 with contextlib.suppress(VMError):  # ends when the VM is snapshotted or stopped
-                    vm.exec(shell=start_cmd, on_stdout=sys.stderr.buffer.write, on_stderr=sys.stderr.buffer.write)
+                    vm.exec(shell=start_cmd, on_stdout=_to_stderr, on_stderr=_to_stderr)
 
             threading.Thread(target=service, daemon=True).start()
             with _step(f"waiting for port {ready_tcp} in the guest"):
