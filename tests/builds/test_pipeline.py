@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from amber.api.schemas.requests import validate_create_request
+from amber.buildkit.daemon import managed_dockerd
 from amber.builds.executor import (
     BuildArtifact,
     BuildFailed,
@@ -51,6 +52,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("amber-builds")
     (d / "guest").symlink_to(guest_root / "guest")
     yield d
+    asyncio.run(managed_dockerd(d).stop())  # started on demand by Dockerfile builds
     sweep_stale(d)
     leftovers = list((d / "run").glob("vm-*")) if (d / "run").exists() else []
     assert not leftovers, f"VM run directories left behind: {leftovers}"
@@ -294,3 +296,23 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
     unpublished = [p for p in layers.glob("*.qcow2") if not Path(f"{p}.ok").exists()]
     assert unpublished == []
     assert any(e.phase == LogPhase.CLEANUP for e in build.events)
+
+
+def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
+    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
+) -> None:
+    request = {
+        "dockerfile": f"FROM {base_ref}\nRUN echo from-buildkit > /bk.txt\nENV FROM_DOCKERFILE=yes\nWORKDIR /srv\n",
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "start_cmd": "env > /tmp/start-env; exec httpd -f -p 8080 -h /srv",
+        "runtime_config": {"readiness": {"kind": "tcp", "port": 8080, "interval_ms": 100, "startup_grace_secs": 0}},
+    }
+    build, result = run_build(executor, data_dir, request, "tb_dockerfile", blob)
+    assert isinstance(result, BuildArtifact), result
+    assert result.runtime_defaults["default_workdir"] == "/srv"
+    assert "FROM_DOCKERFILE" in result.runtime_defaults["default_env_keys"]
+    assert LogPhase.PREPARING in build.phases() and LogPhase.SNAPSHOT in build.phases()
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        assert vm.exec(["cat", "/bk.txt"]).stdout == b"from-buildkit\n"
+        assert "FROM_DOCKERFILE=yes" in vm.exec(["cat", "/tmp/start-env"]).stdout.decode()
+        vm.agent.tcp_probe(8080)

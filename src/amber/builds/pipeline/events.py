@@ -72,6 +72,12 @@ class BuildLog:
             )
         )
 
+    async def forward(self, event: LogEvent) -> None:
+        """Pass on an event made elsewhere (BuildKit), counting it if it is a cache outcome."""
+        if event.kind == LogKind.CACHE and event.cache_kind is not None and event.cache_status is not None:
+            self.cache_counts[f"{event.cache_kind.value}_{_plural(event.cache_status)}"] += 1
+        await self._emit(event)
+
     def cache_summary(self) -> dict[str, int]:
         """TemplateBuildCacheSummary: every counter present (zero when nothing happened)."""
         keys = [f"{k.value}_{_plural(s)}" for k in CacheKind for s in CacheStatus]

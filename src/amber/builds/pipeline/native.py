@@ -47,6 +47,7 @@ from amber.builds.executor import (
 from amber.builds.pipeline.base import image_defaults, prepare_oci_base
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.credentials import base_image_credentials
+from amber.builds.pipeline.dockerfile import build_dockerfile_disk, built_image_defaults
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
@@ -64,6 +65,7 @@ from amber.builds.planning.digests import context_manifest, dockerfile_digest, s
 from amber.builds.planning.runtime import ImageDefaults, RuntimeDefaults, image_env, runtime_defaults, step_state
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import StepPlan, plan_steps, render_dockerfile
+from amber.oci.errors import ImageImportError
 
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 512
@@ -78,6 +80,7 @@ class BaseImage:
     defaults: ImageDefaults
     key: str  # cache key of the disk (for the step chain)
     oci_metadata: dict[str, Any] | None = None
+    cacheable: bool = True  # False: neither step layers nor the final artifact are looked up or stored
 
 
 @dataclass
@@ -157,11 +160,6 @@ class NativeExecutor:
         cancel: asyncio.Event,
     ) -> BuildArtifact:
         source = resolve_source(req)
-        if source.source_type == "dockerfile":
-            raise BuildFailed(
-                "Dockerfile builds are not available yet on this server (BuildKit is not wired into the pipeline)",
-                phase=FailurePhase.PREPARE,
-            )
         if source.base_is_template:
             raise BuildFailed(
                 f"base_image {source.base_ref!r} names a template; building on a template base is not supported "
@@ -186,28 +184,37 @@ class NativeExecutor:
         except Exception as exc:
             raise BuildFailed(f"the build VM cannot start on this server: {exc}", phase=FailurePhase.PREPARE) from None
 
-        # preparing: the base root disk (cached by manifest digest)
-        await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
-        try:
-            credentials = base_image_credentials(
-                source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
-                req.registry_auth,
+        # preparing: the base root disk (an OCI image cached by manifest digest, or a BuildKit build)
+        if source.source_type == "dockerfile":
+            disk, built = await build_dockerfile_disk(
+                req, data_dir=self.data_dir, work_dir=attempt.work_dir, blob_paths=job.blob_paths,
+                secrets=job.secrets, registry_credentials=job.registry_credentials,
+                base_image_credentials=job.base_image_credentials, emit=log.forward, log=log, cancel=cancel,
             )  # fmt: skip
-        except ValueError as exc:
-            raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
-        disk, resolved, base_key = await prepare_oci_base(
-            source.base_ref,
-            credentials=credentials,
-            decision=base_decision,
-            disk_mb=disk_mb,
-            log=log,
-            store=self.cache,
-            layer_cache=self.layer_cache,
-            work_dir=attempt.work_dir,
-            claims=attempt.claims,
-            guest_fingerprint=fingerprint,
-        )
-        base = BaseImage(disk, image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
+            metadata = built.oci_metadata()
+            base = BaseImage(disk, built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
+        else:
+            await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
+            try:
+                credentials = base_image_credentials(
+                    source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
+                    req.registry_auth,
+                )  # fmt: skip
+            except (ValueError, ImageImportError) as exc:
+                raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
+            disk, resolved, base_key = await prepare_oci_base(
+                source.base_ref,
+                credentials=credentials,
+                decision=base_decision,
+                disk_mb=disk_mb,
+                log=log,
+                store=self.cache,
+                layer_cache=self.layer_cache,
+                work_dir=attempt.work_dir,
+                claims=attempt.claims,
+                guest_fingerprint=fingerprint,
+            )
+            base = BaseImage(disk, image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
 
         # keys: the chain over the base, then the final artifact key
         content_digests = await asyncio.to_thread(
@@ -248,7 +255,9 @@ class NativeExecutor:
             hits += 1
             await log.cache(CacheKind.LAYER, CacheStatus.HIT, plan.description,
                             f"step {plan.index}/{len(plans)} cached: {plan.description}", step=plan.index)  # fmt: skip
-        fdecision = final_decision(req, decisions)
+        fdecision = (
+            final_decision(req, decisions) if base.cacheable else CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY)
+        )
         final_dir = self.cache.final_path(final_key)
         if hits == len(plans) and fdecision.lookup and self.cache.is_complete(final_dir):
             await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.HIT, "template artifact",
