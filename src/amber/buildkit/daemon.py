@@ -271,3 +271,9 @@ def managed_dockerd(data_dir: Path) -> ManagedDockerd:
     if base not in _DAEMONS:
         _DAEMONS[base] = ManagedDockerd(base)
     return _DAEMONS[base]
+
+
+async def stop_managed_dockerds() -> None:
+    """Stop every daemon ``managed_dockerd`` handed out (call on service shutdown)."""
+    for daemon in list(_DAEMONS.values()):
+        await daemon.stop()
