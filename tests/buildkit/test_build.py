@@ -252,3 +252,38 @@ def test_no_secret_or_password_left_in_data_dir(dockerd: ManagedDockerd, images:
     needles = [secret.encode(), registry.password.encode()]
     assert scan_for(dockerd.layout.base_dir, needles) == []
     assert scan_for(tmp_path, needles) == []
+
+
+def test_device_node_in_the_result_is_rejected_by_name(dockerd: ManagedDockerd, images: Images, tmp_path: Path) -> None:
+    dockerfile = f"FROM {images.public}\nRUN mknod /opt-null c 1 3\n"
+    run = build(dockerd, tmp_path / "dev", dockerfile)
+    assert isinstance(run.error, BuildFailed), run.error
+    assert run.error.phase is FailurePhase.BUILD_STEP
+    assert "could not be unpacked" in run.error.message and "opt-null" in run.error.message
+
+
+def test_concurrent_builds_keep_their_own_secrets(dockerd: ManagedDockerd, images: Images, tmp_path: Path) -> None:
+    dockerfile = f"FROM {images.public}\nRUN --mount=type=secret,id=k cat /run/secrets/k | sha256sum > /k.sha\n"
+    values = ["concurrent-one", "concurrent-two", "concurrent-three"]
+
+    async def main() -> list[DockerfileBuildResult]:
+        async def emit(event: LogEvent) -> None:
+            pass
+
+        async def one(index: int) -> DockerfileBuildResult:
+            work = tmp_path / f"c{index}"
+            return await build_dockerfile_rootfs(
+                DockerfileBuildRequest(dockerfile=dockerfile),
+                dockerd=dockerd,
+                target_dir=work / "tree",
+                staging_dir=work / "staging",
+                emit=emit,
+                cancel=asyncio.Event(),
+                secrets={"k": values[index]},
+            )
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(values)))))
+
+    results = asyncio.run(main())
+    for value, result in zip(values, results, strict=True):
+        assert (result.tree / "k.sha").read_text().split()[0] == hashlib.sha256(value.encode()).hexdigest()

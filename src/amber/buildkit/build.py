@@ -186,6 +186,10 @@ def _build_params(
     return params
 
 
+def _unpack_failure(error: BaseException, redact: _Redactor) -> BuildFailed:
+    return BuildFailed(redact(f"the built filesystem could not be unpacked: {error}"), phase=FailurePhase.BUILD_STEP)
+
+
 class _BuildStream:
     """Reads one /build response stream: progress → LogEvents; error → BuildFailed; image id → ``image_id``."""
 
@@ -196,6 +200,7 @@ class _BuildStream:
         self.quiet = quiet
         self.image_id: str | None = None
         self.last_step_index: int | None = None
+        self.export_started = False
 
     async def consume(self, response: httpx.Response) -> None:
         async for line in response.aiter_lines():
@@ -215,7 +220,9 @@ class _BuildStream:
                     step_index=self.last_step_index,
                 )
             if message.get("id") == "moby.buildkit.trace" and "aux" in message:
-                for event in self.translator.feed(decode_trace(message["aux"])):
+                update = decode_trace(message["aux"])
+                self.export_started |= any(v.name.startswith("exporting to") for v in update.vertexes)
+                for event in self.translator.feed(update):
                     await self._emit(event)
             elif message.get("id") == "moby.image.id" and isinstance(message.get("aux"), dict):
                 self.image_id = message["aux"].get("ID")
@@ -419,15 +426,21 @@ async def build_dockerfile_rootfs(
                 nocache=bypass_cache,
                 tar_output=True,
             )
-            await _run_build(api, params, context.path, stream, cancel)
-            await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
+            try:
+                await _run_build(api, params, context.path, stream, cancel)
+                await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
+            except BuildFailed:
+                # An export that failed because the unpacker refused the tree: the unpacker's reason is the
+                # one the user can act on (e.g. a device node the rootfs rules reject), not "aborted".
+                pipe.close_writer()
+                await asyncio.to_thread(unpacker_thread.join, 30)
+                if unpack_error and stream.export_started:
+                    raise _unpack_failure(unpack_error[0], redact) from None
+                raise
             pipe.close_writer()
             await asyncio.to_thread(unpacker_thread.join)
             if unpack_error:
-                raise BuildFailed(
-                    redact(f"the built filesystem could not be unpacked: {unpack_error[0]}"),
-                    phase=FailurePhase.BUILD_STEP,
-                )
+                raise _unpack_failure(unpack_error[0], redact)
             # 5. Same solve again, exported as an image only to read its config (served from this build's cache).
             meta_stream = _BuildStream(ProgressTranslator(redact=redact), emit, redact, quiet=True)
             meta_params = dict(params, buildid=f"amber-{secrets_module.token_hex(8)}")
