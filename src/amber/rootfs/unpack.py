@@ -43,13 +43,13 @@ from amber.oci.errors import (
 )
 from amber.oci.media_types import Compression
 from amber.rootfs.paths import PathEscapeError, host_path, resolve_in_root, split_relative
+from amber.rootfs.tarstream import TarFormatError, TarMember, TarReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 _BUFFER = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 _SPECIAL_TYPES = {
     tarfile.CHRTYPE: "character device",
     tarfile.BLKTYPE: "block device",
@@ -157,37 +157,26 @@ class _LayerUnpacker:
         else:
             os.unlink(path)
 
-    def _metadata(self, path: str, info: tarfile.TarInfo, *, symlink: bool = False) -> None:
+    def _metadata(self, path: str, info: TarMember, *, symlink: bool = False) -> None:
         os.chown(path, info.uid, info.gid, follow_symlinks=False)
         if not symlink:
             os.chmod(path, stat.S_IMODE(info.mode))
         self._xattrs(path, info, symlink=symlink)
 
-    def _xattrs(self, path: str, info: tarfile.TarInfo, *, symlink: bool) -> None:
-        for key, value in info.pax_headers.items():
-            prefix = next((p for p in _XATTR_PREFIXES if key.startswith(p)), None)
-            if prefix is None:
-                continue
-            raw = value.encode("utf-8", "surrogateescape")
-            if prefix == "LIBARCHIVE.xattr.":
-                import base64
-                import urllib.parse
-
-                attr = urllib.parse.unquote(key[len(prefix):])
-                raw = base64.b64decode(raw + b"=" * (-len(raw) % 4))
-            else:
-                attr = key[len(prefix):]
+    def _xattrs(self, path: str, info: TarMember, *, symlink: bool) -> None:
+        for attr, raw in info.xattrs.items():
             try:
                 os.setxattr(path, attr, raw, follow_symlinks=False)
             except OSError as exc:
                 # Linux forbids user.* xattrs on symlinks; every tool drops those silently.
                 if symlink and exc.errno in (errno.EPERM, errno.ENOTSUP):
                     continue
-                raise self._reject(LayerRejectedError, info.name, f"xattr {attr!r} cannot be set: {exc.strerror}")\
-                    from None
+                raise self._reject(
+                    LayerRejectedError, info.name, f"xattr {attr!r} cannot be set: {exc.strerror}"
+                ) from None
 
     # -- entries -------------------------------------------------------------------------------------------
-    def apply(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    def apply(self, tar: TarReader, info: TarMember) -> None:
         name = info.name
         self.stats.entries += 1
         if info.type in _SPECIAL_TYPES:
@@ -199,7 +188,7 @@ class _LayerUnpacker:
             raise self._reject(UnsupportedEntryError, name, f"has unsupported tar type {info.type!r}")
         parts = self._parts(name)
         if not parts:
-            if info.isdir():  # "./": the root directory's own metadata
+            if info.type == tarfile.DIRTYPE:  # "./": the root directory's own metadata
                 self._metadata(self.root, info)
                 self.stats.dir_mtimes[self.root] = int(info.mtime)
                 return
@@ -213,11 +202,11 @@ class _LayerUnpacker:
         dest = host_path(self.root, dest_parts)
         key = "/".join(dest_parts)
         try:
-            if info.isdir():
+            if info.type == tarfile.DIRTYPE:
                 self._directory(dest, info)
             elif info.type in _REGULAR_TYPES:
                 self._file(tar, dest, info)
-            elif info.issym():
+            elif info.type == tarfile.SYMTYPE:
                 self._remove(dest)
                 os.symlink(info.linkname, dest)
                 self._metadata(dest, info, symlink=True)
@@ -230,7 +219,7 @@ class _LayerUnpacker:
             raise self._reject(LayerRejectedError, name, f"cannot be written: {exc.strerror or exc}") from None
         self.written.add(key)
 
-    def _directory(self, dest: str, info: tarfile.TarInfo) -> None:
+    def _directory(self, dest: str, info: TarMember) -> None:
         try:
             st = os.lstat(dest)
             if not stat.S_ISDIR(st.st_mode):
@@ -241,13 +230,12 @@ class _LayerUnpacker:
         self._metadata(dest, info)
         self.stats.dir_mtimes[dest] = int(info.mtime)
 
-    def _file(self, tar: tarfile.TarFile, dest: str, info: tarfile.TarInfo) -> None:
+    def _file(self, tar: TarReader, dest: str, info: TarMember) -> None:
         self._remove(dest)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "wb", buffering=0) as out:
-            source = tar.extractfile(info)
-            if source is not None:
-                shutil.copyfileobj(source, out, _BUFFER)
+            for chunk in tar.read_chunks(_BUFFER):
+                out.write(chunk)
             os.fchown(fd, info.uid, info.gid)
             os.fchmod(fd, stat.S_IMODE(info.mode))
             self._xattrs(dest, info, symlink=False)
@@ -255,7 +243,7 @@ class _LayerUnpacker:
         self.stats.files += 1
         self.stats.bytes += info.size
 
-    def _hardlink(self, dest: str, info: tarfile.TarInfo) -> None:
+    def _hardlink(self, dest: str, info: TarMember) -> None:
         target = self._parts(
             info.linkname, f"is a hard link to {info.linkname!r}, outside the target directory", entry=info.name
         )
@@ -323,15 +311,13 @@ def unpack_tar_stream(stream: IO[bytes], target: Path, *, layer: str = "tar stre
     stats = stats or UnpackStats()
     target.mkdir(parents=True, exist_ok=True)
     unpacker = _LayerUnpacker(target, layer, stats)
+    reader = TarReader(stream)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=_BUFFER) as tar:
-            for info in tar:
-                unpacker.apply(tar, info)
-    except tarfile.TarError as exc:
+        for info in reader:
+            unpacker.apply(reader, info)
+    except TarFormatError as exc:
         raise ImageImportError(f"layer {layer} is not a valid tar archive: {exc}") from None
     except (EOFError, OSError, zstandard.ZstdError) as exc:
-        if isinstance(exc, LayerRejectedError):
-            raise
         raise ImageImportError(f"layer {layer} could not be read: {exc}") from None
     if own_stats:
         apply_dir_mtimes(stats)
