@@ -104,7 +104,12 @@ class Build:
 
 
 def run_build(
-    executor: NativeExecutor, data_dir: Path, request: dict[str, Any], build_id: str, blob: Path
+    executor: NativeExecutor,
+    data_dir: Path,
+    request: dict[str, Any],
+    build_id: str,
+    blob: Path,
+    base_template_artifact: Path | None = None,
 ) -> tuple[Build, BuildArtifact | BuildFailed]:
     build = Build()
     job = BuildJob(
@@ -113,6 +118,7 @@ def run_build(
         request=validate_create_request(request),
         data_dir=data_dir,
         blob_paths={APP_BLOB: blob},
+        base_template_artifact=base_template_artifact,
     )
 
     async def go() -> BuildArtifact | BuildFailed:
@@ -316,3 +322,26 @@ def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
         assert vm.exec(["cat", "/bk.txt"]).stdout == b"from-buildkit\n"
         assert "FROM_DOCKERFILE=yes" in vm.exec(["cat", "/tmp/start-env"]).stdout.decode()
         vm.agent.tcp_probe(8080)
+
+
+def test_build_on_a_template_base_inherits_its_disk_and_defaults(
+    cold: tuple[Build, BuildArtifact | BuildFailed], executor: NativeExecutor, data_dir: Path, blob: Path
+) -> None:
+    parent = cold[1]
+    assert isinstance(parent, BuildArtifact)
+    request = {
+        "base_image": "tmpl_cold",
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "steps": [{"action": "run", "command": 'cat app.txt > /child.txt && echo "$RUNTIME_ENV" >> /child.txt'}],
+        "start_cmd": "exec httpd -f -p 8081 -h /srv",
+        "runtime_config": {"readiness": {"kind": "tcp", "port": 8081, "interval_ms": 100, "startup_grace_secs": 0}},
+    }
+    build, result = run_build(executor, data_dir, request, "tb_child", blob, base_template_artifact=parent.artifact_dir)
+    assert isinstance(result, BuildArtifact), result
+    assert result.runtime_defaults["default_workdir"] == "/srv"  # inherited from the parent template
+    assert "RUNTIME_ENV" in result.runtime_defaults["default_env_keys"]
+    assert (None, CacheStatus.STORED, None) in build.cache(CacheKind.LAYER)  # the parent's chain, kept for reuse
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        assert vm.exec(["cat", "/child.txt"]).stdout == APP_TEXT + b"yes\n"
+        assert vm.exec(["cat", "/home/app/made.txt"]).stdout == b"made-in-/srv\n"  # the parent's files
+        vm.agent.tcp_probe(8081)

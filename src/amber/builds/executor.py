@@ -130,6 +130,7 @@ class BuildJob:
     registry_credentials: Mapping[str, Any] = field(default_factory=dict)  # host -> credentials
     base_image_credentials: Any = None  # resolved base_image_auth, if any
     blob_paths: Mapping[str, Path] = field(default_factory=dict)  # blob id (sha256 digest) -> file
+    base_template_artifact: Path | None = None  # artifact dir of the template ``base_image`` names, if it does
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""The build pipeline behind ``BuildExecutor``: native builds (base image + declarative steps in a microVM).
+"""The build pipeline behind ``BuildExecutor``: every source ends as a snapshotted microVM template.
 
-``create_executor(settings)`` is what the service's workers call. Dockerfile sources fail with a clear
-``BuildFailed`` until the BuildKit path is wired in (``amber.buildkit``).
+``create_executor(settings)`` is what the service's workers call. OCI bases are imported natively
+(``amber.oci``/``amber.rootfs``), Dockerfile sources are built by BuildKit (``amber.buildkit``), template bases
+reuse the parent's disk (``BuildJob.base_template_artifact``); steps, start command, readiness and snapshot run
+in a build VM (``amber.vm``). See ``docs/pipeline.md``.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, a
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
 from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
 from amber.builds.pipeline.store import CacheStore, EntryClaim
+from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST, prepare_template_base
 from amber.builds.planning.cache import (
     CacheDecision,
     copied_entries,
@@ -69,14 +70,13 @@ from amber.oci.errors import ImageImportError
 
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 512
-ARTIFACT_MANIFEST = "amber-artifact.json"
 
 
 @dataclass(frozen=True)
 class BaseImage:
     """A root disk to start from, plus the image config the runtime defaults come from."""
 
-    disk: Path
+    chain: tuple[Path, ...]  # bottom first: a raw root disk, then (for a template base) its qcow2 layers
     defaults: ImageDefaults
     key: str  # cache key of the disk (for the step chain)
     oci_metadata: dict[str, Any] | None = None
@@ -160,12 +160,6 @@ class NativeExecutor:
         cancel: asyncio.Event,
     ) -> BuildArtifact:
         source = resolve_source(req)
-        if source.base_is_template:
-            raise BuildFailed(
-                f"base_image {source.base_ref!r} names a template; building on a template base is not supported "
-                "yet: use an OCI image reference such as 127.0.0.1:5000/team/image:tag",
-                phase=FailurePhase.PREPARE,
-            )
         shutil.rmtree(attempt.artifact_dir, ignore_errors=True)
         shutil.rmtree(attempt.work_dir, ignore_errors=True)
         attempt.work_dir.mkdir(parents=True)
@@ -192,7 +186,19 @@ class NativeExecutor:
                 base_image_credentials=job.base_image_credentials, emit=log.forward, log=log, cancel=cancel,
             )  # fmt: skip
             metadata = built.oci_metadata()
-            base = BaseImage(disk, built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
+            base = BaseImage((disk,), built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
+        elif source.base_is_template or job.base_template_artifact is not None:
+            await log.info(LogPhase.PREPARING, f"preparing base template {source.base_ref}")
+            template = await prepare_template_base(
+                source.base_ref,
+                job.base_template_artifact,
+                decision=base_decision,
+                log=log,
+                store=self.cache,
+                work_dir=attempt.work_dir,
+                claims=attempt.claims,
+            )
+            base = BaseImage(template.chain, template.defaults, template.key, template.oci_metadata)
         else:
             await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
             try:
@@ -214,7 +220,7 @@ class NativeExecutor:
                 claims=attempt.claims,
                 guest_fingerprint=fingerprint,
             )
-            base = BaseImage(disk, image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
+            base = BaseImage((disk,), image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
 
         # keys: the chain over the base, then the final artifact key
         content_digests = await asyncio.to_thread(
@@ -281,7 +287,7 @@ class NativeExecutor:
             return claim.path, claim
 
         # vm_create
-        chain = (base.disk, *(self.cache.layer_path(k) for k in keys[:hits]))
+        chain = (*base.chain, *(self.cache.layer_path(k) for k in keys[:hits]))
         state = GuestState(*step_state(plans[:hits], base.defaults))
         env = image_env(base.defaults) | build_envs
         overlay, claim = overlay_for(hits)

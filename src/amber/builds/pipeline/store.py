@@ -3,6 +3,7 @@
 Layout under ``<data_dir>/cache``::
 
     base/<key>.raw            ext4 root disk of an imported image (read-only once published)
+    base/<key>.chain/         a parent template's disk chain (hard links), for builds on a template
     layers/<key>.qcow2        one step's disk changes over its parent (the VM driver links the chain
                               explicitly, so header backing paths do not matter)
     final/<key>/              a finished artifact (hard links), restorable as is
@@ -36,6 +37,9 @@ class CacheStore:
 
     def base_path(self, key: str) -> Path:
         return self.root / "base" / f"{_hex(key)}.raw"
+
+    def template_base_path(self, key: str) -> Path:
+        return self.root / "base" / f"{_hex(key)}.chain"
 
     def layer_path(self, key: str) -> Path:
         return self.root / "layers" / f"{_hex(key)}.qcow2"
