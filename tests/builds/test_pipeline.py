@@ -308,16 +308,24 @@ def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
     executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
 ) -> None:
     request = {
-        "dockerfile": f"FROM {base_ref}\nRUN echo from-buildkit > /bk.txt\nENV FROM_DOCKERFILE=yes\nWORKDIR /srv\n",
+        "dockerfile": (
+            f"FROM {base_ref}\nRUN echo from-buildkit > /bk.txt && mkdir -p /srv && echo ok > /srv/index.html\n"
+            "ENV FROM_DOCKERFILE=yes\nWORKDIR /srv\n"
+            "HEALTHCHECK --interval=1s CMD wget -q -O /dev/null http://127.0.0.1:8080/\n"
+        ),
         "build_config": {"vcpus": 1, "memory_mib": 256},
         "start_cmd": "env > /tmp/start-env; exec httpd -f -p 8080 -h /srv",
-        "runtime_config": {"readiness": {"kind": "tcp", "port": 8080, "interval_ms": 100, "startup_grace_secs": 0}},
     }
     build, result = run_build(executor, data_dir, request, "tb_dockerfile", blob)
     assert isinstance(result, BuildArtifact), result
     assert result.runtime_defaults["default_workdir"] == "/srv"
     assert "FROM_DOCKERFILE" in result.runtime_defaults["default_env_keys"]
     assert LogPhase.PREPARING in build.phases() and LogPhase.SNAPSHOT in build.phases()
+    # No readiness was given: the image HEALTHCHECK became a command probe, and the metadata says so.
+    readiness = result.runtime_defaults["readiness"]
+    assert readiness["kind"] == "command" and "wget" in readiness["command"] and readiness["interval_ms"] == 1000
+    assert result.oci_metadata is not None
+    assert result.oci_metadata["healthcheck"]["mapped_readiness"] == readiness
     with restore(result.artifact_dir, data_dir=data_dir) as vm:
         assert vm.exec(["cat", "/bk.txt"]).stdout == b"from-buildkit\n"
         assert "FROM_DOCKERFILE=yes" in vm.exec(["cat", "/tmp/start-env"]).stdout.decode()
@@ -334,7 +342,9 @@ def test_build_on_a_template_base_inherits_its_disk_and_defaults(
         "build_config": {"vcpus": 1, "memory_mib": 256},
         "steps": [{"action": "run", "command": 'cat app.txt > /child.txt && echo "$RUNTIME_ENV" >> /child.txt'}],
         "start_cmd": "exec httpd -f -p 8081 -h /srv",
-        "runtime_config": {"readiness": {"kind": "tcp", "port": 8081, "interval_ms": 100, "startup_grace_secs": 0}},
+        "runtime_config": {
+            "readiness": {"kind": "http", "port": 8081, "path": "/app.txt", "interval_ms": 100, "startup_grace_secs": 0}
+        },
     }
     build, result = run_build(executor, data_dir, request, "tb_child", blob, base_template_artifact=parent.artifact_dir)
     assert isinstance(result, BuildArtifact), result

@@ -5,6 +5,7 @@ Counts cache outcomes as they are reported, for the build's TemplateBuildCacheSu
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from amber.builds.executor import (
@@ -91,3 +92,36 @@ def _plural(status: CacheStatus) -> str:
         CacheStatus.STORED: "stores",
         CacheStatus.BYPASS: "bypasses",
     }[status]
+
+
+class OutputPump:
+    """Forwards a guest command's output lines (produced on a worker thread) as ``debug`` log entries, one
+    at a time and in order, on the event loop. At most ``limit`` lines per pump are logged; the rest are
+    counted and summarised in one line (the failure message still carries the command's last lines)."""
+
+    def __init__(self, log: BuildLog, phase: LogPhase, step: int | None, limit: int = 2000) -> None:
+        self._log, self._phase, self._step, self._limit = log, phase, step, limit
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run())
+        self._dropped = 0
+
+    def line(self, text: str) -> None:
+        """Thread-safe: queue one output line."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, text)
+
+    async def _run(self) -> None:
+        sent = 0
+        while (text := await self._queue.get()) is not None:
+            if sent < self._limit:
+                await self._log.debug(self._phase, text, step=self._step)
+                sent += 1
+            else:
+                self._dropped += 1
+
+    async def close(self) -> None:
+        """Log everything queued so far (call after the producing thread has returned)."""
+        self._queue.put_nowait(None)
+        await self._task
+        if self._dropped:
+            await self._log.debug(self._phase, f"({self._dropped} more output lines not logged)", step=self._step)

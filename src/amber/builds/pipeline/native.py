@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -48,7 +49,7 @@ from amber.builds.pipeline.base import image_defaults, prepare_oci_base
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.credentials import base_image_credentials
 from amber.builds.pipeline.dockerfile import build_dockerfile_disk, built_image_defaults
-from amber.builds.pipeline.events import BuildLog
+from amber.builds.pipeline.events import BuildLog, OutputPump
 from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
 from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
@@ -63,7 +64,14 @@ from amber.builds.planning.cache import (
     step_key,
 )
 from amber.builds.planning.digests import context_manifest, dockerfile_digest, source_digest
-from amber.builds.planning.runtime import ImageDefaults, RuntimeDefaults, image_env, runtime_defaults, step_state
+from amber.builds.planning.runtime import (
+    ImageDefaults,
+    RuntimeDefaults,
+    image_env,
+    map_healthcheck,
+    runtime_defaults,
+    step_state,
+)
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import StepPlan, plan_steps, render_dockerfile
 from amber.oci.errors import ImageImportError
@@ -91,6 +99,7 @@ class _Attempt:
     artifact_dir: Path
     claims: list[EntryClaim] = field(default_factory=list)
     machine: BuildMachine | None = None
+    pumps: list[OutputPump] = field(default_factory=list)
     done: bool = False
 
 
@@ -237,6 +246,7 @@ class NativeExecutor:
             parent = step_key(parent, plan, copied_entries(plan, context_files, digest_of), build_envs)
             keys.append(parent)
         runtime = runtime_defaults(req, plans, base.defaults)
+        base = dataclasses.replace(base, oci_metadata=_with_mapped_readiness(base.oci_metadata, base.defaults))
         vcpus = (cfg.vcpus if cfg and cfg.vcpus else None) or DEFAULT_VCPUS
         memory = (cfg.memory_mib if cfg and cfg.memory_mib else None) or DEFAULT_MEMORY_MIB
         network = not (cfg is not None and cfg.internet_access is False)
@@ -309,17 +319,17 @@ class NativeExecutor:
             await self._report_step_cache(log, plan, decision, len(plans))
             await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)}: {plan.description}", step=plan.index)
 
-            def on_line(line: str, index: int = plan.index) -> None:
-                asyncio.run_coroutine_threadsafe(log.debug(LogPhase.STEP, line, step=index), loop)
-
+            pump = OutputPump(log, LogPhase.STEP, plan.index)
             started = time.monotonic()
             try:
                 await asyncio.to_thread(
                     apply_ops, machine.agent, plan.ops, context=context, state=state, env=env,
-                    on_line=on_line, step_index=plan.index,
+                    on_line=pump.line, step_index=plan.index,
                 )  # fmt: skip
             except StepError as exc:
+                await pump.close()
                 raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=plan.index) from None
+            await pump.close()
             next_overlay, next_claim = overlay_for(position + 1)
             await asyncio.to_thread(machine.checkpoint, next_overlay)
             await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)} done in {time.monotonic() - started:.2f} s",
@@ -337,7 +347,7 @@ class NativeExecutor:
         # startup + readiness
         start_exit: asyncio.Future[str] = loop.create_future()
         if runtime.start_cmd:
-            await self._start(machine, runtime, log, start_exit, loop)
+            attempt.pumps.append(await self._start(machine, runtime, log, start_exit, loop))
         if runtime.readiness is not None:
             await self._wait_ready(machine, runtime, log, start_exit, cancel)
         elif runtime.start_cmd:
@@ -347,6 +357,9 @@ class NativeExecutor:
                               phase=FailurePhase.READINESS)  # fmt: skip
 
         # snapshot
+        for pump in attempt.pumps:
+            await pump.close()
+        attempt.pumps.clear()
         await log.info(LogPhase.SNAPSHOT, "snapshotting the running VM")
         started = time.monotonic()
         try:
@@ -394,12 +407,13 @@ class NativeExecutor:
         log: BuildLog,
         start_exit: asyncio.Future[str],
         loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    ) -> OutputPump:
+        """Start the start command in the guest without waiting for it; its output is logged until the
+        returned pump is closed (at the snapshot), and ``start_exit`` is set if it ends before."""
         command = runtime.start_cmd or ""
         await log.info(LogPhase.STARTUP, f"starting: {command}")
-
-        def on_line(line: str) -> None:
-            asyncio.run_coroutine_threadsafe(log.debug(LogPhase.STARTUP, line), loop)
+        pump = OutputPump(log, LogPhase.STARTUP, None, limit=200)
+        on_line = pump.line
 
         def run() -> None:
             try:
@@ -414,6 +428,7 @@ class NativeExecutor:
 
         # The start command keeps running in the VM; its exec stream simply ends with the snapshot.
         threading.Thread(target=run, name="amber-start-cmd", daemon=True).start()
+        return pump
 
     async def _wait_ready(
         self,
@@ -497,6 +512,9 @@ class NativeExecutor:
         machine, attempt.machine = attempt.machine, None
         if machine is not None:
             await asyncio.to_thread(machine.close)
+        for pump in attempt.pumps:
+            with contextlib.suppress(Exception):
+                await pump.close()
         for claim in attempt.claims:
             claim.release()
         await asyncio.to_thread(shutil.rmtree, attempt.work_dir, True)
@@ -504,6 +522,19 @@ class NativeExecutor:
             await asyncio.to_thread(shutil.rmtree, attempt.artifact_dir, True)
         with contextlib.suppress(Exception):
             await log.debug(LogPhase.CLEANUP, "build VM stopped and work files removed")
+
+
+def _with_mapped_readiness(metadata: dict[str, Any] | None, defaults: ImageDefaults) -> dict[str, Any] | None:
+    """OCI metadata whose ``healthcheck.mapped_readiness`` is the probe this pipeline derives from it (R38)."""
+    if not metadata or "healthcheck" not in metadata:
+        return metadata
+    health = dict(metadata["healthcheck"])
+    mapped = map_healthcheck(defaults.healthcheck)
+    if mapped is None:
+        health.pop("mapped_readiness", None)
+    else:
+        health["mapped_readiness"] = mapped.to_json()
+    return {**metadata, "healthcheck": health}
 
 
 def _settle(future: asyncio.Future[str], outcome: str) -> None:
