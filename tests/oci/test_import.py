@@ -45,8 +45,9 @@ def _busybox_expected(root: Path) -> Path:
 def test_busybox_import_matches_the_tree(registry_noauth: Registry, tmp_path: Path, compression: Compression) -> None:
     ref = push_busybox_image(registry_noauth, repo=f"team/bb-{compression}", compression=compression)
     disk = tmp_path / "out" / "root.ext4"
-    result = asyncio.run(import_image(ref, disk, cache_dir=tmp_path / "cache"))
-    assert result.layer_count == 1 and disk.exists()
+    work = tmp_path / "work"
+    result = asyncio.run(import_image(ref, disk, cache_dir=tmp_path / "cache", work_dir=work))
+    assert result.layer_count == 1 and disk.exists() and list(work.iterdir()) == []
     assert fsck_clean(disk) == ""
     with mounted_ro(disk) as mnt:
         assert diff(snapshot(_busybox_expected(tmp_path / "expected")), snapshot(mnt)) == []
@@ -102,9 +103,10 @@ def test_hostile_layer_import_fails_cleanly(registry_noauth: Registry, tmp_path:
     push_image(registry_noauth, "team/hostile", build_image([layer]), "h")
     out = tmp_path / "out"
     with pytest.raises(Exception, match=r"entry '\.\./\.\./escape'") as caught:
-        asyncio.run(import_image(f"{registry_noauth.host}/team/hostile:h", out / "x.ext4", cache_dir=tmp_path / "c"))
+        asyncio.run(import_image(f"{registry_noauth.host}/team/hostile:h", out / "x.ext4", cache_dir=tmp_path / "c",
+                                 work_dir=tmp_path / "work"))
     assert layer.digest in str(caught.value)
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [] and list((tmp_path / "work").iterdir()) == []
     assert not (tmp_path / "escape").exists()
 
 
@@ -137,3 +139,19 @@ def test_cli_rejects_password_without_stdin(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--password-stdin" in result.stderr
     malformed = _cli("Bad//Ref", "--output", str(tmp_path / "x"), "--data-dir", str(tmp_path))
     assert malformed.returncode == 1 and "Bad//Ref" in malformed.stderr
+
+
+def test_disk_cache_reuses_the_disk_but_still_checks_access(registry_htpasswd: Registry, tmp_path: Path) -> None:
+    ref = push_busybox_image(registry_htpasswd, repo="private/diskcache")
+    assert registry_htpasswd.credentials is not None
+    creds = BasicCredentials(*registry_htpasswd.credentials)
+    kwargs = {"cache_dir": tmp_path / "layers", "disk_cache_dir": tmp_path / "disks", "credentials": creds}
+    first = asyncio.run(import_image(ref, tmp_path / "a.ext4", **kwargs))  # type: ignore[arg-type]
+    second = asyncio.run(import_image(ref, tmp_path / "b.ext4", **kwargs))  # type: ignore[arg-type]
+    assert not first.disk_cached and second.disk_cached and second.downloaded_bytes == 0
+    assert (tmp_path / "a.ext4").read_bytes() == (tmp_path / "b.ext4").read_bytes()
+    assert (tmp_path / "b.ext4").stat().st_blocks * 512 < (tmp_path / "b.ext4").stat().st_size  # still sparse
+    with pytest.raises(RegistryAuthError):
+        asyncio.run(import_image(ref, tmp_path / "c.ext4", cache_dir=tmp_path / "layers",
+                                 disk_cache_dir=tmp_path / "disks", credentials=BasicCredentials(creds.username, "x")))
+    assert not (tmp_path / "c.ext4").exists()

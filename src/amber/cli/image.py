@@ -73,6 +73,7 @@ def import_command(
         [], "--insecure-registry", help="Registry host allowed over plain HTTP (loopback always is)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display, only the summary"),
+    disk_cache: bool = typer.Option(True, "--disk-cache/--no-disk-cache", help="Reuse disks of the same digest"),
 ) -> None:
     """Import REFERENCE from its registry into an ext4 root disk, with a layer cache under the data dir."""
     err = Console(stderr=True)
@@ -86,7 +87,8 @@ def import_command(
             raise typer.Exit(2)
         password = sys.stdin.readline().rstrip("\r\n")
         credentials = BasicCredentials(username, password)
-    cache = layer_cache_dir(data_dir or get_settings().data_dir)
+    data = data_dir or get_settings().data_dir
+    cache = layer_cache_dir(data)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -101,6 +103,7 @@ def import_command(
                     reference, output, cache_dir=cache, credentials=credentials, platform=platform,
                     progress=_RichProgress(progress), min_size_mib=min_size_mib,
                     insecure_registries=insecure_registry,
+                    disk_cache_dir=data / "cache" / "disks" if disk_cache else None,
                 )
             )
     except ImageImportError as exc:

@@ -10,6 +10,7 @@ next to ``out`` and renamed into place, so ``out`` is never half-written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -116,6 +117,38 @@ def make_ext4(tree: Path, out: Path, min_size_mib: int = DEFAULT_MIN_SIZE_MIB, *
             size = -(-(size * 3 // 2) // (4 * MIB)) * 4 * MIB
             inodes = int(inodes * 1.5)
         raise RootDiskError(f"{MKFS} ran out of space three times for {tree} (last size {size // MIB} MiB)")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+
+
+def copy_disk(source: Path, destination: Path) -> None:
+    """Copy a (sparse) disk image, keeping its holes; ``destination`` appears atomically when complete.
+
+    Data extents are found with SEEK_DATA/SEEK_HOLE and copied in the kernel with copy_file_range.
+    """
+    staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with source.open("rb") as src, staging.open("wb") as dst:
+            size = os.fstat(src.fileno()).st_size
+            dst.truncate(size)
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # only a hole remains
+                        break
+                    raise
+                end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+                position = start
+                while position < end:
+                    copied = os.copy_file_range(src.fileno(), dst.fileno(), end - position, position, position)
+                    if copied == 0:
+                        raise RootDiskError(f"copying {source} stopped early at byte {position}")
+                    position += copied
+                offset = end
+        os.replace(staging, destination)
     finally:
         with contextlib.suppress(FileNotFoundError):
             staging.unlink()

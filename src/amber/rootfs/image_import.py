@@ -22,7 +22,7 @@ from amber.oci.progress import ImportProgress
 from amber.oci.pull import PulledImage, ResolvedImage, pull
 from amber.oci.reference import ImageReference
 from amber.rootfs.config import ImageConfig
-from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, make_ext4
+from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, copy_disk, make_ext4
 from amber.rootfs.unpack import UnpackStats, unpack_layers
 
 
@@ -38,6 +38,7 @@ class ImportResult:
     downloaded_bytes: int
     unpacked_bytes: int
     seconds: float
+    disk_cached: bool = False  # True when the disk came from the disk cache (no unpack, no mkfs)
 
     @property
     def manifest_digest(self) -> str:
@@ -54,13 +55,40 @@ class ImportResult:
             f"imported {self.resolved.reference} ({self.resolved.platform}) {self.manifest_digest}: "
             f"{self.layer_count} layers, {self.compressed_bytes / mib:.1f} MiB compressed "
             f"({self.downloaded_bytes / mib:.1f} MiB downloaded), {self.unpacked_bytes / mib:.1f} MiB of files "
-            f"→ {self.disk} ({self.disk_size_bytes // mib} MiB) in {self.seconds:.2f} s"
+            f"→ {self.disk} ({self.disk_size_bytes // mib} MiB{', from the disk cache' if self.disk_cached else ''}) "
+            f"in {self.seconds:.2f} s"
         )
 
 
 def unpack_image(pulled: PulledImage, target: Path) -> UnpackStats:
     """Unpack a pulled image's layers into ``target`` (blocking; see ``amber.rootfs.unpack``)."""
     return unpack_layers(pulled.layers, target)
+
+
+# Bump when the tree → disk transformation changes, so cached disks of older Amber versions are not reused.
+DISK_FORMAT = "v1"
+_SHM = Path("/dev/shm")
+_SHM_RESERVE = 512 * 1024 * 1024
+
+
+def disk_cache_path(disk_cache_dir: Path, manifest_digest: str, min_size_mib: int) -> Path:
+    """Where the root disk of an image is cached: keyed by manifest digest, never by tag."""
+    return disk_cache_dir / f"{manifest_digest.removeprefix('sha256:')}-{min_size_mib}m-{DISK_FORMAT}.ext4"
+
+
+def staging_parent(work_dir: Path | None, output_disk: Path, compressed_bytes: int) -> Path:
+    """Where to unpack: ``work_dir`` if given, else tmpfs (/dev/shm) when it has ample room, else next to
+    the output. The tree is transient, so memory is the fastest place for it; the bound keeps a large image
+    from filling RAM (room for 4x the compressed size plus 512 MiB must stay free)."""
+    if work_dir is not None:
+        return work_dir
+    try:
+        free = os.statvfs(_SHM)
+        if _SHM.is_dir() and free.f_bavail * free.f_frsize > 4 * compressed_bytes + _SHM_RESERVE:
+            return _SHM
+    except OSError:
+        pass
+    return output_disk.parent
 
 
 async def import_image(
@@ -73,13 +101,17 @@ async def import_image(
     progress: ImportProgress | None = None,
     min_size_mib: int = DEFAULT_MIN_SIZE_MIB,
     work_dir: Path | None = None,
+    disk_cache_dir: Path | None = None,
     insecure_registries: Collection[str] = (),
 ) -> ImportResult:
     """Import ``reference`` into the ext4 image ``output_disk``.
 
-    Layers come from / go to the layer cache at ``cache_dir`` (``<data_dir>/cache/layers``). The tree is
-    unpacked in a fresh directory under ``work_dir`` (default: next to ``output_disk``), removed afterwards;
-    ``output_disk`` appears only when complete. Raises :class:`~amber.oci.errors.ImageImportError` subclasses.
+    Layers come from / go to the layer cache at ``cache_dir`` (``<data_dir>/cache/layers``). The manifest is
+    always fetched with ``credentials`` first (the access check), even when everything is cached. With
+    ``disk_cache_dir`` (``<data_dir>/cache/disks``) the finished disk is also kept per manifest digest and
+    minimum size, and a later import of the same image copies it instead of unpacking again. The tree is
+    unpacked in a fresh directory (see :func:`staging_parent`) that is removed afterwards; ``output_disk``
+    appears only when complete. Raises :class:`~amber.oci.errors.ImageImportError` subclasses.
     """
     started = time.monotonic()
     report = progress or ImportProgress()
@@ -87,7 +119,18 @@ async def import_image(
         reference, cache=cache_dir, credentials=credentials, platform=platform, progress=report,
         insecure_registries=insecure_registries,
     )
-    parent = work_dir or output_disk.parent
+    compressed = sum(layer.descriptor.size for layer in pulled.layers)
+    output_disk.parent.mkdir(parents=True, exist_ok=True)
+    cached_disk = None
+    if disk_cache_dir is not None:
+        cached_disk = disk_cache_path(disk_cache_dir, pulled.resolved.manifest_digest, min_size_mib)
+        if cached_disk.exists():
+            report.phase("ext4")
+            await asyncio.to_thread(copy_disk, cached_disk, output_disk)
+            return ImportResult(pulled.resolved, output_disk, cached_disk.stat().st_size, len(pulled.layers),
+                                compressed, pulled.downloaded_bytes, 0, time.monotonic() - started, True)
+        disk_cache_dir.mkdir(parents=True, exist_ok=True)
+    parent = staging_parent(work_dir, output_disk, compressed)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
     try:
@@ -95,7 +138,9 @@ async def import_image(
         report.phase("unpack")
         stats = await asyncio.to_thread(unpack_image, pulled, staging)
         report.phase("ext4")
-        size = await asyncio.to_thread(make_ext4, staging, output_disk, min_size_mib)
+        size = await asyncio.to_thread(make_ext4, staging, cached_disk or output_disk, min_size_mib)
+        if cached_disk is not None:
+            await asyncio.to_thread(copy_disk, cached_disk, output_disk)
     except OSError as exc:
         raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
     finally:
@@ -105,7 +150,7 @@ async def import_image(
         disk=output_disk,
         disk_size_bytes=size,
         layer_count=len(pulled.layers),
-        compressed_bytes=sum(layer.descriptor.size for layer in pulled.layers),
+        compressed_bytes=compressed,
         downloaded_bytes=pulled.downloaded_bytes,
         unpacked_bytes=stats.bytes,
         seconds=time.monotonic() - started,

@@ -23,14 +23,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import io
 import os
+import queue
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -93,22 +96,83 @@ def _check_magic(head: bytes, compression: Compression, layer: str) -> None:
         )
 
 
+class _PrefetchReader(io.RawIOBase):
+    """Decompress in a worker thread, one chunk ahead of the reader (zlib and zstd release the GIL).
+
+    At most ``depth`` chunks of ``_BUFFER`` bytes are buffered; errors of the worker surface on read.
+    """
+
+    def __init__(self, source: IO[bytes], depth: int = 4) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._pending = memoryview(b"")
+        self._eof = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), name="layer-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: IO[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = source.read(_BUFFER)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._eof:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._eof = True
+            self._pending = memoryview(item)
+        count = min(len(view), len(self._pending))
+        view[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        super().close()
+
+
 @contextlib.contextmanager
 def open_layer(path: Path, compression: Compression, *, layer: str | None = None) -> Iterator[IO[bytes]]:
-    """The uncompressed tar stream of a layer blob; the compression is checked against the file's magic."""
+    """The uncompressed tar stream of a layer blob; the compression is checked against the file's magic.
+
+    Compressed layers are decompressed in a helper thread (joined on exit) so inflating overlaps with
+    writing files.
+    """
     name = layer or path.name
     with path.open("rb") as raw:
         _check_magic(raw.read(4), compression, name)
         raw.seek(0)
-        if compression is Compression.GZIP:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                yield cast(IO[bytes], stream)
-        elif compression is Compression.ZSTD:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_BUFFER, read_across_frames=True)
-            with reader:
-                yield reader
-        else:
+        if compression is Compression.NONE:
             yield raw
+            return
+        source: IO[bytes]
+        if compression is Compression.GZIP:
+            source = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+        else:
+            source = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_BUFFER, read_across_frames=True)
+        with source, io.BufferedReader(_PrefetchReader(source), _BUFFER) as stream:
+            yield cast(IO[bytes], stream)
 
 
 class _LayerUnpacker:
