@@ -73,6 +73,9 @@ def test_signals_and_timeouts(vm: MicroVM) -> None:
     assert r.timed_out and r.signal == signal.SIGKILL and r.stdout == b"started\n"
     # The whole process group was killed, the background sleep included.
     assert vm.exec(shell="ps | grep -c '[s]leep 30'").stdout.strip() == b"0"
+    # Cancellation from the host: signal a running command through its handle.
+    r = vm.exec(shell="echo waiting; sleep 60", on_start=lambda running: running.signal(signal.SIGINT))
+    assert r.signal == signal.SIGINT and not r.timed_out
 
 
 def test_eight_concurrent_execs(vm: MicroVM) -> None:

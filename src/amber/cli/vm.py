@@ -17,9 +17,13 @@ from rich.console import Console
 from amber.vm import AgentError, ExecResult, MicroVM, VMError, boot, restore
 
 app = typer.Typer(no_args_is_help=True, help="Run, snapshot and restore microVMs.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 DATA_DIR = typer.Option(Path(".amber"), "--data-dir", envvar="AMBER_DATA_DIR", help="Data directory.")
+
+
+def _error(message: str) -> None:
+    err.print(message, style="red", markup=False)
 
 
 @contextmanager
@@ -43,12 +47,12 @@ def _to_stderr(data: bytes) -> None:
 
 def _run_command(vm: MicroVM, command: list[str]) -> int:
     if not command:
-        err.print("[red]no command given (put it after --)[/red]")
+        _error("no command given (put it after --)")
         return 2
     try:
         result: ExecResult = vm.exec(command, on_stdout=_to_stdout, on_stderr=_to_stderr)
     except AgentError as e:
-        err.print(f"[red]{e}[/red]")
+        _error(f"{e}")
         return 127
     if result.signal is not None:
         name = signal.Signals(result.signal).name if result.signal < 65 else str(result.signal)
@@ -73,7 +77,7 @@ def run(
         with vm:
             code = _run_command(vm, command or [])
     except VMError as e:
-        err.print(f"[red]{e}[/red]")
+        _error(f"{e}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -92,7 +96,7 @@ def snapshot(
 ) -> None:
     """Boot DISK, start the service, wait until its TCP port accepts, and snapshot the running VM to OUT."""
     if out.exists():
-        err.print(f"[red]--out {out} already exists[/red]")
+        _error(f"--out {out} already exists")
         raise typer.Exit(2)
     try:
         with _step("booting the VM"):
@@ -112,13 +116,13 @@ def snapshot(
                         break
                     except AgentError as e:
                         if time.monotonic() > deadline:
-                            err.print(f"[red]not ready after {ready_timeout:.0f}s: {e}[/red]")
+                            _error(f"not ready after {ready_timeout:.0f}s: {e}")
                             raise typer.Exit(1) from None
                         time.sleep(0.2)
             with _step("snapshotting"):
                 artifact = vm.snapshot(out)
     except VMError as e:
-        err.print(f"[red]{e}[/red]")
+        _error(f"{e}")
         raise typer.Exit(1) from None
     sizes = artifact.size_bytes()
     typer.echo(f"snapshot written to {artifact.directory}: state {sizes['state'] / 1e6:.1f} MB, "
@@ -138,6 +142,6 @@ def restore_cmd(
         with vm:
             code = _run_command(vm, command or [])
     except VMError as e:
-        err.print(f"[red]{e}[/red]")
+        _error(f"{e}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)

@@ -25,7 +25,7 @@ Guarantees and limits:
   ``checkpoint_disk`` and ``snapshot`` must not overlap other disk writes of the same VM.
 """
 
-from amber.vm.agent import AgentClient, ExecResult, FileInfo
+from amber.vm.agent import AgentClient, ExecResult, FileInfo, RunningExec
 from amber.vm.artifact import TemplateArtifact, restore
 from amber.vm.errors import (
     AgentDisconnected,
@@ -59,6 +59,7 @@ __all__ = [
     "MachineMismatch",
     "MemoryBackend",
     "MicroVM",
+    "RunningExec",
     "SnapshotError",
     "SyncMode",
     "TemplateArtifact",

@@ -54,6 +54,19 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class RunningExec:
+    """A command that has started (given to ``exec``'s ``on_start``): its guest pid, and a way to signal it."""
+
+    pid: int
+    request_id: int
+    _client: AgentClient
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's whole process group (no effect once it has ended)."""
+        self._client._signal(self.request_id, signum)
+
+
+@dataclass(frozen=True)
 class FileInfo:
     data: bytes
     mode: int
@@ -220,7 +233,7 @@ class AgentClient:
         timeout: float | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-        on_start: Callable[[int], None] | None = None,
+        on_start: Callable[[RunningExec], None] | None = None,
     ) -> ExecResult:
         """Run ``argv`` (or ``shell`` through /bin/sh -c) and wait for it to end.
 
@@ -229,7 +242,8 @@ class AgentClient:
         from the guest's /etc/passwd and /etc/group (default root); ``env`` adds to PATH/HOME/TERM
         defaults; ``cwd`` defaults to /. ``timeout`` (seconds) makes the agent SIGKILL the command's whole
         process group, reported as ``timed_out``. Spawn failures (unknown user, missing cwd or command)
-        raise ``AgentError``; a non-zero exit does not raise.
+        raise ``AgentError``; a non-zero exit does not raise. ``on_start`` receives a ``RunningExec`` that
+        can signal the command (cancellation) while this call waits.
         """
         if (argv is None) == (shell is None):
             raise ValueError("exec needs exactly one of argv or shell")
@@ -271,7 +285,7 @@ class AgentClient:
                 if frame.type == MsgType.STARTED:
                     pid = frame.u32(Tag.PID) or 0
                     if on_start:
-                        on_start(pid)
+                        on_start(RunningExec(pid, rid, self))
                     if rest:
                         for i in range(0, len(rest), CHUNK):
                             self._send(encode_frame(MsgType.STDIN, rid, rest[i : i + CHUNK]))
@@ -348,9 +362,9 @@ class AgentClient:
         """``sync()`` every filesystem; FREEZE also freezes / (FIFREEZE) until THAW."""
         self._call(MsgType.SYNC, [encode_field(Tag.FLAGS, int(mode))], f"sync ({mode.name.lower()})", 300)
 
-    def signal(self, exec_pid_owner_id: int, signum: int) -> None:
-        """Send ``signum`` to the process group of a running exec, by its request id."""
-        self._call(MsgType.SIGNAL, [encode_field(Tag.SIGNAL, signum)], "signal")
+    def _signal(self, request_id: int, signum: int) -> None:
+        # Fire and forget: the agent answers only a malformed request; the exec sees the command's end.
+        self._send(encode_request(MsgType.SIGNAL, request_id, [encode_field(Tag.SIGNAL, signum)]))
 
     def post_restore(self, *, boot_id: str, hostname: str | None = None) -> None:
         """Set the guest clock to the host's, reseed its RNG with host entropy and give it a new boot_id."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from amber.guest.install import GuestImage, GuestMissing, load_guest
 from amber.settings import get_settings
 from amber.vm import host
-from amber.vm.agent import AgentClient, ExecResult, OutputCallback
+from amber.vm.agent import AgentClient, ExecResult, OutputCallback, RunningExec
 from amber.vm.errors import AgentError, BootError, SnapshotError, VMError
 from amber.vm.machine import (
     Accel,
@@ -288,10 +288,11 @@ class MicroVM:
         timeout: float | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        on_start: Callable[[RunningExec], None] | None = None,
     ) -> ExecResult:
         """Run a command in the guest (see ``AgentClient.exec``)."""
         return self.agent.exec(argv, shell=shell, env=env, cwd=cwd, user=user, stdin=stdin, timeout=timeout,
-                               on_stdout=on_stdout, on_stderr=on_stderr)
+                               on_stdout=on_stdout, on_stderr=on_stderr, on_start=on_start)
 
     def checkpoint_disk(self, new_overlay: Path) -> DiskChain:
         """Freeze the guest's root filesystem, put a fresh overlay at ``new_overlay`` on top of the disk,
