@@ -355,3 +355,39 @@ def test_build_on_a_template_base_inherits_its_disk_and_defaults(
         assert vm.exec(["cat", "/child.txt"]).stdout == APP_TEXT + b"yes\n"
         assert vm.exec(["cat", "/home/app/made.txt"]).stdout == b"made-in-/srv\n"  # the parent's files
         vm.agent.tcp_probe(8081)
+
+
+def test_whole_build_skip_cache_bypasses_every_cache(
+    cold: tuple[Build, BuildArtifact | BuildFailed], executor: NativeExecutor, data_dir: Path, base_ref: str,
+    blob: Path,
+) -> None:  # fmt: skip
+    assert isinstance(cold[1], BuildArtifact)
+    request = {
+        "base_image": base_ref,
+        "skip_cache": True,
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "steps": [
+            # An existing directory as destination without a trailing slash receives the file (Docker's rule).
+            {"action": "copy", "sources": ["builder-context/step-1/src-0/app.txt"], "dst": "/tmp"},
+            {"action": "copy_items", "items": [
+                {"sources": ["builder-context/step-1/src-0/app.txt"], "dst": "/opt/a/", "user": "app"},
+                {"sources": ["builder-context/step-1"], "dst": "/opt/tree"},
+            ]},
+        ],
+        "build_context": {"files": [
+            {"path": "builder-context/step-1/src-0/app.txt", "entry_type": "file", "blob_id": APP_BLOB},
+        ]},
+    }  # fmt: skip
+    build, result = run_build(executor, data_dir, request, "tb_nocache", blob)
+    assert isinstance(result, BuildArtifact), result
+    layer = build.cache(CacheKind.LAYER)
+    assert layer == [
+        (None, CacheStatus.BYPASS, CacheReason.WHOLE_BUILD_SKIP_CACHE),
+        (1, CacheStatus.BYPASS, CacheReason.WHOLE_BUILD_SKIP_CACHE),
+        (2, CacheStatus.BYPASS, CacheReason.WHOLE_BUILD_SKIP_CACHE),
+    ]
+    assert build.cache(CacheKind.FINAL_ARTIFACT) == [(None, CacheStatus.BYPASS, CacheReason.WHOLE_BUILD_SKIP_CACHE)]
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        assert vm.exec(["cat", "/tmp/app.txt"]).stdout == APP_TEXT
+        assert vm.exec(["stat", "-c", "%U %a", "/opt/a/app.txt"]).stdout.strip() == b"app 644"
+        assert vm.exec(["cat", "/opt/tree/src-0/app.txt"]).stdout == APP_TEXT

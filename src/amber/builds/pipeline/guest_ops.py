@@ -9,6 +9,8 @@ image); a directory that needs its own mode or owner, or is empty, is created wi
 
 from __future__ import annotations
 
+import errno
+import posixpath
 import shlex
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -137,8 +139,16 @@ def copy_into_guest(
             if not plain:
                 _ensure_dir(agent, item, env)
             continue
+        data = item.source.read()
         try:
-            agent.write_file(item.path, item.source.read(), mode=item.mode, owner=item.owner, make_parents=True)
+            try:
+                agent.write_file(item.path, data, mode=item.mode, owner=item.owner, make_parents=True)
+            except AgentError as exc:
+                if exc.errno != errno.EISDIR:
+                    raise
+                # Docker: a destination that is an existing directory receives the file inside it.
+                inside = posixpath.join(item.path, posixpath.basename(item.source.path))
+                agent.write_file(inside, data, mode=item.mode, owner=item.owner, make_parents=True)
         except AgentError as exc:
             raise StepError(f"copying {item.source.path} to {item.path} failed: {exc}") from None
         written += 1
