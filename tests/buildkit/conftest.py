@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from amber.buildkit.daemon import DOCKERD, ManagedDockerd
+from amber.buildkit.daemon import DAEMON_PATH, DOCKERD, ManagedDockerd
 from amber.buildkit.session import RegistryCredential
 from tests.support.images import push_busybox_image
 from tests.support.registry import Registry, registry_htpasswd, registry_noauth, registry_token
@@ -26,7 +26,11 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedDockerd
         raise RuntimeError(f"{DOCKERD} is missing: install the Debian package docker.io (scripts/setup.sh does)")
     if os.geteuid() != 0:
         raise RuntimeError("the BuildKit tests start dockerd and need root")
-    daemon = ManagedDockerd(tmp_path_factory.mktemp("dockerd"))
+    # AMBER_TEST_DOCKERD / AMBER_TEST_DOCKERD_PATH run the suite against another dockerd build (e.g. Debian 13's
+    # 26.x unpacked from its .deb, see docs/buildkit.md); the default is the Debian 12 package.
+    binary = Path(os.environ.get("AMBER_TEST_DOCKERD", str(DOCKERD)))
+    search_path = os.environ.get("AMBER_TEST_DOCKERD_PATH", DAEMON_PATH)
+    daemon = ManagedDockerd(tmp_path_factory.mktemp("dockerd"), dockerd=binary, path=search_path)
     asyncio.run(daemon.ensure_running())
     try:
         yield daemon

@@ -76,7 +76,8 @@ def test_analysis_resolves_global_args_from_build_args_over_defaults() -> None:
     assert [s.name for s in analysis.stages] == ["base", "final"]
     assert analysis.stages[1].base_stage == 0
     assert analysis.instruction_count("base") == 2  # FROM + RUN
-    assert analysis.instruction_count("final") == 4  # both stages
+    assert analysis.instruction_count("final") == 3  # both stages; FROM base is no step of its own
+    assert analysis.step_offsets("final") == {"base": 0, "final": 2}
 
 
 def test_unparseable_and_empty_dockerfiles_name_the_field() -> None:
@@ -248,7 +249,7 @@ def _vertex(digest: str, name: str, *, cached: bool = False, started: bool = Fal
 
 
 def test_progress_translation_steps_lines_cache_and_redaction() -> None:
-    translator = ProgressTranslator(total_steps=3, redact=lambda s: s.replace("hunter2", "***"))
+    translator = ProgressTranslator(total_steps=3, step_offsets={"": 0}, redact=lambda s: s.replace("hunter2", "***"))
     events = translator.feed(
         decode_trace(
             _status(
@@ -327,3 +328,25 @@ def test_dockerd_command_is_isolated(tmp_path: Path) -> None:
     ):
         assert flag in command
     assert len(str(layout.exec_root / "containerd" / "containerd.sock")) < 100
+
+
+def test_step_index_follows_dockerfile_order_not_update_order() -> None:
+    text = f"FROM {R}/a AS base\nRUN one\nFROM base AS final\nCOPY --from=base /x /y\nRUN two\n"
+    analysis = analyse_dockerfile(text)
+    translator = ProgressTranslator(
+        total_steps=analysis.instruction_count(None), step_offsets=analysis.step_offsets(None)
+    )
+    events = translator.feed(
+        decode_trace(
+            _status(
+                [
+                    _vertex("r2", "[final 2/2] RUN two", started=True),
+                    _vertex("c1", "[final 1/2] COPY --from=base /x /y", started=True),
+                    _vertex("f1", "[base 1/2] FROM x", cached=True),
+                    _vertex("r1", "[base 2/2] RUN one", cached=True),
+                    _vertex("zz", "[other 1/1] RUN ?", started=True),
+                ]
+            )
+        )
+    )
+    assert [(e.step_index, e.total_steps) for e in events] == [(4, 4), (3, 4), (1, 4), (2, 4), (5, 4)]

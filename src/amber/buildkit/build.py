@@ -217,7 +217,7 @@ class _BuildStream:
                 raise BuildFailed(
                     self.redact(f"Dockerfile build failed: {detail}"),
                     phase=FailurePhase.BUILD_STEP,
-                    step_index=self.last_step_index,
+                    step_index=self.translator.failed_step_index or self.last_step_index,
                 )
             if message.get("id") == "moby.buildkit.trace" and "aux" in message:
                 update = decode_trace(message["aux"])
@@ -400,7 +400,9 @@ async def build_dockerfile_rootfs(
             unpack_error.append(error)
 
     total = analysis.instruction_count(request.build_target)
-    translator = ProgressTranslator(total_steps=total, redact=redact)
+    translator = ProgressTranslator(
+        total_steps=total, step_offsets=analysis.step_offsets(request.build_target), redact=redact
+    )
     unpacker_thread = threading.Thread(target=unpack_thread, name="amber-bk-unpack", daemon=True)
     unpacker_thread.start()
     image_id: str | None = None

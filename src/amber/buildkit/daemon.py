@@ -24,7 +24,7 @@ import httpx
 
 DOCKERD = Path("/usr/sbin/dockerd")
 ENGINE_API_VERSION = "v1.41"  # dockerd 20.10; newer daemons accept it too
-_DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # containerd, runc, docker-init from Debian; never /usr/local/bin
+DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # containerd, runc, docker-init from Debian; never /usr/local/bin
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 
@@ -86,9 +86,12 @@ def dockerd_command(layout: DockerdLayout, *, dockerd: Path = DOCKERD, storage_d
 class ManagedDockerd:
     """One dockerd process owned by Amber. Methods are safe to call from several tasks of one event loop."""
 
-    def __init__(self, base_dir: Path, *, dockerd: Path = DOCKERD, storage_driver: str = "overlay2") -> None:
+    def __init__(
+        self, base_dir: Path, *, dockerd: Path = DOCKERD, storage_driver: str = "overlay2", path: str = DAEMON_PATH
+    ) -> None:
         self.layout = DockerdLayout(base_dir)
         self.dockerd = dockerd
+        self.path = path  # where dockerd finds containerd, runc, docker-init
         self.storage_driver = storage_driver
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = asyncio.Lock()
@@ -155,7 +158,7 @@ class ManagedDockerd:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={"PATH": _DAEMON_PATH, "HOME": str(self.layout.base_dir)},
+                env={"PATH": self.path, "HOME": str(self.layout.base_dir)},
                 start_new_session=True,  # a Ctrl-C to Amber must not kill builds mid-way; we stop it ourselves
             )
         finally:
@@ -266,10 +269,20 @@ _DAEMONS: dict[Path, ManagedDockerd] = {}
 
 
 def managed_dockerd(data_dir: Path) -> ManagedDockerd:
-    """The process-wide daemon for an Amber data directory (``<data_dir>/dockerd``); not started yet."""
+    """The process-wide daemon for an Amber data directory (``<data_dir>/dockerd``); not started yet.
+
+    ``AMBER_DOCKERD_ROOT`` may name a directory holding another dockerd build unpacked from its Debian
+    packages (``usr/sbin/dockerd``, ``usr/bin/containerd``…), e.g. Debian 13's 26.x (docs/buildkit.md).
+    """
     base = (data_dir / "dockerd").resolve()
     if base not in _DAEMONS:
-        _DAEMONS[base] = ManagedDockerd(base)
+        root = os.environ.get("AMBER_DOCKERD_ROOT")
+        if root:
+            _DAEMONS[base] = ManagedDockerd(
+                base, dockerd=Path(root) / "usr/sbin/dockerd", path=f"{root}/usr/bin:{root}/usr/sbin:{DAEMON_PATH}"
+            )
+        else:
+            _DAEMONS[base] = ManagedDockerd(base)
     return _DAEMONS[base]
 
 

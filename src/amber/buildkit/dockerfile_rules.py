@@ -90,6 +90,12 @@ class Stage:
     instructions: int = 0  # instructions after FROM that BuildKit runs as a step (RUN, COPY, ADD, WORKDIR)
     stage_refs: set[int] = field(default_factory=set)  # stages read through --from
 
+    @property
+    def step_count(self) -> int:
+        """Vertices BuildKit shows for this stage: its RUN/COPY/ADD/WORKDIR, plus FROM when it pulls an image."""
+        pulls_image = self.base_stage is None and self.base_resolved.lower() != "scratch"
+        return self.instructions + (1 if pulls_image else 0)
+
 
 @dataclass
 class DockerfileAnalysis:
@@ -114,11 +120,11 @@ class DockerfileAnalysis:
             return self.stages[-1] if self.stages else None
         return self.stage_named(target)
 
-    def instruction_count(self, target: str | None) -> int:
-        """Steps (FROM included) BuildKit shows as vertices for the stages ``target`` needs."""
+    def needed_stages(self, target: str | None) -> list[Stage]:
+        """The stages BuildKit builds for ``target`` (its base chain and every ``--from`` stage), file order."""
         stage = self.target_stage(target)
         if stage is None:
-            return 0
+            return []
         needed: set[int] = set()
         pending = [stage.index]
         while pending:
@@ -130,7 +136,23 @@ class DockerfileAnalysis:
             if current.base_stage is not None:
                 pending.append(current.base_stage)
             pending.extend(current.stage_refs)
-        return sum(1 + self.stages[i].instructions for i in needed)
+        return [self.stages[i] for i in sorted(needed)]
+
+    def instruction_count(self, target: str | None) -> int:
+        """Steps BuildKit shows as ``[stage k/n]`` vertices for ``target``."""
+        return sum(stage.step_count for stage in self.needed_stages(target))
+
+    def step_offsets(self, target: str | None) -> dict[str, int]:
+        """Stage label as BuildKit prints it (alias, else ``stage-N``; ``""`` for a one-stage file) → number of
+        steps before that stage, so ``[label k/n]`` is global step ``offset + k``."""
+        offsets: dict[str, int] = {}
+        total = 0
+        for stage in self.needed_stages(target):
+            offsets[stage.name or f"stage-{stage.index}"] = total
+            total += stage.step_count
+        if len(self.stages) == 1:
+            offsets[""] = 0
+        return offsets
 
 
 def canonical_host(host: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from amber.buildkit import wire
@@ -77,25 +77,42 @@ class _VertexState:
 class ProgressTranslator:
     """Stateful: feed it decoded trace updates in order, get LogEvents back."""
 
-    def __init__(self, *, total_steps: int | None = None, redact: Callable[[str], str] = lambda s: s) -> None:
+    def __init__(
+        self,
+        *,
+        total_steps: int | None = None,
+        step_offsets: Mapping[str, int] | None = None,
+        redact: Callable[[str], str] = lambda s: s,
+    ) -> None:
         self.total_steps = total_steps
+        self.step_offsets = dict(step_offsets or {})
         self.redact = redact
         self._vertices: dict[str, _VertexState] = {}
         self._names: dict[str, str] = {}
         self._next_index = 1
         self.cache_hits = 0
         self.cache_misses = 0
+        self.failed_step_index: int | None = None  # the instruction whose vertex reported an error
 
     def _state(self, digest: str, name: str) -> _VertexState:
         state = self._vertices.get(digest)
         if state is None:
-            index: int | None = None
-            if is_instruction(name):
-                index = self._next_index
-                self._next_index += 1
-            state = _VertexState(index)
+            state = _VertexState(self._step_index(name))
             self._vertices[digest] = state
         return state
+
+    def _step_index(self, name: str) -> int | None:
+        """Global 1-based step of an instruction vertex: from its ``[stage k/n]`` label when the stage is known
+        (Dockerfile order, stable however BuildKit orders its updates), else in order of first sight."""
+        match = _STEP_NAME.match(name)
+        if match is None:
+            return None
+        offset = self.step_offsets.get(match.group("stage") or "")
+        if offset is not None:
+            return offset + int(match.group("index"))
+        index = (self.total_steps or 0) + self._next_index  # after every known step
+        self._next_index += 1
+        return index
 
     def _event(self, kind: LogKind, message: str, *, level: LogLevel, state: _VertexState, **extra: object) -> LogEvent:
         phase = LogPhase.STEP if state.step_index is not None else LogPhase.PREPARING
@@ -154,6 +171,8 @@ class ProgressTranslator:
             events.extend(self._flush(state))
             if vertex.error and not state.failed_reported:
                 state.failed_reported = True
+                if state.step_index is not None and self.failed_step_index is None:
+                    self.failed_step_index = state.step_index
                 message = f"{name}: {vertex.error}"
                 events.append(self._event(LogKind.MESSAGE, message, level=LogLevel.ERROR, state=state))
         return events
