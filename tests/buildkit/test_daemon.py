@@ -67,3 +67,31 @@ def test_stale_daemon_from_pidfile_is_replaced(tmp_path: Path) -> None:
         asyncio.run(new.stop())
         asyncio.run(old.stop())
     assert new.pid is None
+
+
+def test_missing_dockerd_is_a_clear_build_failure(tmp_path: Path) -> None:
+    from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
+    from amber.builds.executor import BuildFailed, FailurePhase, LogEvent
+
+    daemon = ManagedDockerd(tmp_path / "dockerd", dockerd=tmp_path / "no-such-dockerd")
+
+    async def emit(event: LogEvent) -> None:
+        pass
+
+    async def scenario() -> None:
+        await build_dockerfile_rootfs(
+            DockerfileBuildRequest(dockerfile="FROM scratch\n"),
+            dockerd=daemon,
+            target_dir=tmp_path / "tree",
+            staging_dir=tmp_path / "staging",
+            emit=emit,
+            cancel=asyncio.Event(),
+        )
+
+    try:
+        asyncio.run(scenario())
+    except BuildFailed as failure:
+        assert failure.code == "internal_error" and failure.phase is FailurePhase.PREPARE
+        assert f"dockerd not found at {tmp_path / 'no-such-dockerd'}" in failure.message
+    else:
+        raise AssertionError("a build without dockerd must fail")

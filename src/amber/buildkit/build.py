@@ -31,7 +31,7 @@ import httpx
 
 from amber.buildkit.access import ImageAccessDenied, verify_pull_access
 from amber.buildkit.context import ContextFileLike, context_entries, write_context_tar
-from amber.buildkit.daemon import ManagedDockerd
+from amber.buildkit.daemon import DockerdError, ManagedDockerd
 from amber.buildkit.dockerfile_rules import (
     DockerfileAnalysis,
     DockerfileProblem,
@@ -41,7 +41,7 @@ from amber.buildkit.dockerfile_rules import (
 )
 from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
 from amber.buildkit.progress import ProgressTranslator, decode_trace
-from amber.buildkit.session import BuildSession, RegistryCredential, credential_host_key
+from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.builds.executor import (
     BuildFailed,
     CacheKind,
@@ -387,7 +387,11 @@ async def build_dockerfile_rootfs(
         raise BuildFailed(f"invalid build context: {error}", phase=FailurePhase.PREPARE) from None
     context_digest = "sha256:" + await asyncio.to_thread(_sha256_file, context.path)
 
-    await dockerd.ensure_running()
+    try:
+        await dockerd.ensure_running()
+    except DockerdError as error:
+        raise BuildFailed(f"the BuildKit daemon is unavailable: {error}", phase=FailurePhase.PREPARE,
+                          code="internal_error") from None  # fmt: skip
     target_dir.mkdir(parents=True, exist_ok=True)
     pipe = _TarPipe()
     unpack_error: list[BaseException] = []
@@ -431,6 +435,9 @@ async def build_dockerfile_rootfs(
             try:
                 await _run_build(api, params, context.path, stream, cancel)
                 await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
+            except httpx.HTTPError as error:
+                raise BuildFailed(f"lost the connection to dockerd during the build: {type(error).__name__}",
+                                  phase=FailurePhase.BUILD_STEP, code="internal_error") from None  # fmt: skip
             except BuildFailed:
                 # An export that failed because the unpacker refused the tree: the unpacker's reason is the
                 # one the user can act on (e.g. a device node the rootfs rules reject), not "aborted".
@@ -455,6 +462,11 @@ async def build_dockerfile_rootfs(
             inspect = await api.get(f"/images/{image_id}/json")
             inspect.raise_for_status()
             image_config = image_config_from_engine(inspect.json().get("Config"))
+    except SessionError as error:
+        raise BuildFailed(str(error), phase=FailurePhase.PREPARE, code="internal_error") from None
+    except httpx.HTTPError as error:
+        raise BuildFailed(f"dockerd request failed: {type(error).__name__}: {redact(str(error))}",
+                          phase=FailurePhase.FINALIZE, code="internal_error") from None  # fmt: skip
     finally:
         pipe.close_writer()
         if unpacker_thread.is_alive():

@@ -29,6 +29,7 @@ import grpc
 
 from amber.buildkit import wire
 from amber.buildkit.daemon import ENGINE_API_VERSION
+from amber.buildkit.dockerfile_rules import canonical_host
 from amber.oci.credentials import BasicCredentials
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -36,16 +37,14 @@ GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
 CREDENTIALS = "/moby.filesync.v1.Auth/Credentials"
 FILE_SEND = "/moby.filesync.v1.FileSend/DiffCopy"
 
-_DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
 
 RegistryCredential = BasicCredentials  # username + password (or token) for one registry host; memory only
 
 
 def credential_host_key(host: str) -> str:
-    """The key BuildKit's host maps to in a credentials map (Docker Hub has three names)."""
-    host = host.lower()
-    return "docker.io" if host in _DOCKER_HUB_HOSTS else host
+    """The key a registry host maps to in a credentials map: lower case, no scheme or path, and Docker Hub's
+    several names (``registry-1.docker.io`` is what BuildKit asks for) as ``docker.io``."""
+    return canonical_host(host)
 
 
 TarChunkSink = Callable[[bytes], None]
