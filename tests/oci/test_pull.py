@@ -107,6 +107,9 @@ def test_index_choice_follows_r36(registry_noauth: Registry, docker_types: bool)
     assert resolved.config.labels["which"] == "amd64-v1" and resolved.manifest_digest == entries[2][0].digest
     arm = asyncio.run(resolve(ref, platform="linux/arm64"))
     assert arm.config.labels["which"] == "arm64-v8" and str(arm.platform) == "linux/arm64/v8"
+    # What the pipeline does: re-resolve the pinned manifest with the platform it got.
+    pinned = asyncio.run(resolve(arm.pinned_reference, platform=arm.platform))
+    assert pinned.manifest_digest == arm.manifest_digest and pinned.index_digest is None
     fallback_digest = push_index(registry_noauth, repo, [entries[0], entries[1], entries[3]], "fallback")
     fallback = asyncio.run(resolve(f"{registry_noauth.host}/{repo}:fallback"))
     assert fallback.config.labels["which"] == "amd64" and fallback.index_digest == fallback_digest

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from amber.oci.cache import LayerCache
 from amber.oci.credentials import RegistryCredentials, exchange_credentials
-from amber.oci.errors import DigestMismatchError, PlatformError, UnsupportedMediaTypeError
+from amber.oci.errors import DigestMismatchError, PlatformError, TruncatedDownloadError, UnsupportedMediaTypeError
 from amber.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
 from amber.oci.media_types import Compression, layer_compression
 from amber.oci.platform import Platform, check_image_platform, choose_platform, parse_platform
@@ -27,6 +27,7 @@ from amber.oci.registry import RegistryClient
 from amber.rootfs.config import ImageConfig
 
 DEFAULT_CONCURRENCY = 4
+_DOWNLOAD_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ async def _resolve_with(client: RegistryClient, reference: ImageReference, wante
     fetched = await client.get_manifest(reference.repository, reference.manifest_reference)
     parsed = parse_manifest(fetched.body, fetched.media_type)
     index_digest: str | None = None
+    chosen_platform: Platform | None = None
     manifest_digest = fetched.digest
     if isinstance(parsed, ImageIndex):
         index_digest = fetched.digest
         found = [d.platform or Platform("", "") for d in parsed.manifests]
         chosen = parsed.manifests[choose_platform(found, wanted)]
+        chosen_platform = chosen.platform
         fetched = await client.get_manifest(reference.repository, chosen.digest)
         parsed = parse_manifest(fetched.body, fetched.media_type)
         manifest_digest = chosen.digest
@@ -103,7 +106,10 @@ async def _resolve_with(client: RegistryClient, reference: ImageReference, wante
             f"image {reference}: config lists {len(config.diff_ids)} layers but the manifest has "
             f"{len(manifest.layers)}"
         )
-    platform = config.platform if config.platform.architecture else wanted
+    # The index entry's platform is authoritative; a lone manifest has only its config (which may omit fields).
+    own = chosen_platform or config.platform
+    variant = own.variant if own.architecture else wanted.variant
+    platform = Platform(own.os or wanted.os, own.architecture or wanted.architecture, variant)
     return ResolvedImage(reference, manifest_digest, manifest, index_digest, platform, config, manifest.config.digest)
 
 
@@ -154,16 +160,22 @@ async def _fetch_layer(
         progress.layer_finished(descriptor)
         return LayerFile(descriptor, cached, compression, True), 0
     async with limit:
-        progress.layer_started(descriptor, cached=False)
-        staged = cache.staging_path()
-        try:
-            await client.download_blob(
-                repository, descriptor, staged, lambda n: progress.layer_advanced(descriptor, n)
-            )
-            path = cache.commit(staged, descriptor.digest)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
+        for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
+            progress.layer_started(descriptor, cached=False)
+            staged = cache.staging_path()
+            try:
+                await client.download_blob(
+                    repository, descriptor, staged, lambda n: progress.layer_advanced(descriptor, n)
+                )
+                path = cache.commit(staged, descriptor.digest)
+                break
+            except TruncatedDownloadError:
+                # A dropped connection is worth one more try; wrong bytes (digest mismatch) never are.
+                if attempt == _DOWNLOAD_ATTEMPTS:
+                    raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
         progress.layer_finished(descriptor)
         return LayerFile(descriptor, path, compression, False), descriptor.size
 
