@@ -208,7 +208,10 @@ def test_identical_rebuild_is_served_from_cache(
     assert build.cache(CacheKind.FINAL_ARTIFACT) == [(None, CacheStatus.HIT, None)]
     assert LogPhase.VM_CREATE not in build.phases()  # nothing booted
     assert result.runtime_defaults == cold[1].runtime_defaults
-    assert result.artifact_dir != cold[1].artifact_dir and (result.artifact_dir / "manifest.json").exists()
+    assert result.artifact_dir != cold[1].artifact_dir
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:  # the linked copy restores on its own
+        vm.agent.tcp_probe(8080)
+        assert vm.exec(["cat", "/srv/app.txt"]).stdout == APP_TEXT
 
 
 def test_skip_cache_step_rebuilds_itself_and_everything_after(
@@ -391,3 +394,26 @@ def test_whole_build_skip_cache_bypasses_every_cache(
         assert vm.exec(["cat", "/tmp/app.txt"]).stdout == APP_TEXT
         assert vm.exec(["stat", "-c", "%U %a", "/opt/a/app.txt"]).stdout.strip() == b"app 644"
         assert vm.exec(["cat", "/opt/tree/src-0/app.txt"]).stdout == APP_TEXT
+
+
+def test_private_base_image_needs_the_right_credentials(executor: NativeExecutor, data_dir: Path, blob: Path) -> None:
+    with running_registry("htpasswd") as private:
+        ref = push_busybox_image(private, "private/busybox")
+        assert private.credentials is not None
+        user, password = private.credentials
+        for auth, build_id in (
+            (None, "tb_noauth"),
+            ({"kind": "basic", "username": user, "password": "bad-pass-9f3k"}, "tb_bad"),
+        ):
+            request: dict[str, Any] = {"base_image": ref, "steps": [{"action": "run", "command": "true"}]}
+            if auth is not None:
+                request["base_image_auth"] = auth
+            _, result = run_build(executor, data_dir, request, build_id, blob)
+            assert isinstance(result, BuildFailed) and result.phase == FailurePhase.AUTH, result
+            assert "bad-pass-9f3k" not in result.message and password not in result.message
+        # The right credentials resolve and import the image (the build then fails fast in its first step).
+        request = {"base_image": ref, "base_image_auth": {"kind": "basic", "username": user, "password": password},
+                   "steps": [{"action": "run", "command": "exit 7"}], "build_config": {"memory_mib": 256}}  # fmt: skip
+        build, result = run_build(executor, data_dir, request, "tb_goodauth", blob)
+        assert isinstance(result, BuildFailed) and result.phase == FailurePhase.BUILD_STEP, result
+        assert all(password not in e.message for e in build.events)
