@@ -336,3 +336,64 @@ def test_context_manifest_is_order_independent() -> None:
 def test_plan_request_on_parsed_model_matches_plan_json() -> None:
     data = {"base_image": BASE, "steps": [{"action": "run", "command": "true"}]}
     assert plan_request(validate_create_request(data)).to_json() == plan_json(data)
+
+
+# --- property: the Dockerfile matches the SDK's reference renderer for any SDK-shaped steps -----------------------
+
+_word = st.text(alphabet=st.characters(categories=("L", "N"), include_characters="-._/:@+="), min_size=1, max_size=12)
+_text = st.text(alphabet=st.characters(categories=("L", "N", "Zs", "P", "S"), exclude_characters='"\\'), min_size=1,
+                max_size=20).filter(lambda t: t.strip() == t and t.strip())  # fmt: skip
+_mode = st.integers(0, 0o7777).map(lambda m: format(m, "04o"))
+_pkgs = st.lists(_word, min_size=1, max_size=3)
+
+
+def _opt(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), strategy)
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+_item = st.builds(lambda srcs, dst, user, mode: _drop_none({"sources": srcs, "dst": dst, "user": user, "mode": mode}),
+                  st.lists(_word, min_size=1, max_size=2), _text, _opt(_word), _opt(_mode))  # fmt: skip
+_step = st.one_of(
+    st.builds(lambda p: {"action": "apt_install", "packages": p}, _pkgs),
+    st.builds(lambda p, g: _drop_none({"action": "pip_install", "packages": p, "g": g}), _pkgs, _opt(st.booleans())),
+    st.builds(lambda p, g: _drop_none({"action": "npm_install", "packages": p, "g": g}), _pkgs, _opt(st.booleans())),
+    st.builds(lambda p, g: _drop_none({"action": "bun_install", "packages": p, "g": g}), _pkgs, _opt(st.booleans())),
+    st.builds(lambda c, u: _drop_none({"action": "run", "command": c, "user": u}), _text, _opt(_word)),
+    st.builds(lambda p: {"action": "workdir", "path": p}, _text),
+    st.builds(lambda u: {"action": "user", "user": u}, _word),
+    st.builds(lambda i: {"action": "copy", **i}, _item),
+    st.builds(lambda items: {"action": "copy_items", "items": items}, st.lists(_item, min_size=1, max_size=3)),
+    st.builds(
+        lambda p, r, f: {"action": "remove", "path": p, "recursive": r, "force": f}, _text, st.booleans(), st.booleans()
+    ),
+    st.builds(lambda a, b, f: {"action": "rename", "src": a, "dst": b, "force": f}, _text, _text, st.booleans()),
+    st.builds(lambda p, m: _drop_none({"action": "make_dir", "path": p, "mode": m}), _text, _opt(_mode)),
+    st.builds(lambda t, p: {"action": "make_symlink", "target": t, "path": p}, _text, _text),
+    st.builds(
+        lambda u, p, b, d: _drop_none({"action": "git_clone", "url": u, "path": p, "branch": b, "depth": d}),
+        _word,
+        _word,
+        _opt(_word),
+        _opt(st.integers(1, 50)),
+    ),
+    st.just({"action": "skip_cache"}),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_step, max_size=8),
+    st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,6}", fullmatch=True), _word, max_size=3),
+    _opt(_text),
+)
+def test_dockerfile_matches_the_sdk_renderer_for_any_steps(
+    steps: list[dict[str, Any]], envs: dict[str, str], start_cmd: str | None
+) -> None:
+    req = parse_create_request({"base_image": BASE, "steps": steps, "build_envs": envs, "start_cmd": start_cmd})
+    ours = render_dockerfile(BASE, plan_steps(req.step_list), envs, start_cmd)
+    sdk_steps = [TemplateStep(s["action"], {k: v for k, v in s.items() if k != "action"}) for s in steps]
+    assert ours == _steps_to_dockerfile(BASE, sdk_steps, envs, start_cmd)
