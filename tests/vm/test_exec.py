@@ -160,6 +160,14 @@ def test_sync_freeze_thaw(vm: MicroVM) -> None:
     assert vm.exec(["touch", "/tmp/after-thaw"]).exit_code == 0
 
 
+def test_orphans_are_reaped(vm: MicroVM) -> None:
+    # Grandchildren whose parent exited are re-parented to the agent (PID 1), which must reap them.
+    for _ in range(3):
+        vm.exec(shell="(sh -c 'sleep 0.2' &) ; (true &)")
+    r = vm.exec(shell="sleep 1; for s in /proc/[0-9]*/stat; do cut -d' ' -f3 $s; done | grep -c Z || true")
+    assert r.stdout.strip() == b"0"
+
+
 def test_malformed_frames_get_errors_and_pid_1_survives(vm: MicroVM) -> None:
     agent = vm.agent
     garbage = [

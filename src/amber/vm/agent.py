@@ -189,7 +189,7 @@ class AgentClient:
         """Round trip to the agent; returns its version string."""
         return self._call(MsgType.PING, [], "ping", timeout).text(Tag.VERSION) or ""
 
-    def wait_ready(self, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.05) -> str:
+    def wait_ready(self, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.02) -> str:
         """Ping until the agent answers. Pings sent before the guest opens its port are discarded by the
         guest kernel, so they are repeated every ``interval`` seconds on one shared waiter."""
         rid_q: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()

@@ -57,11 +57,36 @@ MANIFEST_VERSION = 1
 Progress = Callable[[str], None]
 
 
+_ZEROS = bytes(1 << 20)
+
+
 def sha256_file(path: Path) -> str:
+    """sha256 of the file's bytes. Holes of sparse files (guest memory) are hashed as the zeros they read
+    as, without reading them."""
     h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                data_at = size
+            while pos < data_at:  # the hole [pos, data_at)
+                n = min(len(_ZEROS), data_at - pos)
+                h.update(_ZEROS[:n] if n < len(_ZEROS) else _ZEROS)
+                pos += n
+            if pos >= size:
+                break
+            hole_at = os.lseek(fd, pos, os.SEEK_HOLE)
+            os.lseek(fd, pos, os.SEEK_SET)
+            while pos < hole_at:
+                chunk = f.read(min(1 << 20, hole_at - pos))
+                if not chunk:
+                    raise ArtifactError(f"{path} shrank while being checksummed")
+                h.update(chunk)
+                pos += len(chunk)
     return h.hexdigest()
 
 
@@ -206,12 +231,16 @@ def write_artifact(
     if progress:
         progress("checksumming the artifact")
     listed = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    # The kernel and initramfs were checksummed when `amber setup-guest` built them (and are replaced, never
+    # rewritten, so a hard link keeps that content).
+    known = {"vmlinux": description.kernel_sha256, "initramfs.cpio.gz": description.initramfs_sha256}
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "created": time.time(),
         "snapshot_seconds": snapshot_seconds,
         "disk": disk,
-        "files": {n: {"size": (staging / n).stat().st_size, "sha256": sha256_file(staging / n)} for n in listed},
+        "files": {n: {"size": (staging / n).stat().st_size, "sha256": known.get(n) or sha256_file(staging / n)}
+                  for n in listed},
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for n in listed:  # read-only from now on (root still may, hence the overlay-only discipline above)

@@ -124,11 +124,16 @@ class MachineDescription:
         ]
 
 
-def kernel_cmdline(*, tsc_khz: int, lpj: int, network: bool, hostname: str = "amber") -> str:
+def kernel_cmdline(*, tsc_khz: int, lpj: int, network: bool, hostname: str | None = None) -> str:
     """The guest kernel command line. ``tsc_early_khz``/``lpj`` skip TSC calibration, which hangs about
-    one TCG boot in five; ``amber.*`` keys are read by the agent."""
+    one TCG boot in five; ``amber.*`` keys are read by the agent (no hostname: the image's /etc/hostname,
+    else "amber")."""
     parts = ["console=ttyS0", "panic=-1", "quiet", f"tsc_early_khz={tsc_khz}", f"lpj={lpj}",
-             f"amber.port={AGENT_PORT_NAME}", f"amber.hostname={hostname}"]
+             f"amber.port={AGENT_PORT_NAME}"]
+    if hostname:
+        if not hostname.replace("-", "").replace(".", "").isalnum() or len(hostname) > 64:
+            raise ValueError(f"hostname {hostname!r} is not a valid host name")
+        parts.append(f"amber.hostname={hostname}")
     if network:
         parts.append("amber.net=1")
     return " ".join(parts)

@@ -82,7 +82,7 @@ def describe(
     network: bool,
     memory_backend: MemoryBackend,
     accel: Accel | str | None,
-    hostname: str = "amber",
+    hostname: str | None = None,
 ) -> MachineDescription:
     """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version)."""
     if not 1 <= cpus <= 64:
@@ -410,7 +410,7 @@ def boot(
     memory_backend: MemoryBackend = MemoryBackend.FILE,
     accel: Accel | str | None = None,
     overlay: Path | None = None,
-    hostname: str = "amber",
+    hostname: str | None = None,
     boot_timeout: float = 120.0,
 ) -> MicroVM:
     """Boot a microVM from ``disk`` (one image path, or a ``DiskChain``) and wait for its agent.
@@ -418,8 +418,9 @@ def boot(
     The chain is read-only; the guest writes to ``overlay`` (created fresh; it must not exist) or, by
     default, to a private overlay in the run directory. ``network`` adds a user-mode NIC (guest
     10.0.2.15, host reachable as 10.0.2.2, outbound internet if the host has it). ``accel`` overrides the
-    choice of KVM/TCG. Raises ``BootError`` (with the console tail) if the agent does not answer within
-    ``boot_timeout`` seconds; nothing is left behind then.
+    choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else "amber". Raises
+    ``BootError`` (with the console tail) if the agent does not answer within ``boot_timeout`` seconds;
+    nothing is left behind then.
     """
     data_dir = data_dir.resolve()
     sweep_once(data_dir)
@@ -428,8 +429,11 @@ def boot(
         if not layer.path.is_file():
             raise BootError(f"disk layer {layer.path} does not exist")
     guest = load_guest_or_fail(data_dir)
-    desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=network, memory_backend=memory_backend,
-                    accel=accel, hostname=hostname)
+    try:
+        desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=network, memory_backend=memory_backend,
+                        accel=accel, hostname=hostname)
+    except ValueError as e:
+        raise BootError(str(e)) from None
     if overlay is not None:
         overlay = overlay.resolve()
         if overlay.exists():
