@@ -82,8 +82,9 @@ def test_analysis_resolves_global_args_from_build_args_over_defaults() -> None:
 
 def test_unparseable_and_empty_dockerfiles_name_the_field() -> None:
     assert fields_of(dockerfile_request_problems("")) == [("dockerfile", "does not parse: file with no instructions")]
-    problems = dockerfile_request_problems("RUN true\n")
-    assert problems[0].field == "dockerfile" and "before the first FROM" in problems[0].message
+    assert fields_of(dockerfile_request_problems("RUN true\n")) == [("dockerfile", "has no FROM instruction")]
+    problems = dockerfile_request_problems(f"RUN true\nFROM {R}/a\n")
+    assert fields_of(problems) == [("dockerfile", "line 1: RUN comes before the first FROM")]
     problems = dockerfile_request_problems("ARG X\nFROM ${X}\n")
     assert problems[0].field == "dockerfile" and "empty image name" in problems[0].message
 

@@ -303,8 +303,10 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
                 continue
             analysis.images.append(ImageUse(reference, reference, command.start_line, "--from", "$" in reference))
             _check_reference(analysis, reference, command.start_line)
-    if not analysis.stages and not analysis.problems:
-        analysis.problems.append(DockerfileProblem("dockerfile", "has no FROM instruction"))
+    if not analysis.stages:
+        # Instructions without any FROM: one clear reason instead of one per line.
+        analysis.problems = [p for p in analysis.problems if "before the first FROM" not in p.message]
+        analysis.problems.insert(0, DockerfileProblem("dockerfile", "has no FROM instruction"))
     return analysis
 
 

@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, ValidationError
 
+from amber.buildkit.dockerfile_rules import analyse_dockerfile, dockerfile_request_problems
+
 # ---------------------------------------------------------------------------------------------------------------
 # Errors
 
@@ -853,15 +855,27 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
 
     # Credentials (R39-R42).
     if req.base_image_auth is not None:
-        if req.base_image is None:
-            out.append(InvalidRequest("base_image_auth", "needs base_image"))
+        if req.base_image is None and req.dockerfile is None:  # engineer D: the SDK sends it with Dockerfiles too
+            out.append(InvalidRequest("base_image_auth", "needs base_image or dockerfile"))
         add(_problems_auth("base_image_auth", req.base_image_auth))
+    # Dockerfile rules shared with the build (engineer D, amber.buildkit.dockerfile_rules): parse, FROM, target,
+    # and the base_image_auth rejections (variable FROM, alias-based imported stages, several registries).
+    dockerfile_hosts: list[str] = []
+    if req.dockerfile is not None and req.dockerfile.strip():
+        for problem in dockerfile_request_problems(
+            req.dockerfile,
+            build_args=req.build_args,
+            build_target=req.build_target,
+            has_base_image_auth=req.base_image_auth is not None and req.base_image is None,
+        ):
+            out.append(InvalidRequest(problem.field, problem.message))
+        dockerfile_hosts = analyse_dockerfile(req.dockerfile, req.build_args).hosts  # FROM and --from, ARGs expanded
     if req.registry_auth is not None:
         hosts: set[str] = set()
         if req.base_image is not None:
             hosts.add(registry_host(req.base_image))
         if req.dockerfile is not None:
-            hosts.update(registry_host(ref) for ref in dockerfile_from_images(req.dockerfile))
+            hosts.update(dockerfile_hosts)
         seen_hosts: set[str] = set()
         for i, reg in enumerate(req.registry_auth):
             f = f"registry_auth[{i}]"
