@@ -36,6 +36,7 @@ from amber.store.catalog import Caller, Resolved
 from amber.store.database import Database
 from amber.store.errors import Conflict, Invalid, NotFound
 from amber.store.models import Artifact, Build, BuildLogEntry, Namespace, Template, utcnow
+from amber.vm.process import sweep_stale
 
 SUGGESTED_ACTIONS: dict[str, str] = {
     "auth": "Check the registry credentials (base_image_auth / registry_auth) and retry with fresh ones.",
@@ -578,6 +579,8 @@ class BuildService:
             return ([b.id for b in orphaned_builds(session, self.identity)],
                     [b.id for b in stranded_waiting(session, self.identity)])
 
+        # QEMU processes and run directories of dead owners (a killed server leaves its VMs running).
+        await asyncio.to_thread(sweep_stale, self.settings.data_dir)
         running, stranded = await self.db.run(scan)
         ended = []
         for build_id in running:
@@ -594,7 +597,15 @@ class BuildService:
                         "credentials or inline context are never stored; start it again with fresh inputs",
             ):
                 ended.append(build_id)
+        await asyncio.to_thread(self._discard_build_files, ended)
         return ended
+
+    def _discard_build_files(self, build_ids: list[str]) -> None:
+        """Scratch files a dead worker left for ``build_ids`` (the pipeline's ``builds/<id>`` work directory
+        and its unpublished ``artifacts/<id>`` directory)."""
+        for build_id in build_ids:
+            shutil.rmtree(self.settings.data_dir / "builds" / build_id, ignore_errors=True)
+            shutil.rmtree(self.settings.data_dir / "artifacts" / build_id, ignore_errors=True)
 
     def artifact_dirs_removed(self, dirs: list[str]) -> None:
         for d in dirs:

@@ -31,6 +31,7 @@ def serve(
         settings.workers = workers
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # registry requests are not service events
     migrate(settings.resolved_database_url)
     app = create_app(settings)
     typer.echo(f"amber: serving http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()}, "
