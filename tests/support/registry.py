@@ -12,6 +12,7 @@ repository not under ``private/``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -35,6 +36,7 @@ REGISTRY_BINARY = "/usr/bin/docker-registry"
 REGISTRY_USER = "amber-user"
 REGISTRY_PASSWORD = "amber-secret-pw"
 _START_TIMEOUT_S = 10.0
+_PR_SET_PDEATHSIG = 1
 
 
 class RegistryMode(StrEnum):
@@ -122,6 +124,11 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"docker-registry did not answer on {url} within {_START_TIMEOUT_S}s: {log.read_text()}")
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, so a killed pytest leaves no registry behind."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
@@ -171,7 +178,7 @@ def running_registry(mode: RegistryMode | str = RegistryMode.NOAUTH, root: Path 
                 [REGISTRY_BINARY, "serve", str(config)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )
         stack.callback(_stop, proc)
         url = f"http://127.0.0.1:{port}"

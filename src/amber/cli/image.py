@@ -12,11 +12,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from amber.oci.cache import layer_cache_dir
 from amber.oci.credentials import BasicCredentials
@@ -33,6 +35,18 @@ app = typer.Typer(no_args_is_help=True, help="image commands.")
 @app.callback()
 def _group() -> None:
     """Command group (commands are added by their owners)."""
+
+
+class _BytesColumn(DownloadColumn):
+    """Byte counts for layer rows; nothing for the phase row (which has no total)."""
+
+    def render(self, task: Task) -> Text:
+        return Text("") if task.total is None else super().render(task)
+
+
+class _SpeedColumn(TransferSpeedColumn):
+    def render(self, task: Task) -> Text:
+        return Text("") if task.total is None else super().render(task)
 
 
 class _RichProgress(ImportProgress):
@@ -92,8 +106,8 @@ def import_command(
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        _BytesColumn(),
+        _SpeedColumn(),
         TimeElapsedColumn(),
     )
     try:

@@ -51,12 +51,12 @@ class ImportResult:
     def summary(self) -> str:
         """One line for humans: reference, digest, layers, sizes, time."""
         mib = 1024 * 1024
+        files = "disk from the disk cache" if self.disk_cached else f"{self.unpacked_bytes / mib:.1f} MiB of files"
         return (
             f"imported {self.resolved.reference} ({self.resolved.platform}) {self.manifest_digest}: "
             f"{self.layer_count} layers, {self.compressed_bytes / mib:.1f} MiB compressed "
-            f"({self.downloaded_bytes / mib:.1f} MiB downloaded), {self.unpacked_bytes / mib:.1f} MiB of files "
-            f"→ {self.disk} ({self.disk_size_bytes // mib} MiB{', from the disk cache' if self.disk_cached else ''}) "
-            f"in {self.seconds:.2f} s"
+            f"({self.downloaded_bytes / mib:.1f} MiB downloaded), {files} "
+            f"→ {self.disk} ({self.disk_size_bytes // mib} MiB) in {self.seconds:.2f} s"
         )
 
 
