@@ -158,3 +158,16 @@ def test_token_realm_over_plain_http_to_a_remote_host_is_refused() -> None:
     with pytest.raises(InsecureRegistryError, match="plain HTTP") as caught:
         asyncio.run(scenario())
     assert "secret-pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fields", [("token",), ("access_token",)])
+def test_token_or_access_token_is_accepted(registry_token: Registry, fields: tuple[str, ...]) -> None:
+    ref = push_busybox_image(registry_token, repo="private/tokenfield")
+    server = registry_token.token_server
+    assert server is not None and registry_token.credentials is not None
+    server.token_fields = fields
+    try:
+        resolved = asyncio.run(resolve(ref, credentials=BasicCredentials(*registry_token.credentials)))
+    finally:
+        server.token_fields = ("token", "access_token")
+    assert resolved.manifest_digest.startswith("sha256:")

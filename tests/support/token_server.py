@@ -64,6 +64,8 @@ class TokenServer:
     private_prefixes: tuple[str, ...] = ("private/",)
     token_ttl_seconds: int = 300
     requests: list[TokenRequest] = field(default_factory=list)
+    # Which reply fields carry the token: registries in the wild send either or both.
+    token_fields: tuple[str, ...] = ("token", "access_token")
 
     def __post_init__(self) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -145,7 +147,8 @@ class TokenServer:
         }
         token = jwt.encode(claims, self._key, algorithm="ES256", headers={"kid": self._kid})
         issued = dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
-        return {"token": token, "access_token": token, "expires_in": self.token_ttl_seconds, "issued_at": issued}
+        reply: dict[str, object] = {field: token for field in self.token_fields}
+        return {**reply, "expires_in": self.token_ttl_seconds, "issued_at": issued}
 
     def add_user(self, username: str, password: str) -> None:
         """Accept another user (e.g. ``oauth2accesstoken`` with a token a test's fake IdP issued)."""
