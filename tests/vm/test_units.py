@@ -29,6 +29,7 @@ from amber.vm.machine import (
     kernel_cmdline,
     qemu_argv,
 )
+from amber.vm.qcow2 import write_overlay
 
 CPUINFO = "processor\t: 0\ncpu MHz\t\t: 2596.129\nflags\t\t: fpu vme de pse tsc msr {extra}\n"
 
@@ -131,3 +132,21 @@ def test_setup_guest_second_run_does_nothing(guest_data_dir: Path) -> None:
     assert "init" in listing and "lib/modules/load.list" in listing
     assert all(f"lib/modules/{m}.ko" in listing for m in record["modules"])
     assert image.vmlinux.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_qcow2_overlay_is_what_qemu_img_accepts(tmp_path: Path) -> None:
+    base = tmp_path / "base.ext4"
+    base.write_bytes(bytes(8192))
+    for size in (8192, 64 << 20, (3 << 30) + 512, 100 << 30):
+        overlay = tmp_path / f"o{size}.qcow2"
+        write_overlay(overlay, base, "raw", size)
+        check = subprocess.run(["qemu-img", "check", str(overlay)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert (info["virtual-size"], info["backing-filename"], info["backing-filename-format"]) == (
+            size, str(base), "raw")
+    with pytest.raises(FileExistsError):
+        write_overlay(overlay, base, "raw", 8192)
+    with pytest.raises(ValueError):
+        write_overlay(tmp_path / "zero.qcow2", base, "raw", 0)

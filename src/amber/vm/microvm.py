@@ -43,6 +43,7 @@ from amber.vm.machine import (
 )
 from amber.vm.process import create_run_dir, kill_and_wait, spawn, sweep_stale
 from amber.vm.protocol import SyncMode
+from amber.vm.qcow2 import write_overlay
 from amber.vm.qmp import QMPClient, QMPError
 
 if TYPE_CHECKING:
@@ -106,15 +107,13 @@ def describe(
 
 
 def create_overlay(backing: Path, backing_format: DiskFormat, overlay: Path, size: int) -> None:
-    """A fresh, empty qcow2 over ``backing`` (~6 ms). ``-u``: the backing is not opened, so a layer that a
-    running VM holds is fine; the header's backing path is informational (QEMU gets the chain explicitly)."""
-    done = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", str(backing_format),
-         str(overlay), str(size)],
-        capture_output=True, text=True, timeout=60,
-    )
-    if done.returncode != 0:
-        raise VMError(f"qemu-img create {overlay} failed: {done.stderr.strip()}")
+    """A fresh, empty qcow2 over ``backing`` (written directly, see ``qcow2.py``). The backing is not
+    opened, so a layer that a running VM holds is fine; the header's backing path is informational (QEMU
+    gets the chain explicitly)."""
+    try:
+        write_overlay(overlay, backing, str(backing_format), size)
+    except (OSError, ValueError) as e:
+        raise VMError(f"cannot create the disk overlay {overlay}: {e}") from None
 
 
 def load_guest_or_fail(data_dir: Path) -> GuestImage:
