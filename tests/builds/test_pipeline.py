@@ -272,23 +272,26 @@ def qemu_processes_for(data_dir: Path) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("when", ["step", "boot"])
 def test_cancel_stops_the_vm_and_leaves_nothing_behind(
-    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
+    executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path, when: str
 ) -> None:
     request = {
         "base_image": base_ref,
         "build_config": {"vcpus": 1, "memory_mib": 256},
-        "steps": [{"action": "run", "command": "echo cancel-me > /x"}, {"action": "run", "command": "sleep 3600"}],
+        "steps": [{"action": "run", "command": f"echo cancel-{when} > /x"}, {"action": "run", "command": "sleep 3600"}],
     }
     build = Build()
     cancel = asyncio.Event()
 
     async def emit(event: LogEvent) -> None:
         build.events.append(event)
-        if event.phase == LogPhase.STEP and event.step_index == 2:
+        if when == "step" and event.phase == LogPhase.STEP and event.step_index == 2:
             cancel.set()
+        if when == "boot" and event.phase == LogPhase.VM_CREATE:
+            cancel.set()  # the first vm_create entry comes right before the boot starts
 
-    job = BuildJob(build_id="tb_cancel", template_id="tmpl_cancel", request=validate_create_request(request),
+    job = BuildJob(build_id=f"tb_cancel_{when}", template_id="tmpl_cancel", request=validate_create_request(request),
                    data_dir=data_dir)  # fmt: skip
 
     async def go() -> None:
@@ -299,8 +302,8 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
         asyncio.run(go())
     assert cancel.is_set()
     assert qemu_processes_for(data_dir) == []
-    assert not (data_dir / "builds" / "tb_cancel").exists()
-    assert not (data_dir / "artifacts" / "tb_cancel").exists()
+    assert not (data_dir / "builds" / f"tb_cancel_{when}").exists()
+    assert not (data_dir / "artifacts" / f"tb_cancel_{when}").exists()
     layers = data_dir / "cache" / "build" / "layers"
     unpublished = [p for p in layers.glob("*.qcow2") if not Path(f"{p}.ok").exists()]
     assert unpublished == []

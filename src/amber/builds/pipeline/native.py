@@ -78,6 +78,7 @@ from amber.oci.errors import ImageImportError
 
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY_MIB = 512
+BOOT_WAIT_SECS = 180.0  # longer than the VM driver's own boot timeout
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class _Attempt:
     artifact_dir: Path
     claims: list[EntryClaim] = field(default_factory=list)
     machine: BuildMachine | None = None
+    booting: asyncio.Future[BuildMachine] | None = None
     pumps: list[OutputPump] = field(default_factory=list)
     done: bool = False
 
@@ -305,8 +307,10 @@ class NativeExecutor:
                                            f"network {'on' if network else 'off'}")  # fmt: skip
         started = time.monotonic()
         spec = MachineSpec(chain=chain, overlay=overlay, cpus=vcpus, memory_mib=memory, network=network)
+        # Shielded: if the build is cancelled mid-boot, the cleanup still gets the VM (and stops it).
+        attempt.booting = asyncio.ensure_future(asyncio.to_thread(self.vm.boot, spec))
         try:
-            attempt.machine = await asyncio.to_thread(self.vm.boot, spec)
+            attempt.machine = await asyncio.shield(attempt.booting)
         except Exception as exc:
             raise BuildFailed(f"the build VM did not start: {exc}", phase=FailurePhase.PREPARE) from None
         machine = attempt.machine
@@ -509,6 +513,11 @@ class NativeExecutor:
         )
 
     async def _cleanup(self, attempt: _Attempt, log: BuildLog) -> None:
+        booting = attempt.booting
+        if booting is not None and attempt.machine is None:
+            await asyncio.wait({booting}, timeout=BOOT_WAIT_SECS)  # a boot in flight: let it finish, then stop it
+            if booting.done() and not booting.cancelled() and booting.exception() is None:
+                attempt.machine = booting.result()
         machine, attempt.machine = attempt.machine, None
         if machine is not None:
             await asyncio.to_thread(machine.close)
