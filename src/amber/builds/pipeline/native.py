@@ -137,9 +137,9 @@ class NativeExecutor:
         req = _request_of(job)
         plans = plan_steps(req.step_list)
         log = BuildLog(emit, len(plans))
+        data_dir = job.data_dir.resolve()  # the artifact path is stored: never relative to a working directory
         attempt = _Attempt(
-            work_dir=job.data_dir / "builds" / job.build_id,
-            artifact_dir=job.data_dir / "artifacts" / job.build_id,
+            work_dir=data_dir / "builds" / job.build_id, artifact_dir=data_dir / "artifacts" / job.build_id
         )
         work = asyncio.ensure_future(self._build(job, req, plans, log, attempt, cancel))
         stop = asyncio.ensure_future(cancel.wait())
