@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,13 @@ def test_declared_compression_is_checked_against_the_content(tmp_path: Path) -> 
 def test_garbage_is_not_a_tar(tmp_path: Path) -> None:
     with pytest.raises(ImageImportError, match="layer junk-layer is not a valid tar"):
         unpack_tar_stream(io.BytesIO(b"this is not a tar archive" * 40), tmp_path / "t", layer="junk-layer")
+
+
+def test_gzip_without_isal_gives_the_same_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = [TarEntry("d/", EntryType.DIR), TarEntry("d/f", data=os.urandom(300_000), mode=0o4755, uid=3)]
+    layer = _layer_file(tmp_path, entries, Compression.GZIP, "l")
+    unpack_layers([layer], tmp_path / "with-isal")
+    monkeypatch.setitem(sys.modules, "isal", None)  # the standard-library fallback
+    unpack_layers([layer], tmp_path / "stdlib")
+    assert diff(snapshot(tmp_path / "with-isal"), snapshot(tmp_path / "stdlib")) == []
+    assert (tmp_path / "stdlib/d/f").stat().st_mode & 0o7777 == 0o4755

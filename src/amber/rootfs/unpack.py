@@ -96,6 +96,15 @@ def _check_magic(head: bytes, compression: Compression, layer: str) -> None:
         )
 
 
+def _gzip_reader(raw: IO[bytes]) -> IO[bytes]:
+    """ISA-L's gzip reader when installed (inflates ~3x faster than zlib), else the standard library's."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    return cast(IO[bytes], igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+
+
 class _PrefetchReader(io.RawIOBase):
     """Decompress in a worker thread, one chunk ahead of the reader (zlib and zstd release the GIL).
 
@@ -168,7 +177,7 @@ def open_layer(path: Path, compression: Compression, *, layer: str | None = None
             return
         source: IO[bytes]
         if compression is Compression.GZIP:
-            source = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+            source = _gzip_reader(raw)
         else:
             source = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_BUFFER, read_across_frames=True)
         with source, io.BufferedReader(_PrefetchReader(source), _BUFFER) as stream:
