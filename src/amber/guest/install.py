@@ -10,6 +10,7 @@ source does nothing; a changed agent source rebuilds only the agent and the init
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -117,13 +118,26 @@ def ensure_guest(data_dir: Path, progress: Progress = lambda _m: None) -> tuple[
     d = guest_dir(data_dir)
     source = agent_source()
     source_sha = hashlib.sha256(source).hexdigest()
-    try:
-        current: GuestImage | None = load_guest(data_dir)
-    except (GuestMissing, KeyError, TypeError, ValueError):
-        current = None
+    current = _current(data_dir)
     if current is not None and current.agent_source_sha256 == source_sha:
         return current, False
     d.mkdir(parents=True, exist_ok=True)
+    with (d / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent setups (parallel test sessions) build once, in turn
+        current = _current(data_dir)
+        if current is not None and current.agent_source_sha256 == source_sha:
+            return current, False
+        return _build(d, source, source_sha, current, progress), True
+
+
+def _current(data_dir: Path) -> GuestImage | None:
+    try:
+        return load_guest(data_dir)
+    except (GuestMissing, KeyError, TypeError, ValueError):
+        return None
+
+
+def _build(d: Path, source: bytes, source_sha: str, current: GuestImage | None, progress: Progress) -> GuestImage:
     kernel = _kernel_from_record(current) if current else None
     if kernel is None or not (d / "modules").is_dir():
         kernel = _install_kernel(d, progress)
@@ -146,7 +160,7 @@ def ensure_guest(data_dir: Path, progress: Progress = lambda _m: None) -> tuple[
     record = {"format": FORMAT, **{k: v for k, v in asdict(image).items() if k != "directory"}}
     record["modules"] = list(image.modules)
     _atomic_write(d / "guest.json", json.dumps(record, indent=2).encode() + b"\n")
-    return image, True
+    return image
 
 
 @dataclass(frozen=True)
