@@ -270,3 +270,19 @@ def test_delete(sdk: Sdk) -> None:
     with pytest.raises(NotFoundError):
         Template.list_builds(name, **sdk.acme)
     build.close()
+
+
+def test_template_base_build(sdk: Sdk, built: TemplateBuild) -> None:
+    """``from_template`` on the caller's own template; another caller cannot use it while it is private."""
+    child = Template.from_template(f"acme/{built.name}:stable").run_cmd("cat /srv/data/greeting")
+    name = unique("child")
+    entries: list[TemplateBuildLogEntry] = []
+    result = Template.build(child, name, on_log_entry=entries.append, **sdk.acme)
+    assert result.status.value == "ready"
+    assert any("base template" in e.message for e in entries)
+    history = Template.list_builds(name, source_type="declarative", **sdk.acme).builds
+    assert [b.build_id for b in history] == [result.build_id]
+    with pytest.raises(MachineError) as denied:
+        Template.build_in_background(Template.from_template(built.template_id), unique("theirs"), **sdk.other)
+    assert denied.value.code == "invalid_request" and "base_image" in str(denied.value)
+    result.close()

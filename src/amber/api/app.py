@@ -22,6 +22,7 @@ from amber.api.refs import InvalidRef, parse_ref
 from amber.api.routes import blobs, builds, templates
 from amber.api.schemas.requests import CreateTemplateRequest
 from amber.blobs.store import BlobStore
+from amber.buildkit.daemon import stop_managed_dockerds
 from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
             yield
         finally:
             await pool.stop()
+            await stop_managed_dockerds()  # engineer D: the dockerd Dockerfile builds started must not outlive us
             db.dispose()
 
     app = FastAPI(

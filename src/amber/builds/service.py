@@ -28,11 +28,12 @@ from amber.blobs.records import resolve_for_build
 from amber.blobs.store import BlobStore
 from amber.builds.executor import BuildArtifact, FailurePhase, LogEvent
 from amber.builds.logbus import LogBus, Published
+from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
 from amber.builds.views import ACTIVE_STATUSES, build_summary, build_view, dumps, ts
 from amber.settings import Settings
 from amber.store import catalog, ids
-from amber.store.catalog import Caller, Resolved
+from amber.store.catalog import Caller, Resolved, base_template_query
 from amber.store.database import Database
 from amber.store.errors import Conflict, Invalid, NotFound
 from amber.store.models import Artifact, Build, BuildLogEntry, Namespace, Template, utcnow
@@ -94,17 +95,10 @@ def failure_detail(
     return detail
 
 
-def classify(req: CreateTemplateRequest) -> tuple[str, str]:
-    """(build_backend, source_type) of a validated request (R29, R32)."""
-    backend = req.effective_backend
-    if req.dockerfile is not None:
-        return backend, "dockerfile"
-    base = req.base_image or ""
-    if base.startswith("tmpl_") or base.startswith("nullspace/") or (":tb_" in base):
-        return backend, "template_base"
-    if req.steps or req.start_cmd or req.build_envs:
-        return backend, "declarative"
-    return backend, "oci_import"
+def classify(req: CreateTemplateRequest, *, base_is_template: bool) -> tuple[str, str]:
+    """(build_backend, source_type) of a validated request (R29, R32), by the planner's rules."""
+    source = resolve_source(req, template_exists=lambda _ref: base_is_template)
+    return source.backend, source.source_type
 
 
 class BuildService:
@@ -305,8 +299,8 @@ class BuildService:
         retry_of: Build | None = None,
         tags: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Create the build (status ``waiting``) and its ``start`` entry. Returns the TemplateBuild JSON."""
-        backend, source_type = classify(req)
+        """Create the build (status ``waiting``) and its ``start`` entry. Returns the TemplateBuild JSON.
+        A ``base_image`` naming a template must resolve to an artifact the caller can read (else ``Invalid``)."""
         definition = persistable_request(req)
         inline = any(f.content_base64 is not None for f in (req.build_context.files if req.build_context else []))
         blob_entries = [
@@ -320,6 +314,8 @@ class BuildService:
 
         def write(session: Session) -> tuple[dict[str, Any], Published | None]:
             resolve_for_build(session, self.blobs, caller.namespace_id, blob_entries)
+            base_artifact = self._base_artifact(session, caller, req)
+            backend, source_type = classify(req, base_is_template=base_artifact is not None)
             if retry_of is not None:
                 template = session.get(Template, retry_of.template_id)
                 if template is None:
@@ -342,6 +338,7 @@ class BuildService:
                 registry_auth_hosts=[r.registry for r in req.registry_auth or []],
                 secret_ids=[s.id for s in req.build_secrets or []],
                 inline_context=inline,
+                base_artifact_id=base_artifact,
                 pinned_worker=str(self.identity) if needs_memory else None,
                 build_config=build_config,
                 triggered_by=caller.key_id,
@@ -365,6 +362,30 @@ class BuildService:
         self._publish(view["build_id"], item)
         self.work_available.set()
         return view
+
+    def _base_artifact(self, session: Session, caller: Caller, req: CreateTemplateRequest) -> str | None:
+        """The artifact a template ``base_image`` names (None for OCI images)."""
+        base = req.base_image
+        if base is None or req.dockerfile is not None:
+            return None
+        kind = classify_base_ref(base)
+        if kind == "oci":
+            return None
+        ref = base_template_query(base)
+        if ref is None:
+            if kind == "template":
+                raise Invalid(f"base_image: {base!r} is not a valid template ref", field="base_image")
+            return None
+        try:
+            resolved = catalog.resolve(session, caller, ref)
+        except NotFound:
+            if kind == "ambiguous":
+                return None  # ``ns/name`` that is no template: an OCI image on Docker Hub
+            raise Invalid(f"base_image: template {base!r} not found (or not visible to this API key)",
+                          field="base_image") from None
+        if resolved.artifact is None:
+            raise Invalid(f"base_image: template {base!r} has no built artifact yet", field="base_image")
+        return resolved.artifact.id
 
     # -- cancel / retry / promote ---------------------------------------------------------------------------------
 

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from amber.api.schemas.requests import CreateTemplateRequest, validate_create_request
 from amber.blobs.records import resolve_for_build
 from amber.builds.executor import BuildExecutor, BuildFailed, BuildJob, FailurePhase, LogEvent, LogPhase
 from amber.builds.queue import claim_next, renew_lease
 from amber.builds.service import BuildService
-from amber.store.models import Build
+from amber.store.models import Artifact, Build
 
 log = logging.getLogger("amber.workers")
 
@@ -165,6 +167,16 @@ class WorkerPool:
                                    reason="missing_parts", message=str(exc))
                 return
             job.blob_paths = {k: Path(v) for k, v in paths.items()}
+        if build.base_artifact_id is not None:
+            base_dir = await service.db.run(lambda s: s.scalar(
+                select(Artifact.storage_dir).where(Artifact.id == build.base_artifact_id)))
+            if base_dir is None:
+                await service.fail(build.id, code="build_error", phase=FailurePhase.PREPARE.value,
+                                   reason="base_template_deleted",
+                                   message=f"the base template artifact {build.base_artifact_id} was deleted "
+                                           "after this build was accepted")
+                return
+            job.base_template_artifact = Path(base_dir)
         if self.executor is None:
             await service.fail(build.id, code="internal_error", phase=FailurePhase.PREPARE.value,
                                reason="pipeline_unavailable",

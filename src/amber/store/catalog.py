@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
@@ -467,5 +467,20 @@ def artifact_count(session: Session, template_id: str) -> int:
                or 0)
 
 
-def as_utc(value: datetime) -> datetime:
-    return value
+def base_template_query(text: str) -> RefQuery | None:
+    """A template ``base_image`` as a ref query: ``tmpl_…``, ``ns/name[:tag|:tb_…]``, ``name:tb_…``.
+    None when it cannot be a template ref."""
+    if text.startswith("tmpl_") and "/" not in text and ":" not in text:
+        return RefQuery(text=text, artifact_id=text)
+    namespace: str | None = None
+    rest = text
+    if "/" in text:
+        namespace, _, rest = text.partition("/")
+        if "/" in rest:
+            return None
+    name, sep, qualifier = rest.partition(":")
+    if not name or (sep and not qualifier):
+        return None
+    build_id = qualifier if qualifier.startswith("tb_") else None
+    tag = qualifier if sep and build_id is None else None
+    return RefQuery(text=text, namespace=namespace, name=name, tag=tag, build_id=build_id)

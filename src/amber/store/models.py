@@ -131,6 +131,8 @@ class Build(Base):
     registry_auth_hosts: Mapped[list[str]] = mapped_column(default=list)
     secret_ids: Mapped[list[str]] = mapped_column(default=list)
     inline_context: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The template artifact ``base_image`` resolved to at acceptance (template bases; tags may move later).
+    base_artifact_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Set while the build needs memory-only inputs (secrets, credentials, inline bytes) held by one process.
     pinned_worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     build_config: Mapped[dict[str, Any]] = mapped_column(default=dict)

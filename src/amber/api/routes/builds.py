@@ -14,7 +14,7 @@ from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
 from amber.api.refs import InvalidRef, check_tag, parse_ref
 from amber.api.schemas.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
-from amber.api.schemas.requests import CreateTemplateRequest, InvalidRequest, validate_create_request
+from amber.api.schemas.requests import InvalidRequest, validate_create_request
 from amber.api.schemas.responses import (
     CancelTemplateBuildRequest,
     ErrorResponse,
@@ -82,23 +82,7 @@ def _template_exists(state: AppState, caller: Caller) -> Any:
 
 async def _accept(request: Request, state: AppState, caller: Caller) -> dict[str, Any]:
     req = validate_create_request(await _read_body(request))
-    await _check_template_base(state, caller, req)
     return await state.builds.accept(caller, req, request_id=request_id_of(request))
-
-
-async def _check_template_base(state: AppState, caller: Caller, req: CreateTemplateRequest) -> None:
-    """A template used as base must exist and be visible to the caller (else 400 naming base_image)."""
-    base = req.base_image
-    if base is None:
-        return
-    from amber.builds.planning.source import classify_base_ref
-
-    kind = classify_base_ref(base)
-    if kind == "oci":
-        return
-    exists = await _run_sync(state, lambda _s: _template_exists(state, caller)(base))
-    if kind == "template" and not exists:
-        raise InvalidRequest("base_image", f"template {base!r} not found (or not visible to this API key)")
 
 
 async def _run_sync(state: AppState, fn: Any) -> Any:
