@@ -163,3 +163,17 @@ def test_artifact_manifest_is_not_an_image(registry_noauth: Registry) -> None:
     assert sha256_digest(body)
     with pytest.raises(UnsupportedMediaTypeError, match="not a container image config"):
         asyncio.run(resolve(f"{registry_noauth.host}/team/artifact:art"))
+
+
+def test_concurrent_pulls_of_one_image_download_each_layer_once(registry_noauth: Registry, tmp_path: Path) -> None:
+    layer = Layer.from_tar(tar_entries([TarEntry("blob", data=os.urandom(2_000_000))]), Compression.NONE)
+    image = busybox_image(extra_layers=[layer])
+    push_image(registry_noauth, "team/concurrent", image, "c")
+    ref = f"{registry_noauth.host}/team/concurrent:c"
+
+    async def both() -> list[int]:
+        pulls = await asyncio.gather(*(pull(ref, cache=tmp_path / "cache") for _ in range(3)))
+        return [p.downloaded_bytes for p in pulls]
+
+    downloaded = asyncio.run(both())
+    assert sum(downloaded) == sum(la.size for la in image.layers)

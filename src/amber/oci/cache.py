@@ -2,14 +2,19 @@
 
 ``root`` is ``<data_dir>/cache/layers``. A blob enters the cache only after its size and digest were
 checked (downloads land in ``<root>/tmp`` and are renamed into place atomically), so a present file of the
-right size is trusted without re-hashing. Concurrent writers of the same digest are harmless: the last
-atomic rename wins and both wrote identical bytes.
+right size is trusted without re-hashing. One download per digest at a time, across tasks and processes:
+``locked`` holds an flock on ``<root>/locks/<hex>.lock`` (released when its holder dies), so a second
+build wanting the same layer waits and then finds it cached.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from amber.oci.manifest import Descriptor
@@ -39,6 +44,23 @@ class LayerCache:
             return path if path.stat().st_size == descriptor.size else None
         except FileNotFoundError:
             return None
+
+    @contextlib.asynccontextmanager
+    async def locked(self, digest: str) -> AsyncIterator[None]:
+        """Hold the download lock of ``digest`` (polled without blocking the event loop; cancel-safe)."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{self.path(digest).name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def staging_path(self) -> Path:
         """A fresh file name for a download in progress (same file system as the cache)."""

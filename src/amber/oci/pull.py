@@ -159,7 +159,12 @@ async def _fetch_layer(
         progress.layer_started(descriptor, cached=True)
         progress.layer_finished(descriptor)
         return LayerFile(descriptor, cached, compression, True), 0
-    async with limit:
+    async with limit, cache.locked(descriptor.digest):
+        cached = cache.lookup(descriptor)  # another build may have fetched it while we waited
+        if cached is not None:
+            progress.layer_started(descriptor, cached=True)
+            progress.layer_finished(descriptor)
+            return LayerFile(descriptor, cached, compression, True), 0
         for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
             progress.layer_started(descriptor, cached=False)
             staged = cache.staging_path()
