@@ -95,9 +95,10 @@ def _plural(status: CacheStatus) -> str:
 
 
 class OutputPump:
-    """Forwards a guest command's output lines (produced on a worker thread) as ``debug`` log entries, one
-    at a time and in order, on the event loop. At most ``limit`` lines per pump are logged; the rest are
-    counted and summarised in one line (the failure message still carries the command's last lines)."""
+    """Forwards a guest command's output lines (produced on a worker thread) as ``info`` log entries (what the
+    SDK's default printer shows, like ``docker build`` output), one at a time and in order, on the event loop.
+    At most ``limit`` lines per pump are logged; the rest are counted and summarised in one line (the failure
+    message still carries the command's last lines)."""
 
     def __init__(self, log: BuildLog, phase: LogPhase, step: int | None, limit: int = 2000) -> None:
         self._log, self._phase, self._step, self._limit = log, phase, step, limit
@@ -114,7 +115,7 @@ class OutputPump:
         sent = 0
         while (text := await self._queue.get()) is not None:
             if sent < self._limit:
-                await self._log.debug(self._phase, text, step=self._step)
+                await self._log.info(self._phase, text, step=self._step)
                 sent += 1
             else:
                 self._dropped += 1
@@ -124,4 +125,4 @@ class OutputPump:
         self._queue.put_nowait(None)
         await self._task
         if self._dropped:
-            await self._log.debug(self._phase, f"({self._dropped} more output lines not logged)", step=self._step)
+            await self._log.info(self._phase, f"({self._dropped} more output lines not logged)", step=self._step)
