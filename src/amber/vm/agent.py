@@ -89,21 +89,6 @@ class AgentClient:
         self._reader = threading.Thread(target=self._read_loop, name="amber-agent-reader", daemon=True)
         self._reader.start()
 
-    @classmethod
-    def connect(cls, path: str, timeout: float = 10.0) -> AgentClient:
-        """Connect to the QEMU chardev socket at ``path`` (retried while QEMU creates it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.connect(path)
-                return cls(sock)
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise AgentTimeout(f"agent socket {path} did not appear within {timeout:.0f}s") from None
-                time.sleep(0.005)
-
     # ---- plumbing ----
 
     def _new_id(self) -> tuple[int, queue.SimpleQueue[Frame | None]]:
@@ -189,10 +174,18 @@ class AgentClient:
         """Round trip to the agent; returns its version string."""
         return self._call(MsgType.PING, [], "ping", timeout).text(Tag.VERSION) or ""
 
-    def wait_ready(self, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.02) -> str:
-        """Ping until the agent answers. Pings sent before the guest opens its port are discarded by the
-        guest kernel, so they are repeated every ``interval`` seconds on one shared waiter."""
-        rid_q: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+    def _first_answer(
+        self,
+        type_: MsgType,
+        fields: Callable[[], Sequence[bytes]],
+        what: str,
+        timeout: float,
+        alive: Callable[[], bool],
+        resend_after: float,
+    ) -> Frame:
+        """Send a request, and send it again every ``resend_after`` seconds until one copy is answered (so
+        only idempotent requests). All copies share one waiter; the first reply wins."""
+        waiter: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
         ids: list[int] = []
         deadline = time.monotonic() + timeout
         try:
@@ -202,24 +195,38 @@ class AgentClient:
                     rid = self._next_id
                 with self._waiters_lock:
                     if self._closed:
-                        raise AgentDisconnected(f"agent connection closed while booting ({self.error})")
-                    self._waiters[rid] = rid_q
+                        raise AgentDisconnected(f"{what}: agent connection closed ({self.error})")
+                    self._waiters[rid] = waiter
                 ids.append(rid)
-                self._send(encode_frame(MsgType.PING, rid))
-                try:
-                    frame = rid_q.get(timeout=interval)
-                except queue.Empty:
-                    if not alive():
-                        raise AgentDisconnected("the VM stopped before its agent answered") from None
-                    if time.monotonic() > deadline:
-                        raise AgentTimeout(f"the guest agent did not answer within {timeout:.0f}s") from None
-                    continue
+                self._send(encode_request(type_, rid, fields()))
+                resend = time.monotonic() + resend_after
+                while True:
+                    try:
+                        frame = waiter.get(timeout=min(0.02, resend_after))
+                        break
+                    except queue.Empty:
+                        if not alive():
+                            raise AgentDisconnected(f"{what}: the VM stopped before its agent answered") from None
+                        if time.monotonic() > deadline:
+                            raise AgentTimeout(f"{what}: no agent answer within {timeout:.0f}s") from None
+                        if time.monotonic() >= resend:
+                            frame = None
+                            break
                 if frame is None:
-                    raise AgentDisconnected(f"agent connection closed while booting ({self.error})")
-                return frame.text(Tag.VERSION) or ""
+                    if self._closed:
+                        raise AgentDisconnected(f"{what}: agent connection closed ({self.error})")
+                    continue
+                if frame.type == MsgType.ERROR:
+                    raise AgentError(f"{what}: {frame.text(Tag.MESSAGE)}", frame.u32(Tag.ERRNO) or 0)
+                return frame
         finally:
             for rid in ids:
                 self._drop(rid)
+
+    def wait_ready(self, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.02) -> str:
+        """Ping until the agent answers. Pings sent before the guest opens its port are discarded by the
+        guest kernel, so they are repeated every ``interval`` seconds."""
+        return self._first_answer(MsgType.PING, list, "boot", timeout, alive, interval).text(Tag.VERSION) or ""
 
     def exec(
         self,
@@ -366,10 +373,26 @@ class AgentClient:
         # Fire and forget: the agent answers only a malformed request; the exec sees the command's end.
         self._send(encode_request(MsgType.SIGNAL, request_id, [encode_field(Tag.SIGNAL, signum)]))
 
-    def post_restore(self, *, boot_id: str, hostname: str | None = None) -> None:
-        """Set the guest clock to the host's, reseed its RNG with host entropy and give it a new boot_id."""
-        fields = [encode_field(Tag.CLOCK_NS, time.time_ns(), wide=True),
-                  encode_field(Tag.ENTROPY, os.urandom(256)), encode_field(Tag.BOOT_ID, boot_id)]
-        if hostname:
-            fields.append(encode_field(Tag.HOSTNAME, hostname))
-        self._call(MsgType.POST_RESTORE, fields, "post-restore")
+    def post_restore(
+        self,
+        *,
+        boot_id: str,
+        hostname: str | None = None,
+        timeout: float = 60.0,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Set the guest clock to the host's, reseed its RNG with host entropy and give it a new boot_id.
+
+        Doubles as the first contact after a restore (the agent never closed its port, so nothing sent
+        after ``cont`` is lost); re-sent after a second without an answer, which is harmless: the clock is
+        taken at each send and the boot_id is the same.
+        """
+
+        def fields() -> list[bytes]:
+            out = [encode_field(Tag.CLOCK_NS, time.time_ns(), wide=True),
+                   encode_field(Tag.ENTROPY, os.urandom(256)), encode_field(Tag.BOOT_ID, boot_id)]
+            if hostname:
+                out.append(encode_field(Tag.HOSTNAME, hostname))
+            return out
+
+        self._first_answer(MsgType.POST_RESTORE, fields, "post-restore", timeout, alive, 1.0)

@@ -315,11 +315,11 @@ def restore(
             vm.qmp.execute("cont")
         except QMPError as e:
             raise BootError(vm._failure(f"restore of {art.directory} failed: {e}")) from None
-        agent = vm.connect_agent(timeout)
-        try:
-            agent.post_restore(boot_id=new_boot_id(), hostname=hostname)
+        agent = vm.connect_agent(timeout, ping=False)
+        try:  # the first request doubles as the readiness check: one round trip instead of two
+            agent.post_restore(boot_id=new_boot_id(), hostname=hostname, timeout=timeout, alive=vm.alive)
         except VMError as e:
-            raise BootError(f"post-restore duties failed: {e}") from None
+            raise BootError(vm._failure(f"post-restore duties failed: {e}")) from None
         vm.boot_seconds = time.monotonic() - started
         return vm
     except BaseException:

@@ -200,13 +200,14 @@ class MicroVM:
                     raise VMError(f"{name} did not appear within {timeout:.0f}s") from None
                 time.sleep(0.003)
 
-    def connect_agent(self, timeout: float) -> AgentClient:
-        """Connect to the agent port and wait until the agent answers a ping."""
+    def connect_agent(self, timeout: float, *, ping: bool = True) -> AgentClient:
+        """Connect to the agent port and (with ``ping``) wait until the agent answers."""
         try:
             sock = self._connect(self.files.agent_socket, timeout)
             sock.settimeout(None)
             self._agent = AgentClient(sock)
-            self._agent.wait_ready(timeout, alive=self.alive)
+            if ping:
+                self._agent.wait_ready(timeout, alive=self.alive)
         except VMError as e:
             raise BootError(self._failure(f"the guest agent did not answer: {e}")) from None
         return self._agent
