@@ -36,6 +36,7 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 GET_SECRET = "/moby.buildkit.secrets.v1.Secrets/GetSecret"
 CREDENTIALS = "/moby.filesync.v1.Auth/Credentials"
 FILE_SEND = "/moby.filesync.v1.FileSend/DiffCopy"
+SOCKET_DIR = Path("/run/amber/bk-sessions")  # root-only; build containers never see the host's /run
 
 
 RegistryCredential = BasicCredentials  # username + password (or token) for one registry host; memory only
@@ -149,7 +150,9 @@ class BuildSession:
         self.attached = threading.Event()
         self.tar_finished = threading.Event()
         self.secret_requests: list[str] = []
-        self._grpc_socket = workdir / f"session-{self.session_id[:8]}.sock"
+        # Not under workdir: unix socket paths max out at 108 bytes. Not abstract either: a RUN step with host
+        # networking could reach an abstract socket and ask it for this build's secrets; /run/amber is private.
+        self._grpc_socket = SOCKET_DIR / f"{self.session_id[:20]}.sock"
         self._server: grpc.Server | None = None
         self._sockets: list[socket.socket] = []
         self._pumps: list[threading.Thread] = []
@@ -162,6 +165,8 @@ class BuildSession:
 
     async def __aenter__(self) -> BuildSession:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        os.chmod(SOCKET_DIR, 0o700)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="amber-bk-session"),
             handlers=[_Handlers(self)],

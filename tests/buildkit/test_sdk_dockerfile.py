@@ -1,0 +1,184 @@
+"""Dockerfile templates end to end: the unmodified nullspace-sdk against a real ``amber serve`` (BuildKit in the
+server's managed dockerd → rootfs → QEMU build VM → start command → readiness → snapshot), loopback registries
+in all three auth modes, two tenants."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nullspace import BuildError, Template, TemplateBuildLogEntry, wait_for_file
+
+from tests.buildkit.conftest import Images, scan_for
+from tests.contract.conftest import data_dir_with_guest, leftover_vms
+from tests.support.server import AmberServer, running_server
+
+pytestmark = [pytest.mark.vm, pytest.mark.docker]
+
+SECRET = "sdk-secret-" + uuid.uuid4().hex
+SECRET_SHA = hashlib.sha256(SECRET.encode()).hexdigest()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def ready_when(checks: str) -> tuple[str, object]:
+    """A start command that touches /tmp/ready only if ``checks`` pass, and the readiness probe waiting for it."""
+    return f"sh -c '{checks} && touch /tmp/ready; exec sleep 100000'", wait_for_file("/tmp/ready", timeout_secs=15)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Iterator[AmberServer]:
+    data_dir = data_dir_with_guest(tmp_path_factory)
+    with running_server(data_dir, workers=1) as running:
+        yield running
+    assert not leftover_vms(data_dir), "VM run directories left behind"
+    pidfile = data_dir / "dockerd" / "dockerd.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text().strip() or 0)
+        assert not Path(f"/proc/{pid}").exists(), "amber serve left its dockerd running"
+
+
+@pytest.fixture(scope="module")
+def keys(server: AmberServer) -> dict[str, str]:
+    return {"acme": server.create_key("acme"), "other": server.create_key("other")}
+
+
+def conn(server: AmberServer, keys: dict[str, str], who: str = "acme") -> dict[str, str]:
+    return {"api_key": keys[who], "base_url": server.url}
+
+
+MULTI_STAGE = """\
+ARG BASE={base}
+FROM ${{BASE}} AS base
+ARG GREETING=hello-default
+RUN echo "$GREETING" > /greeting
+FROM base AS builder
+COPY app/ /app/
+RUN --mount=type=secret,id=token cat /run/secrets/token | sha256sum | cut -d' ' -f1 > /app/secret.sha
+FROM base AS final
+COPY --from=builder /app /app
+WORKDIR /app
+EXPOSE 8080
+LABEL org.example.built-by=amber
+"""
+
+
+def test_sdk_dockerfile_in_context_with_secret(
+    server: AmberServer, keys: dict[str, str], images: Images, tmp_path: Path
+) -> None:
+    context = tmp_path / "ctx"
+    (context / "sub").mkdir(parents=True)
+    (context / "app").mkdir()
+    (context / "app" / "hello.txt").write_text("hello from the context\n")
+    (context / "sub" / "Dockerfile").write_text(MULTI_STAGE.format(base=images.public))
+    # The secret itself must not reach the VM (its memory is snapshotted and scanned below): look for its first
+    # half, which is in the tree iff the whole secret could be.
+    start, readiness = ready_when(
+        f'test "$(cat /app/secret.sha)" = {SECRET_SHA} && test "$(cat /greeting)" = hello-default'
+        f' && grep -q "hello from the context" /app/hello.txt && ! grep -rqF {SECRET[:20]} /app /greeting /etc'
+    )
+    template = (
+        Template.from_dockerfile(str(context / "sub" / "Dockerfile"), file_context_path=str(context))
+        .add_build_secret("token", SECRET)
+        .set_start_cmd(start, readiness)
+    )
+    entries: list[TemplateBuildLogEntry] = []
+    build = Template.build(template, unique("dockerfile"), on_log_entry=entries.append, **conn(server, keys))
+    assert build.status.value == "ready"
+    assert build.build_backend is not None and build.build_backend.value == "buildkit"
+    steps = [e for e in entries if e.phase == "step"]
+    assert any("RUN --mount=type=secret,id=token" in e.message for e in steps)
+    assert {"vm_create", "startup", "readiness", "snapshot"} <= {e.phase for e in entries if e.phase}
+    assert all(SECRET not in e.message for e in entries)
+    build.close()
+
+
+def test_build_args_target_and_dockerfile_path(server: AmberServer, keys: dict[str, str], images: Images) -> None:
+    """``build_args``, ``build_target`` and ``dockerfile_path`` are not sent by the SDK builder: raw HTTP."""
+    dockerfile = MULTI_STAGE.format(base=images.public) + "FROM final AS broken\nRUN exit 1\n"
+    start, readiness = ready_when('test "$(cat /greeting)" = hello-arg && test -s /app/secret.sha')
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    body = {
+        "name": unique("args"),
+        "dockerfile": dockerfile,
+        "dockerfile_path": "docker/Dockerfile.prod",
+        "build_args": {"GREETING": "hello-arg"},
+        "build_target": "final",
+        "build_context": {"files": [{"path": "app/hello.txt", "entry_type": "file", "content_base64": b64("hi\n")}]},
+        "build_secrets": [{"id": "token", "value": SECRET, "source": "value"}],
+        "start_cmd": start,
+        "runtime_config": {"readiness": readiness.to_payload()},  # type: ignore[attr-defined]
+    }
+    with server.client(keys["acme"], timeout=600) as client:
+        response = client.post("/v1/templates", json=body)
+        assert response.status_code == 201, response.text
+        assert response.json()["runtime_defaults"]["start_cmd"] == start
+        bad = client.post("/v1/templates", json={**body, "build_target": "nope"})
+        assert bad.status_code == 400 and "build_target" in bad.text and "no stage named 'nope'" in bad.text
+
+
+def test_private_bases_and_a_second_tenant(server: AmberServer, keys: dict[str, str], images: Images) -> None:
+    registry = images.htpasswd_registry
+    assert registry.credentials is not None
+    user, password = registry.credentials
+    start, readiness = ready_when("test -x /bin/busybox")
+    dockerfile = f"FROM {images.htpasswd}\nRUN echo private > /which\n"
+
+    def private(password_to_use: str | None) -> Template:
+        template = Template.from_dockerfile_content(dockerfile).set_start_cmd(start, readiness)
+        if password_to_use is not None:
+            template.set_base_image_auth(username=user, password=password_to_use)
+        return template
+
+    ok = Template.build(private(password), unique("private"), **conn(server, keys))
+    assert ok.status.value == "ready"
+    ok.close()
+    for attempt in ("wrong-password", None):
+        with pytest.raises(BuildError) as failed:
+            Template.build(private(attempt), unique("private-bad"), **conn(server, keys))
+        assert failed.value.phase is not None and failed.value.phase.value == "auth"
+        assert images.htpasswd in str(failed.value) and "wrong-password" not in str(failed.value)
+
+    # The first tenant's build left the image in BuildKit's cache; pinned by digest, another tenant without
+    # credentials must still be refused (BuildKit alone would serve it).
+    token_registry = images.token_registry
+    assert token_registry.credentials is not None
+    first = Template.from_dockerfile_content(f"FROM {images.token_private}\nRUN true\n").set_start_cmd(start, readiness)
+    first.set_base_image_auth(username=token_registry.credentials[0], password=token_registry.credentials[1])
+    entries: list[TemplateBuildLogEntry] = []
+    built = Template.build(first, unique("tenant-a"), on_log_entry=entries.append, **conn(server, keys))
+    assert built.status.value == "ready"
+    built.close()
+    digest = next(
+        e.message.split("@", 1)[1].split()[0] for e in entries if "FROM" in e.message and "@sha256:" in e.message
+    )
+    pinned = f"FROM {images.token_private.rsplit(':', 1)[0]}@{digest}\nRUN true\n"
+    with pytest.raises(BuildError) as refused:
+        Template.build(
+            Template.from_dockerfile_content(pinned).set_start_cmd(start, readiness),
+            unique("tenant-b"),
+            **conn(server, keys, "other"),
+        )
+    assert refused.value.phase is not None and refused.value.phase.value == "auth"
+
+
+def test_no_secret_anywhere_in_the_data_dir(server: AmberServer, images: Images) -> None:
+    """Runs after the builds above (file order): database, logs, artifacts, BuildKit's data root."""
+    time.sleep(0.5)  # let the last log rows land
+    registry = images.htpasswd_registry
+    assert registry.password is not None
+    needles = [SECRET.encode(), registry.password.encode()]
+    found = scan_for(server.data_dir, needles)
+    assert found == [], f"secret values found in {found}"
+    assert os.path.getsize(server.data_dir / "amber.db") > 0  # the SQLite database was scanned too
