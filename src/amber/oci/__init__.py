@@ -39,7 +39,7 @@ from amber.oci.errors import (
 )
 from amber.oci.platform import Platform, parse_platform
 from amber.oci.progress import ImportProgress
-from amber.oci.pull import LayerFile, PulledImage, ResolvedImage, pull, resolve
+from amber.oci.pull import LayerFile, PulledImage, PullSession, ResolvedImage, pull, pulling, resolve
 from amber.oci.reference import ImageReference, parse_reference
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "ManifestNotFoundError",
     "Platform",
     "PlatformError",
+    "PullSession",
     "PulledImage",
     "RegistryAuthError",
     "RegistryCredentials",
@@ -78,5 +79,6 @@ __all__ = [
     "parse_platform",
     "parse_reference",
     "pull",
+    "pulling",
     "resolve",
 ]

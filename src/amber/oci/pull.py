@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +185,72 @@ async def _fetch_layer(
         return LayerFile(descriptor, path, compression, False), descriptor.size
 
 
+class PullSession:
+    """A pull in progress: ``resolved`` is known; :meth:`layers` yields verified layers in order.
+
+    Downloads start on the first iteration of :meth:`layers` (so a caller that finds what it needs elsewhere,
+    e.g. a cached disk, downloads nothing) and run concurrently; layer *i* is yielded as soon as it and all
+    layers before it are verified, so callers can unpack while later layers are still downloading.
+    """
+
+    def __init__(
+        self, client: RegistryClient, resolved: ResolvedImage, cache: LayerCache, progress: ImportProgress,
+        concurrency: int,
+    ) -> None:
+        self.resolved = resolved
+        self.downloaded_bytes = 0
+        self._client = client
+        self._cache = cache
+        self._progress = progress
+        self._limit = asyncio.Semaphore(max(1, concurrency))
+        self._tasks: list[asyncio.Future[tuple[LayerFile, int]]] = []
+
+    async def layers(self) -> AsyncIterator[LayerFile]:
+        if not self._tasks:
+            self._progress.phase("pull")
+            repository = self.resolved.reference.repository
+            self._tasks = [
+                asyncio.ensure_future(_fetch_layer(self._client, repository, d, self._cache, self._progress,
+                                                   self._limit))
+                for d in self.resolved.manifest.layers
+            ]
+        for task in self._tasks:
+            layer, downloaded = await task
+            self.downloaded_bytes += downloaded
+            yield layer
+
+    async def _cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def pulling(
+    reference: ImageReference | str,
+    *,
+    cache: LayerCache | Path,
+    credentials: RegistryCredentials | None = None,
+    platform: Platform | str | None = None,
+    progress: ImportProgress | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    insecure_registries: Collection[str] = (),
+) -> AsyncIterator[PullSession]:
+    """Resolve ``reference`` and hand back a :class:`PullSession`; unfinished downloads are cancelled on exit."""
+    ref = _as_reference(reference)
+    wanted = _as_platform(platform)
+    layer_cache = cache if isinstance(cache, LayerCache) else LayerCache(cache)
+    report = progress or ImportProgress()
+    async with await _client(ref, credentials, insecure_registries) as client:
+        report.phase("resolve")
+        resolved = await _resolve_with(client, ref, wanted)
+        session = PullSession(client, resolved, layer_cache, report, concurrency)
+        try:
+            yield session
+        finally:
+            await session._cancel()
+
+
 async def pull(
     reference: ImageReference | str,
     *,
@@ -201,29 +267,9 @@ async def pull(
     layers download at once. Nothing unverified ever enters the cache; a failed pull leaves no partial file.
     """
     started = time.monotonic()
-    ref = _as_reference(reference)
-    wanted = _as_platform(platform)
-    layer_cache = cache if isinstance(cache, LayerCache) else LayerCache(cache)
-    report = progress or ImportProgress()
-    async with await _client(ref, credentials, insecure_registries) as client:
-        report.phase("resolve")
-        resolved = await _resolve_with(client, ref, wanted)
-        report.phase("pull")
-        limit = asyncio.Semaphore(max(1, concurrency))
-        tasks = [
-            asyncio.ensure_future(_fetch_layer(client, ref.repository, d, layer_cache, report, limit))
-            for d in resolved.manifest.layers
-        ]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-    return PulledImage(
-        resolved,
-        tuple(layer for layer, _ in results),
-        sum(n for _, n in results),
-        time.monotonic() - started,
-    )
+    async with pulling(
+        reference, cache=cache, credentials=credentials, platform=platform, progress=progress,
+        concurrency=concurrency, insecure_registries=insecure_registries,
+    ) as session:
+        layers = tuple([layer async for layer in session.layers()])
+    return PulledImage(session.resolved, layers, session.downloaded_bytes, time.monotonic() - started)

@@ -19,11 +19,11 @@ from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
 from amber.oci.platform import Platform
 from amber.oci.progress import ImportProgress
-from amber.oci.pull import PulledImage, ResolvedImage, pull
+from amber.oci.pull import PulledImage, ResolvedImage, pulling
 from amber.oci.reference import ImageReference
 from amber.rootfs.config import ImageConfig
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, copy_disk, make_ext4
-from amber.rootfs.unpack import UnpackStats, unpack_layers
+from amber.rootfs.unpack import UnpackStats, apply_dir_mtimes, unpack_layer, unpack_layers
 
 
 @dataclass(frozen=True)
@@ -115,43 +115,49 @@ async def import_image(
     """
     started = time.monotonic()
     report = progress or ImportProgress()
-    pulled = await pull(
+    async with pulling(
         reference, cache=cache_dir, credentials=credentials, platform=platform, progress=report,
         insecure_registries=insecure_registries,
-    )
-    compressed = sum(layer.descriptor.size for layer in pulled.layers)
-    output_disk.parent.mkdir(parents=True, exist_ok=True)
-    cached_disk = None
-    if disk_cache_dir is not None:
-        cached_disk = disk_cache_path(disk_cache_dir, pulled.resolved.manifest_digest, min_size_mib)
-        if cached_disk.exists():
+    ) as session:
+        resolved = session.resolved
+        layer_count = len(resolved.manifest.layers)
+        compressed = sum(d.size for d in resolved.manifest.layers)
+        output_disk.parent.mkdir(parents=True, exist_ok=True)
+        cached_disk = None
+        if disk_cache_dir is not None:
+            cached_disk = disk_cache_path(disk_cache_dir, resolved.manifest_digest, min_size_mib)
+            if cached_disk.exists():
+                report.phase("ext4")
+                await asyncio.to_thread(copy_disk, cached_disk, output_disk)
+                return ImportResult(resolved, output_disk, cached_disk.stat().st_size, layer_count, compressed,
+                                    0, 0, time.monotonic() - started, True)
+            disk_cache_dir.mkdir(parents=True, exist_ok=True)
+        parent = staging_parent(work_dir, output_disk, compressed)
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
+        try:
+            os.chmod(staging, 0o755)  # the disk's / gets the tree root's mode; mkdtemp makes it 0700
+            stats = UnpackStats()
+            # Each layer is unpacked as soon as it is verified, while later layers still download.
+            async for layer in session.layers():
+                report.phase("unpack")
+                await asyncio.to_thread(unpack_layer, layer, staging, stats)
+            apply_dir_mtimes(stats)
             report.phase("ext4")
-            await asyncio.to_thread(copy_disk, cached_disk, output_disk)
-            return ImportResult(pulled.resolved, output_disk, cached_disk.stat().st_size, len(pulled.layers),
-                                compressed, pulled.downloaded_bytes, 0, time.monotonic() - started, True)
-        disk_cache_dir.mkdir(parents=True, exist_ok=True)
-    parent = staging_parent(work_dir, output_disk, compressed)
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
-    try:
-        os.chmod(staging, 0o755)  # the disk's / gets the tree root's mode; mkdtemp makes it 0700
-        report.phase("unpack")
-        stats = await asyncio.to_thread(unpack_image, pulled, staging)
-        report.phase("ext4")
-        size = await asyncio.to_thread(make_ext4, staging, cached_disk or output_disk, min_size_mib)
-        if cached_disk is not None:
-            await asyncio.to_thread(copy_disk, cached_disk, output_disk)
-    except OSError as exc:
-        raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
-    finally:
-        await asyncio.to_thread(shutil.rmtree, staging, True)
+            size = await asyncio.to_thread(make_ext4, staging, cached_disk or output_disk, min_size_mib)
+            if cached_disk is not None:
+                await asyncio.to_thread(copy_disk, cached_disk, output_disk)
+        except OSError as exc:
+            raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
     return ImportResult(
-        resolved=pulled.resolved,
+        resolved=resolved,
         disk=output_disk,
         disk_size_bytes=size,
-        layer_count=len(pulled.layers),
+        layer_count=layer_count,
         compressed_bytes=compressed,
-        downloaded_bytes=pulled.downloaded_bytes,
+        downloaded_bytes=session.downloaded_bytes,
         unpacked_bytes=stats.bytes,
         seconds=time.monotonic() - started,
     )

@@ -403,11 +403,16 @@ def apply_dir_mtimes(stats: UnpackStats) -> None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+def unpack_layer(layer: LayerLike, target: Path, stats: UnpackStats) -> None:
+    """Apply one layer blob on top of ``target``. Call :func:`apply_dir_mtimes` after the last layer."""
+    with open_layer(layer.path, layer.compression, layer=layer.digest) as stream:
+        unpack_tar_stream(stream, target, layer=layer.digest, stats=stats)
+
+
 def unpack_layers(layers: Sequence[LayerLike], target: Path) -> UnpackStats:
     """Unpack ``layers`` (lowest first) into ``target``; returns counts. See the module doc for guarantees."""
     stats = UnpackStats()
     for layer in layers:
-        with open_layer(layer.path, layer.compression, layer=layer.digest) as stream:
-            unpack_tar_stream(stream, target, layer=layer.digest, stats=stats)
+        unpack_layer(layer, target, stats)
     apply_dir_mtimes(stats)
     return stats
