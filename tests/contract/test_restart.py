@@ -89,3 +89,23 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_sigterm_during_a_build_stops_it_cleanly(server: AmberServer, registry: Registry) -> None:
+    base = push_busybox_image(registry)
+    conn: Conn = {"api_key": server.create_key("acme"), "base_url": server.url}
+    handle = Template.build_in_background(Template.from_image(base).run_cmd("sleep 301"), "term", **conn)
+    deadline = time.monotonic() + 120
+    while not any(e.phase == "step" for e in handle.get_status().entries):
+        assert time.monotonic() < deadline, "the build never reached its step"
+        time.sleep(0.3)
+    build_vms = qemu_pids_for(server.data_dir)
+    server.stop()  # SIGTERM: the pipeline is cancelled and stops its VM before the process exits
+    assert not [pid for pid in build_vms if _alive(pid)]
+    assert not leftover_vms(server.data_dir)
+    server.start()
+    after = TemplateBuild.connect(handle.build_id, **conn)
+    assert after.status.value == "error" and after.failure_phase == "interrupted"
+    assert after.error is not None and "shut down" in after.error
+    handle.close()
+    after.close()

@@ -83,21 +83,27 @@ class WorkerPool:
         self.count = count
         self.executor = executor
         self._tasks: list[asyncio.Task[None]] = []
+        self._reaper_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     def start(self) -> None:
         for index in range(self.count):
             self._tasks.append(asyncio.create_task(self._loop(), name=f"amber-worker-{index}"))
-        self._tasks.append(asyncio.create_task(self._reaper(), name="amber-reaper"))
+        self._reaper_task = asyncio.create_task(self._reaper(), name="amber-reaper")
 
-    async def stop(self) -> None:
-        """Cancel running builds (their pipelines clean up) and stop the workers."""
+    async def stop(self, grace_secs: float = 20.0) -> None:
+        """Cancel running builds, give their pipelines ``grace_secs`` to stop VMs and record the builds as
+        ``interrupted``, then stop the workers."""
         self._stopping = True
         for event in self.service.cancel_events.values():
             event.set()
-        for task in self._tasks:
+        self.service.work_available.set()  # wake idle workers so they see _stopping
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace_secs)
+        tasks = [*self._tasks, *([self._reaper_task] if self._reaper_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -109,6 +115,8 @@ class WorkerPool:
         while not self._stopping:
             build = await service.db.run(lambda s: claim_next(s, owner, settings.lease_secs, postgres=postgres))
             if build is None:
+                if self._stopping:
+                    return
                 service.work_available.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(service.work_available.wait(), timeout=1.0 if postgres else 5.0)
@@ -127,7 +135,7 @@ class WorkerPool:
 
     async def _reaper(self) -> None:
         """Periodically end builds whose worker (on any host) lost its lease."""
-        while not self._stopping:
+        while True:
             await asyncio.sleep(self.service.settings.lease_secs)
             with contextlib.suppress(Exception):
                 await self.service.recover()
