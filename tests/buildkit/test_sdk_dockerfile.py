@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from nullspace import BuildError, Template, TemplateBuildLogEntry, wait_for_file
+from nullspace.template import CommandReadinessProbe
 
 from tests.buildkit.conftest import Images, scan_for
-from tests.contract.conftest import data_dir_with_guest, leftover_vms
+from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
 from tests.support.server import AmberServer, running_server
 
 pytestmark = [pytest.mark.vm, pytest.mark.docker]
@@ -29,7 +30,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def ready_when(checks: str) -> tuple[str, object]:
+def ready_when(checks: str) -> tuple[str, CommandReadinessProbe]:
     """A start command that touches /tmp/ready only if ``checks`` pass, and the readiness probe waiting for it."""
     return f"sh -c '{checks} && touch /tmp/ready; exec sleep 100000'", wait_for_file("/tmp/ready", timeout_secs=15)
 
@@ -51,7 +52,7 @@ def keys(server: AmberServer) -> dict[str, str]:
     return {"acme": server.create_key("acme"), "other": server.create_key("other")}
 
 
-def conn(server: AmberServer, keys: dict[str, str], who: str = "acme") -> dict[str, str]:
+def conn(server: AmberServer, keys: dict[str, str], who: str = "acme") -> Conn:
     return {"api_key": keys[who], "base_url": server.url}
 
 
@@ -118,7 +119,7 @@ def test_build_args_target_and_dockerfile_path(server: AmberServer, keys: dict[s
         "build_context": {"files": [{"path": "app/hello.txt", "entry_type": "file", "content_base64": b64("hi\n")}]},
         "build_secrets": [{"id": "token", "value": SECRET, "source": "value"}],
         "start_cmd": start,
-        "runtime_config": {"readiness": readiness.to_payload()},  # type: ignore[attr-defined]
+        "runtime_config": {"readiness": readiness.to_payload()},
     }
     with server.client(keys["acme"], timeout=600) as client:
         response = client.post("/v1/templates", json=body)
