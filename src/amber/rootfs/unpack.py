@@ -3,9 +3,11 @@
 Semantics: entries are applied in order; ``.wh.<name>`` deletes ``<name>`` from lower layers;
 ``.wh..wh..opq`` empties its directory of lower-layer content (entries of the same layer stay); regular
 files, directories, symlinks and hard links are created with the entry's numeric uid/gid, full mode
-(set-id and sticky bits kept: chmod runs after chown), mtime and ``SCHILY.xattr.*`` PAX xattrs (set after
-chown, which would clear ``security.capability``). An existing directory is merged when the entry is a
-directory and replaced otherwise; every other existing entry is replaced, never followed.
+(set-id and sticky bits kept: chmod runs after chown), mtime and PAX xattrs (``SCHILY.xattr.*``,
+``LIBARCHIVE.xattr.*``; set after chown, which would clear ``security.capability``). An existing directory is
+merged when the entry is a directory and replaced otherwise; every other existing entry is replaced, never
+followed. Directory mtimes are applied after the last layer. Tars are read by ``rootfs.tarstream``;
+compressed layers are inflated in a helper thread (gzip by ISA-L when installed).
 
 Safety (hand-written because ``tarfile``'s extraction filters drop set-id bits and refuse absolute
 symlinks, both normal in root filesystems):
