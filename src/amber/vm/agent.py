@@ -160,13 +160,12 @@ class AgentClient:
             self._drop(rid)
 
     def close(self) -> None:
-        with self._waiters_lock:
-            if self._closed and self._sock.fileno() < 0:
-                return
+        """Close the connection; waiting requests raise ``AgentDisconnected``. Idempotent."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        self._reader.join(timeout=5)
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=5)
 
     # ---- requests ----
 
