@@ -99,6 +99,11 @@ def test_sdk_dockerfile_in_context_with_secret(
     assert any("RUN --mount=type=secret,id=token" in e.message for e in steps)
     assert {"vm_create", "startup", "readiness", "snapshot"} <= {e.phase for e in entries if e.phase}
     assert all(SECRET not in e.message for e in entries)
+    # The final stage's OCI metadata is kept (R38).
+    assert build.oci_metadata is not None
+    assert build.oci_metadata.labels.get("org.example.built-by") == "amber"
+    assert build.oci_metadata.exposed_ports == ["8080/tcp"]
+    assert build.runtime_defaults is not None and build.runtime_defaults.default_workdir == "/app"
     build.close()
 
 
