@@ -16,6 +16,7 @@ import pytest
 
 from amber.oci import BasicCredentials
 from amber.oci.errors import DigestMismatchError, RegistryAuthError
+from amber.oci.progress import ImportProgress
 from amber.rootfs.image_import import import_image
 from tests.rootfs import fidelity
 from tests.rootfs.treecmp import diff, fsck_clean, mounted_ro, snapshot
@@ -33,6 +34,15 @@ from tests.support.images import (
 from tests.support.registry import Registry
 
 
+class _Phases(ImportProgress):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def phase(self, name: str) -> None:
+        if not self.seen or self.seen[-1] != name:
+            self.seen.append(name)
+
+
 def _busybox_expected(root: Path) -> Path:
     make_busybox_tree(root)
     for sub, mode in (("dev/pts", 0o755), ("dev/shm", 0o1777)):
@@ -46,8 +56,10 @@ def test_busybox_import_matches_the_tree(registry_noauth: Registry, tmp_path: Pa
     ref = push_busybox_image(registry_noauth, repo=f"team/bb-{compression}", compression=compression)
     disk = tmp_path / "out" / "root.ext4"
     work = tmp_path / "work"
-    result = asyncio.run(import_image(ref, disk, cache_dir=tmp_path / "cache", work_dir=work))
+    phases = _Phases()
+    result = asyncio.run(import_image(ref, disk, cache_dir=tmp_path / "cache", work_dir=work, progress=phases))
     assert result.layer_count == 1 and disk.exists() and list(work.iterdir()) == []
+    assert phases.seen == ["resolve", "pull", "unpack", "ext4"]
     assert fsck_clean(disk) == ""
     with mounted_ro(disk) as mnt:
         assert diff(snapshot(_busybox_expected(tmp_path / "expected")), snapshot(mnt)) == []

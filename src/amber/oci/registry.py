@@ -234,7 +234,10 @@ class RegistryClient:
                 f"registry {self.host} denied user {self._credentials.username!r} pull access to {repository} "
                 "(wrong credentials, or no access to this repository)"
             )
-        raise RegistryAuthError(f"registry {self.host} requires authentication to pull {repository}")
+        raise RegistryAuthError(
+            f"registry {self.host} requires authentication to pull {repository} "
+            "(or the repository does not exist; registries do not tell anonymous clients)"
+        )
 
     # -- API -----------------------------------------------------------------------------------------------
     async def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
