@@ -44,11 +44,11 @@ def test_choice(found: list[Platform], wanted: str, index: int) -> None:
 
 def test_no_match_names_every_platform_found() -> None:
     with pytest.raises(PlatformError) as caught:
-        choose_platform([OS_VERSION, ARM64_V8, WINDOWS, AMD64_V3], parse_platform("linux/amd64"))
+        choose_platform([OS_VERSION, ARM64_V8, WINDOWS, AMD64_V3, Platform("", "")], parse_platform("linux/amd64"))
     message = str(caught.value)
     assert "no manifest for platform linux/amd64" in message
     for text in ("linux/amd64 (os.version 5.10) [rejected: sets os.version 5.10]", "linux/arm64/v8",
-                 "windows/amd64", "linux/amd64/v3"):
+                 "windows/amd64", "linux/amd64/v3", "unknown/unknown"):
         assert text in message
 
 

@@ -34,7 +34,7 @@ class Platform:
     os_features: tuple[str, ...] = field(default=())
 
     def __str__(self) -> str:
-        text = f"{self.os}/{self.architecture}"
+        text = f"{self.os or 'unknown'}/{self.architecture or 'unknown'}"
         if self.variant:
             text += f"/{self.variant}"
         if self.os_version:
