@@ -313,7 +313,7 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
 def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
     executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path
 ) -> None:
-    request = {
+    request: dict[str, Any] = {
         "dockerfile": (
             f"FROM {base_ref}\nRUN echo from-buildkit > /bk.txt && mkdir -p /srv && echo ok > /srv/index.html\n"
             "ENV FROM_DOCKERFILE=yes\nWORKDIR /srv\n"
@@ -326,6 +326,7 @@ def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
     assert isinstance(result, BuildArtifact), result
     assert result.runtime_defaults["default_workdir"] == "/srv"
     assert "FROM_DOCKERFILE" in result.runtime_defaults["default_env_keys"]
+    assert result.dockerfile_digest == "sha256:" + hashlib.sha256(request["dockerfile"].encode()).hexdigest()
     assert LogPhase.PREPARING in build.phases() and LogPhase.SNAPSHOT in build.phases()
     # No readiness was given: the image HEALTHCHECK became a command probe, and the metadata says so.
     readiness = result.runtime_defaults["readiness"]

@@ -92,6 +92,24 @@ class BaseImage:
     cacheable: bool = True  # False: neither step layers nor the final artifact are looked up or stored
 
 
+@dataclass(frozen=True)
+class _BuildPlan:
+    """What one build will do, decided before any VM runs."""
+
+    base: BaseImage
+    context: BuildContextFiles
+    keys: list[str]  # chain key per step
+    decisions: list[CacheDecision]  # per step
+    final_key: str
+    final_decision: CacheDecision
+    runtime: RuntimeDefaults
+    step_env: dict[str, str]  # image env + build_envs: what steps see
+    vcpus: int
+    memory_mib: int
+    network: bool
+    digests: dict[str, str | None]
+
+
 @dataclass
 class _Attempt:
     """Per-build mutable state that the cleanup needs."""
@@ -101,6 +119,7 @@ class _Attempt:
     claims: list[EntryClaim] = field(default_factory=list)
     machine: BuildMachine | None = None
     booting: asyncio.Future[BuildMachine] | None = None
+    open_claim: EntryClaim | None = None  # the cache entry the running step writes into
     pumps: list[OutputPump] = field(default_factory=list)
     done: bool = False
 
@@ -170,26 +189,63 @@ class NativeExecutor:
         attempt: _Attempt,
         cancel: asyncio.Event,
     ) -> BuildArtifact:
-        source = resolve_source(req)
         shutil.rmtree(attempt.artifact_dir, ignore_errors=True)
         shutil.rmtree(attempt.work_dir, ignore_errors=True)
         attempt.work_dir.mkdir(parents=True)
-
-        context_files: list[BuildContextFile] = list(req.build_context.files) if req.build_context else []
-        try:
-            context = BuildContextFiles(context_files, job.blob_paths)
-        except ContextError as exc:
-            raise BuildFailed(str(exc), phase=FailurePhase.PREPARE) from None
-
-        base_decision, decisions = layer_decisions(req, plans)
-        cfg = req.build_config
-        disk_mb = cfg.disk_mb if cfg else None
         try:
             fingerprint = await asyncio.to_thread(self.vm.fingerprint)
         except Exception as exc:
             raise BuildFailed(f"the build VM cannot start on this server: {exc}", phase=FailurePhase.PREPARE) from None
+        try:
+            context = BuildContextFiles(list(req.build_context.files) if req.build_context else [], job.blob_paths)
+        except ContextError as exc:
+            raise BuildFailed(str(exc), phase=FailurePhase.PREPARE) from None
+        base_decision, decisions = layer_decisions(req, plans)
+        base = await self._prepare_base(job, req, base_decision, fingerprint, attempt, log, cancel)
+        plan = await self._plan(req, plans, base, decisions, context, fingerprint)
 
-        # preparing: the base root disk (an OCI image cached by manifest digest, or a BuildKit build)
+        # cache: how far the step layers go, and whether the whole artifact exists
+        hits = 0
+        for step, key, decision in zip(plans, plan.keys, plan.decisions, strict=True):
+            if not decision.lookup or not self.cache.is_complete(self.cache.layer_path(key)):
+                break
+            hits += 1
+            await log.cache(CacheKind.LAYER, CacheStatus.HIT, step.description,
+                            f"step {step.index}/{len(plans)} cached: {step.description}", step=step.index)  # fmt: skip
+        final_dir = self.cache.final_path(plan.final_key)
+        if hits == len(plans) and plan.final_decision.lookup and self.cache.is_complete(final_dir):
+            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.HIT, "template artifact",
+                            "the whole template is cached; reusing its snapshot")  # fmt: skip
+            await asyncio.to_thread(_link_tree, final_dir, attempt.artifact_dir)
+            return await self._finish(attempt, log, plan, write_manifest=False)
+        if plan.final_decision.lookup:
+            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.MISS, "template artifact",
+                            "template artifact not cached", reason=CacheReason.MISSING_OR_INCOMPATIBLE)  # fmt: skip
+
+        machine = await self._boot(plan, plans, hits, attempt, log)
+        await self._run_steps(machine, plan, plans, hits, attempt, log)
+        await log.info(LogPhase.SYNC, "syncing guest filesystems")
+        await asyncio.to_thread(machine.agent.sync)
+        await self._start_and_wait(machine, plan.runtime, attempt, log, cancel)
+        await self._snapshot(machine, attempt, log)
+        artifact = await self._finish(attempt, log, plan, write_manifest=True)
+        await self._store_final(plan, final_dir, attempt, log)
+        artifact.cache_summary = log.cache_summary()  # now including the final store
+        return artifact
+
+    async def _prepare_base(
+        self,
+        job: BuildJob,
+        req: CreateTemplateRequest,
+        decision: CacheDecision,
+        fingerprint: str,
+        attempt: _Attempt,
+        log: BuildLog,
+        cancel: asyncio.Event,
+    ) -> BaseImage:
+        """``preparing``: the root disk to start from (a BuildKit build, a parent template's disk chain, or an
+        OCI image cached by manifest digest)."""
+        source = resolve_source(req)
         if source.source_type == "dockerfile":
             disk, built = await build_dockerfile_disk(
                 req, data_dir=self.data_dir, work_dir=attempt.work_dir, blob_paths=job.blob_paths,
@@ -197,158 +253,174 @@ class NativeExecutor:
                 base_image_credentials=job.base_image_credentials, emit=log.forward, log=log, cancel=cancel,
             )  # fmt: skip
             metadata = built.oci_metadata()
-            base = BaseImage((disk,), built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
-        elif source.base_is_template or job.base_template_artifact is not None:
+            return BaseImage((disk,), built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
+        if source.base_is_template or job.base_template_artifact is not None:
             await log.info(LogPhase.PREPARING, f"preparing base template {source.base_ref}")
             template = await prepare_template_base(
                 source.base_ref,
                 job.base_template_artifact,
-                decision=base_decision,
+                decision=decision,
                 log=log,
                 store=self.cache,
                 work_dir=attempt.work_dir,
                 claims=attempt.claims,
             )
-            base = BaseImage(template.chain, template.defaults, template.key, template.oci_metadata)
-        else:
-            await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
-            try:
-                credentials = base_image_credentials(
-                    source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
-                    req.registry_auth,
-                )  # fmt: skip
-            except (ValueError, ImageImportError) as exc:
-                raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
-            disk, resolved, base_key = await prepare_oci_base(
-                source.base_ref,
-                credentials=credentials,
-                decision=base_decision,
-                disk_mb=disk_mb,
-                log=log,
-                store=self.cache,
-                layer_cache=self.layer_cache,
-                work_dir=attempt.work_dir,
-                claims=attempt.claims,
-                guest_fingerprint=fingerprint,
-            )
-            base = BaseImage((disk,), image_defaults(resolved.config), base_key, resolved.config.oci_metadata() or None)
+            return BaseImage(template.chain, template.defaults, template.key, template.oci_metadata)
+        await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
+        try:
+            credentials = base_image_credentials(
+                source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
+                req.registry_auth,
+            )  # fmt: skip
+        except (ValueError, ImageImportError) as exc:
+            raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
+        disk, resolved, key = await prepare_oci_base(
+            source.base_ref,
+            credentials=credentials,
+            decision=decision,
+            disk_mb=req.build_config.disk_mb if req.build_config else None,
+            log=log,
+            store=self.cache,
+            layer_cache=self.layer_cache,
+            work_dir=attempt.work_dir,
+            claims=attempt.claims,
+            guest_fingerprint=fingerprint,
+        )
+        return BaseImage((disk,), image_defaults(resolved.config), key, resolved.config.oci_metadata() or None)
 
-        # keys: the chain over the base, then the final artifact key
-        content_digests = await asyncio.to_thread(
+    async def _plan(
+        self,
+        req: CreateTemplateRequest,
+        plans: list[StepPlan],
+        base: BaseImage,
+        decisions: list[CacheDecision],
+        context: BuildContextFiles,
+        fingerprint: str,
+    ) -> _BuildPlan:
+        """Everything decided before the VM: keys, cache decisions, runtime defaults, VM shape, digests."""
+        content = await asyncio.to_thread(
             lambda: {e.path: e.sha256() for e in context.entries.values() if not e.is_dir}
         )
+        files = list(req.build_context.files) if req.build_context else []
 
         def digest_of(entry: BuildContextFile) -> str:
-            return content_digests.get(entry.path.rstrip("/"), "")
+            return content.get(entry.path.rstrip("/"), "")
 
+        build_envs = dict(req.build_envs or {})
         keys: list[str] = []
         parent = base.key
-        build_envs = dict(req.build_envs or {})
-        for plan in plans:
-            parent = step_key(parent, plan, copied_entries(plan, context_files, digest_of), build_envs)
+        for step in plans:
+            parent = step_key(parent, step, copied_entries(step, files, digest_of), build_envs)
             keys.append(parent)
         runtime = runtime_defaults(req, plans, base.defaults)
-        base = dataclasses.replace(base, oci_metadata=_with_mapped_readiness(base.oci_metadata, base.defaults))
+        cfg = req.build_config
         vcpus = (cfg.vcpus if cfg and cfg.vcpus else None) or DEFAULT_VCPUS
         memory = (cfg.memory_mib if cfg and cfg.memory_mib else None) or DEFAULT_MEMORY_MIB
         network = not (cfg is not None and cfg.internet_access is False)
+        disk_mb = cfg.disk_mb if cfg else None
         final_key = final_artifact_key(
             parent, runtime, vcpus=vcpus, memory_mib=memory, disk_mb=disk_mb, internet_access=network,
             guest_fingerprint=fingerprint,
         )  # fmt: skip
-        manifest = context_manifest(context_files, digest_of)
-        digests: dict[str, str | None] = {
-            "source_digest": source_digest(req, manifest.digest if context_files else None),
-            "dockerfile_digest": dockerfile_digest(
-                render_dockerfile(source.base_ref, plans, build_envs, req.start_cmd)
-            ),
-            "context_digest": manifest.digest if context_files else None,
-        }
-
-        # cache: how far the step layers go, and whether the whole artifact exists
-        hits = 0
-        for plan, key, decision in zip(plans, keys, decisions, strict=True):
-            if not decision.lookup or not self.cache.is_complete(self.cache.layer_path(key)):
-                break
-            hits += 1
-            await log.cache(CacheKind.LAYER, CacheStatus.HIT, plan.description,
-                            f"step {plan.index}/{len(plans)} cached: {plan.description}", step=plan.index)  # fmt: skip
-        fdecision = (
-            final_decision(req, decisions) if base.cacheable else CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY)
+        if not base.cacheable:
+            decisions = [CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY) for _ in plans]
+        final = final_decision(req, decisions) if base.cacheable else CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY)
+        manifest = context_manifest(files, digest_of) if files else None
+        source = resolve_source(req)
+        dockerfile = req.dockerfile
+        if dockerfile is None:
+            dockerfile = render_dockerfile(source.base_ref, plans, build_envs, req.start_cmd)
+        return _BuildPlan(
+            base=dataclasses.replace(base, oci_metadata=_with_mapped_readiness(base.oci_metadata, base.defaults)),
+            context=context,
+            keys=keys,
+            decisions=decisions,
+            final_key=final_key,
+            final_decision=final,
+            runtime=runtime,
+            step_env=image_env(base.defaults) | build_envs,
+            vcpus=vcpus,
+            memory_mib=memory,
+            network=network,
+            digests={
+                "source_digest": source_digest(req, manifest.digest if manifest else None),
+                "dockerfile_digest": dockerfile_digest(dockerfile),
+                "context_digest": manifest.digest if manifest else None,
+            },
         )
-        final_dir = self.cache.final_path(final_key)
-        if hits == len(plans) and fdecision.lookup and self.cache.is_complete(final_dir):
-            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.HIT, "template artifact",
-                            "the whole template is cached; reusing its snapshot")  # fmt: skip
-            await asyncio.to_thread(_link_tree, final_dir, attempt.artifact_dir)
-            return await self._finish(attempt, log, runtime, base, digests, write_manifest=False)
-        if fdecision.lookup:
-            await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.MISS, "template artifact",
-                            "template artifact not cached", reason=CacheReason.MISSING_OR_INCOMPATIBLE)  # fmt: skip
 
-        # where each remaining step's writes go: its cache entry (claimed now) or a private file
-        final_overlay = attempt.work_dir / "top.qcow2"
+    def _overlay_for(
+        self, position: int, plan: _BuildPlan, plans: list[StepPlan], attempt: _Attempt
+    ) -> tuple[Path, EntryClaim | None]:
+        """Where the writes of step ``position`` (0-based) go: straight into its cache entry (claimed now), or a
+        private file when the cache is bypassed or another build is making that entry; past the last step, the
+        top overlay that the start command and the snapshot use."""
+        if position >= len(plans):
+            return attempt.work_dir / "top.qcow2", None
+        wanted = plan.decisions[position].lookup
+        claim = self.cache.claim(self.cache.layer_path(plan.keys[position])) if wanted else None
+        if claim is None:
+            return attempt.work_dir / f"step-{position + 1:03d}.qcow2", None
+        attempt.claims.append(claim)
+        return claim.path, claim
 
-        def overlay_for(position: int) -> tuple[Path, EntryClaim | None]:
-            if position >= len(plans):
-                return final_overlay, None
-            claim = self.cache.claim(self.cache.layer_path(keys[position])) if decisions[position].lookup else None
-            if claim is None:
-                return attempt.work_dir / f"step-{position + 1:03d}.qcow2", None
-            attempt.claims.append(claim)
-            return claim.path, claim
-
-        # vm_create
-        chain = (*base.chain, *(self.cache.layer_path(k) for k in keys[:hits]))
-        state = GuestState(*step_state(plans[:hits], base.defaults))
-        env = image_env(base.defaults) | build_envs
-        overlay, claim = overlay_for(hits)
-        await log.info(LogPhase.VM_CREATE, f"booting the build VM: {vcpus} vCPU, {memory} MiB, "
-                                           f"network {'on' if network else 'off'}")  # fmt: skip
+    async def _boot(
+        self, plan: _BuildPlan, plans: list[StepPlan], hits: int, attempt: _Attempt, log: BuildLog
+    ) -> BuildMachine:
+        """``vm_create``: boot the base and the cached layers, writing into the first uncached step's entry."""
+        chain = (*plan.base.chain, *(self.cache.layer_path(k) for k in plan.keys[:hits]))
+        overlay, attempt.open_claim = self._overlay_for(hits, plan, plans, attempt)
+        await log.info(LogPhase.VM_CREATE, f"booting the build VM: {plan.vcpus} vCPU, {plan.memory_mib} MiB, "
+                                           f"network {'on' if plan.network else 'off'}")  # fmt: skip
         started = time.monotonic()
-        spec = MachineSpec(chain=chain, overlay=overlay, cpus=vcpus, memory_mib=memory, network=network)
+        spec = MachineSpec(chain=chain, overlay=overlay, cpus=plan.vcpus, memory_mib=plan.memory_mib,
+                           network=plan.network)  # fmt: skip
         # Shielded: if the build is cancelled mid-boot, the cleanup still gets the VM (and stops it).
         attempt.booting = asyncio.ensure_future(asyncio.to_thread(self.vm.boot, spec))
         try:
             attempt.machine = await asyncio.shield(attempt.booting)
         except Exception as exc:
             raise BuildFailed(f"the build VM did not start: {exc}", phase=FailurePhase.PREPARE) from None
-        machine = attempt.machine
         await log.info(LogPhase.VM_CREATE, f"build VM up in {time.monotonic() - started:.2f} s")
+        return attempt.machine
 
-        # step: run every step that was not cached, freezing each into a layer
-        loop = asyncio.get_running_loop()
+    async def _run_steps(
+        self, machine: BuildMachine, plan: _BuildPlan, plans: list[StepPlan], hits: int, attempt: _Attempt,
+        log: BuildLog,
+    ) -> None:  # fmt: skip
+        """``step``: run every uncached step, then freeze its writes into a layer and publish it."""
+        state = GuestState(*step_state(plans[:hits], plan.base.defaults))
         for position in range(hits, len(plans)):
-            plan, decision = plans[position], decisions[position]
-            await self._report_step_cache(log, plan, decision, len(plans))
-            await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)}: {plan.description}", step=plan.index)
-
-            pump = OutputPump(log, LogPhase.STEP, plan.index)
+            step = plans[position]
+            await self._report_step_cache(log, step, plan.decisions[position], len(plans))
+            await log.info(LogPhase.STEP, f"step {step.index}/{len(plans)}: {step.description}", step=step.index)
+            pump = OutputPump(log, LogPhase.STEP, step.index)
             started = time.monotonic()
             try:
                 await asyncio.to_thread(
-                    apply_ops, machine.agent, plan.ops, context=context, state=state, env=env,
-                    on_line=pump.line, step_index=plan.index,
+                    apply_ops, machine.agent, step.ops, context=plan.context, state=state, env=plan.step_env,
+                    on_line=pump.line, step_index=step.index,
                 )  # fmt: skip
             except StepError as exc:
+                raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=step.index) from None
+            finally:
                 await pump.close()
-                raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=plan.index) from None
-            await pump.close()
-            next_overlay, next_claim = overlay_for(position + 1)
+            claim = attempt.open_claim
+            next_overlay, attempt.open_claim = self._overlay_for(position + 1, plan, plans, attempt)
             await asyncio.to_thread(machine.checkpoint, next_overlay)
-            await log.info(LogPhase.STEP, f"step {plan.index}/{len(plans)} done in {time.monotonic() - started:.2f} s",
-                           step=plan.index)  # fmt: skip
+            await log.info(LogPhase.STEP, f"step {step.index}/{len(plans)} done in {time.monotonic() - started:.2f} s",
+                           step=step.index)  # fmt: skip
             if claim is not None:
                 await asyncio.to_thread(claim.publish)
-                await log.cache(CacheKind.LAYER, CacheStatus.STORED, plan.description,
-                                f"step {plan.index} stored in the layer cache", step=plan.index)  # fmt: skip
-            claim = next_claim
+                await log.cache(CacheKind.LAYER, CacheStatus.STORED, step.description,
+                                f"step {step.index} stored in the layer cache", step=step.index)  # fmt: skip
 
-        # sync
-        await log.info(LogPhase.SYNC, "syncing guest filesystems")
-        await asyncio.to_thread(machine.agent.sync)
-
-        # startup + readiness
+    async def _start_and_wait(
+        self, machine: BuildMachine, runtime: RuntimeDefaults, attempt: _Attempt, log: BuildLog,
+        cancel: asyncio.Event,
+    ) -> None:  # fmt: skip
+        """``startup`` and ``readiness``: launch the start command and wait until the probe passes."""
+        loop = asyncio.get_running_loop()
         start_exit: asyncio.Future[str] = loop.create_future()
         if runtime.start_cmd:
             attempt.pumps.append(await self._start(machine, runtime, log, start_exit, loop))
@@ -360,7 +432,8 @@ class NativeExecutor:
             raise BuildFailed(f"the start command {start_exit.result()} before the snapshot",
                               phase=FailurePhase.READINESS)  # fmt: skip
 
-        # snapshot
+    async def _snapshot(self, machine: BuildMachine, attempt: _Attempt, log: BuildLog) -> None:
+        """``snapshot``: memory, device state and disk chain into the artifact directory; the VM ends."""
         for pump in attempt.pumps:
             await pump.close()
         attempt.pumps.clear()
@@ -374,21 +447,21 @@ class NativeExecutor:
             attempt.machine = None
         await log.info(LogPhase.SNAPSHOT, f"snapshot written in {time.monotonic() - started:.2f} s")
 
-        artifact = await self._finish(attempt, log, runtime, base, digests, write_manifest=True)
-        if fdecision.lookup:
-            final_claim = self.cache.claim(final_dir)
-            if final_claim is not None:
-                attempt.claims.append(final_claim)
-                await asyncio.to_thread(_link_tree, attempt.artifact_dir, final_dir)
-                await asyncio.to_thread(final_claim.publish)
-                await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.STORED, "template artifact",
-                                "template artifact stored in the cache")  # fmt: skip
-        else:
+    async def _store_final(self, plan: _BuildPlan, final_dir: Path, attempt: _Attempt, log: BuildLog) -> None:
+        """Keep the finished artifact as the final-artifact cache entry (hard links), unless bypassed."""
+        if not plan.final_decision.lookup:
             await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.BYPASS, "template artifact",
                             "template artifact not cached: part of this build bypassed the cache",
-                            reason=fdecision.reason)  # fmt: skip
-        artifact.cache_summary = log.cache_summary()  # now including the final store
-        return artifact
+                            reason=plan.final_decision.reason)  # fmt: skip
+            return
+        claim = self.cache.claim(final_dir)
+        if claim is None:
+            return  # another build is storing the same artifact
+        attempt.claims.append(claim)
+        await asyncio.to_thread(_link_tree, attempt.artifact_dir, final_dir)
+        await asyncio.to_thread(claim.publish)
+        await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.STORED, "template artifact",
+                        "template artifact stored in the cache")  # fmt: skip
 
     async def _report_step_cache(self, log: BuildLog, plan: StepPlan, decision: CacheDecision, total: int) -> None:
         if decision.lookup:
@@ -479,36 +552,29 @@ class NativeExecutor:
         await log.info(LogPhase.READINESS, f"ready after {time.monotonic() - started:.2f} s ({attempts} attempts)")
 
     async def _finish(
-        self,
-        attempt: _Attempt,
-        log: BuildLog,
-        runtime: RuntimeDefaults,
-        base: BaseImage,
-        digests: dict[str, str | None],
-        *,
-        write_manifest: bool,
+        self, attempt: _Attempt, log: BuildLog, plan: _BuildPlan, *, write_manifest: bool
     ) -> BuildArtifact:
+        """``finalize``: the pipeline's own manifest next to the VM artifact, and the ``BuildArtifact``."""
         await log.info(LogPhase.FINALIZE, "finalizing the template artifact")
-        runtime_json = runtime.to_json()
-        meta = {
-            "runtime_defaults": runtime_json,
-            "runtime_env": runtime.env,  # values stay server-side; the API shows keys only (R55)
-            "oci_metadata": base.oci_metadata,
-            **digests,
-        }
-        manifest_path = attempt.artifact_dir / ARTIFACT_MANIFEST
+        runtime_json = plan.runtime.to_json()
         if write_manifest:
-            await asyncio.to_thread(_write_json, manifest_path, meta)
+            meta = {
+                "runtime_defaults": runtime_json,
+                "runtime_env": plan.runtime.env,  # values stay server-side; the API shows keys only (R55)
+                "oci_metadata": plan.base.oci_metadata,
+                **plan.digests,
+            }
+            await asyncio.to_thread(_write_json, attempt.artifact_dir / ARTIFACT_MANIFEST, meta)
         size = await asyncio.to_thread(_tree_size, attempt.artifact_dir)
         attempt.done = True
         return BuildArtifact(
             artifact_dir=attempt.artifact_dir,
             runtime_defaults=runtime_json,
-            oci_metadata=base.oci_metadata,
+            oci_metadata=plan.base.oci_metadata,
             cache_summary=log.cache_summary(),
-            source_digest=digests.get("source_digest"),
-            dockerfile_digest=digests.get("dockerfile_digest"),
-            context_digest=digests.get("context_digest"),
+            source_digest=plan.digests.get("source_digest"),
+            dockerfile_digest=plan.digests.get("dockerfile_digest"),
+            context_digest=plan.digests.get("context_digest"),
             size_bytes=size,
         )
 
