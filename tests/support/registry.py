@@ -117,7 +117,9 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         try:
             # 200 without auth, 401 with it: either way the registry is serving.
             if httpx.get(f"{url}/v2/", timeout=1.0).status_code in (200, 401):
-                return
+                time.sleep(0.05)  # an answer from someone else's server on this port would leave ours dead
+                if proc.poll() is None:
+                    return
         except httpx.TransportError:
             pass
         time.sleep(0.02)
@@ -171,18 +173,26 @@ def running_registry(mode: RegistryMode | str = RegistryMode.NOAUTH, root: Path 
                 f"    rootcertbundle: {cert}\n"
             )
         config = root / "config.yml"
-        config.write_text(_config(root, port, auth))
         log = root / "registry.log"
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(config)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            )
+        for attempt in range(3):  # the free port may be taken between our probe and the registry's bind
+            config.write_text(_config(root, port, auth))
+            with log.open("wb") as log_file:
+                proc = subprocess.Popen(
+                    [REGISTRY_BINARY, "serve", str(config)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _wait_ready(url, proc, log)
+                break
+            except RuntimeError:
+                _stop(proc)
+                if attempt == 2 or "address already in use" not in log.read_text():
+                    raise
+                port = free_port()
         stack.callback(_stop, proc)
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, log)
         yield Registry(mode, f"127.0.0.1:{port}", proc.pid, root, username, password, token_server)
 
 
