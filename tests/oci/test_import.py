@@ -146,6 +146,13 @@ def test_cli_import_with_password_stdin(registry_htpasswd: Registry, tmp_path: P
     assert RegistryAuthError.__name__  # the CLI maps every ImageImportError to exit code 1
 
 
+def test_cli_help_renders() -> None:
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--output", "--platform", "--username", "--password-stdin", "--min-size-mib"):
+        assert option in result.stdout
+
+
 def test_cli_rejects_password_without_stdin(tmp_path: Path) -> None:
     result = _cli("127.0.0.1:1/x:y", "--output", str(tmp_path / "x"), "--username", "u")
     assert result.returncode == 2 and "--password-stdin" in result.stderr

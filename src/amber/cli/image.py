@@ -78,7 +78,7 @@ class _RichProgress(ImportProgress):
 def import_command(
     reference: str = typer.Argument(..., help="Image reference, e.g. 127.0.0.1:5000/team/app:1.0"),
     output: Path = typer.Option(..., "--output", "-o", help="Path of the ext4 disk image to write"),
-    platform: str | None = typer.Option(None, "--platform", help="os/arch[/variant]; default: this host"),
+    platform: str | None = typer.Option(None, "--platform", help="os/arch or os/arch/variant; default: this host"),
     username: str | None = typer.Option(None, "--username", "-u", help="Registry user name"),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the registry password from stdin"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Amber data directory (layer cache)"),
