@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
             found = session.scalar(select(Template.id).where(Template.namespace_id == ns.id, Template.name == name))
             return found is not None or session.get(Alias, (ns.id, name)) is not None
 
-        return bool(await db.run(lookup))
+        return bool(await db.read(lookup))
 
     app.add_middleware(RefsRoutingMiddleware, ref_exists=ref_exists)
     app.add_middleware(RequestIdMiddleware)

@@ -32,7 +32,7 @@ class AppState:
         now = time.monotonic()
         if cached is not None and now - cached[0] < _KEY_CACHE_SECS:
             return cached[1]
-        caller = await self.db.run(lambda s: catalog.caller_for_key(s, key))
+        caller = await self.db.read(lambda s: catalog.caller_for_key(s, key))
         if caller is not None:
             if len(self._keys) > 10_000:
                 self._keys.clear()

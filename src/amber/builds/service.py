@@ -200,7 +200,7 @@ class BuildService:
             status = session.scalar(select(Build.status).where(Build.id == build_id))
             return [Published(offset=r[0], kind=r[1], entry_json=r[2]) for r in rows], status
 
-        return await self.db.run(read)
+        return await self.db.read(read)
 
     # -- lookups ------------------------------------------------------------------------------------------------
 
@@ -218,14 +218,22 @@ class BuildService:
                           is not None)
 
     async def get_owned(self, caller: Caller, build_id: str) -> Build:
-        return await self.db.run(lambda s: self._owned_build(s, caller, build_id))
+        return await self.db.read(lambda s: self._owned_build(s, caller, build_id))
 
     async def snapshot_json(self, caller: Caller, build_id: str, offset: int) -> str:
         """TemplateBuildStatusSnapshot as JSON text (entries are spliced in as stored, not re-encoded)."""
 
         def read(session: Session) -> str:
-            build = self._owned_build(session, caller, build_id)
-            view = self._view(session, build)
+            row = session.execute(
+                select(Build, Template, Namespace, Artifact.id)
+                .join(Template, Template.id == Build.template_id)
+                .join(Namespace, Namespace.id == Build.namespace_id)
+                .outerjoin(Artifact, Artifact.id == Build.artifact_id)
+                .where(Build.id == build_id)
+            ).first()  # one round trip: this is the polling hot path
+            if row is None or row[0].namespace_id != caller.namespace_id:
+                raise build_not_found(build_id)
+            view = build_view(row[0], row[1], row[2], artifact_exists=row[3] is not None)
             rows = session.execute(
                 select(BuildLogEntry.offset, BuildLogEntry.entry_json)
                 .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= offset)
@@ -236,7 +244,7 @@ class BuildService:
             entries = ",".join(r[1] for r in rows)
             return f'{{"build":{dumps(view)},"entries":[{entries}],"next_offset":{next_offset}}}'
 
-        return await self.db.run(read)
+        return await self.db.read(read)
 
     async def build_json(self, build_id: str) -> dict[str, Any]:
         def read(session: Session) -> dict[str, Any]:
@@ -245,7 +253,7 @@ class BuildService:
                 raise build_not_found(build_id)
             return self._view(session, build)
 
-        return await self.db.run(read)
+        return await self.db.read(read)
 
     async def list_builds(
         self,
@@ -286,7 +294,7 @@ class BuildService:
                 out["next_cursor"] = rows[limit - 1].id
             return out
 
-        return await self.db.run(read)
+        return await self.db.read(read)
 
     # -- accept -------------------------------------------------------------------------------------------------
 

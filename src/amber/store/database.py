@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_READ_ONLY = "amber_read_only"
 
 T = TypeVar("T")
 
@@ -41,6 +42,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+
+
 def create_db_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -48,8 +53,9 @@ def create_db_engine(url: str) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=40
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; emit it ourselves so writes take the lock up front.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # pysqlite defers BEGIN on its own; emit it ourselves so writing transactions take the write lock up
+        # front (no deadlock-prone lock upgrades) while read-only ones never wait for it (WAL readers).
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
 
@@ -69,6 +75,8 @@ class Database:
         self.url = normalise_url(url)
         self.engine = create_db_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}),
+                                           expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -79,6 +87,21 @@ class Database:
         """A transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction for reads only (on SQLite it does not take the write lock)."""
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        """Run read-only ``fn`` in a worker thread."""
+
+        def _call() -> T:
+            with self.read_session() as session:
+                return fn(session)
+
+        return await asyncio.to_thread(_call)
 
     async def run(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in one transaction in a worker thread."""

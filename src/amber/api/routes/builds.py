@@ -70,7 +70,7 @@ def _template_exists(state: AppState, caller: Caller) -> Any:
             return False
         query = catalog.RefQuery(text=ref, artifact_id=parsed.artifact_id, namespace=parsed.namespace,
                                  name=parsed.name, tag=parsed.tag, build_id=parsed.build_id)
-        with state.db.session() as session:
+        with state.db.read_session() as session:
             try:
                 catalog.resolve(session, caller, query)
             except NotFound:

@@ -71,6 +71,10 @@ async def _in_session(state: AppState, fn: Callable[[Session], T]) -> T:
     return await state.db.run(fn)
 
 
+async def _reading(state: AppState, fn: Callable[[Session], T]) -> T:
+    return await state.db.read(fn)
+
+
 def _no_builtin(ref: TemplateRef, what: str) -> None:
     if ref.is_builtin:
         raise InvalidRequest("ref", f"builtin template {ref.text!r}: {what}")
@@ -87,7 +91,7 @@ async def _get(state: AppState, caller: Caller, text: str, fields: str | None) -
         resolved = catalog.resolve(session, caller, _query(ref))
         return catalog.apply_fields(catalog.template_info(session, resolved), mask)
 
-    return _json(await _in_session(state, read))
+    return _json(await _reading(state, read))
 
 
 async def _delete(state: AppState, caller: Caller, text: str) -> Response:
@@ -162,7 +166,7 @@ async def _list_tags(state: AppState, caller: Caller, text: str) -> Response:
         resolved = catalog.resolve(session, caller, _query(ref))
         return catalog.list_tags(session, resolved.template)
 
-    return _json(await _in_session(state, read))
+    return _json(await _reading(state, read))
 
 
 async def _remove_tag(state: AppState, caller: Caller, text: str, tag: str) -> Response:
@@ -184,7 +188,7 @@ async def _list_aliases(state: AppState, caller: Caller, text: str) -> Response:
         resolved = catalog.resolve(session, caller, _query(ref))
         return catalog.list_aliases(session, resolved.namespace, resolved.template)
 
-    return _json(await _in_session(state, read))
+    return _json(await _reading(state, read))
 
 
 async def _remove_alias(state: AppState, caller: Caller, text: str, alias: str) -> Response:
@@ -260,14 +264,14 @@ async def get_template_namespace(slug: str, caller: Caller = Depends(current_cal
             raise NotFound(f"namespace {slug!r} not found", code="not_found")
         return {"slug": ns.slug, "kind": ns.kind, "is_default": ns.id == caller.namespace_id}
 
-    return _json(await _in_session(state, read))
+    return _json(await _reading(state, read))
 
 
 @router.get("", response_model=list[TemplateInfo], responses=_ERRORS, summary="List visible templates")
 async def list_templates(fields: str | None = None, caller: Caller = Depends(current_caller),
                          state: AppState = Depends(app_state)) -> Response:
     mask = catalog.parse_fields(fields)
-    infos = await _in_session(state, lambda s: catalog.list_templates(s, caller))
+    infos = await _reading(state, lambda s: catalog.list_templates(s, caller))
     return _json([catalog.apply_fields(i, mask) for i in infos])
 
 
