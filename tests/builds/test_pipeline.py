@@ -421,3 +421,26 @@ def test_private_base_image_needs_the_right_credentials(executor: NativeExecutor
         build, result = run_build(executor, data_dir, request, "tb_goodauth", blob)
         assert isinstance(result, BuildFailed) and result.phase == FailurePhase.BUILD_STEP, result
         assert all(password not in e.message for e in build.events)
+
+
+def test_start_command_may_daemonize_but_not_fail(executor: NativeExecutor, data_dir: Path, base_ref: str,
+                                                  blob: Path) -> None:  # fmt: skip
+    def request(start_cmd: str) -> dict[str, Any]:
+        return {
+            "base_image": base_ref,
+            "build_config": {"vcpus": 1, "memory_mib": 256},
+            "steps": [],
+            "start_cmd": start_cmd,
+            "runtime_config": {"readiness": {"kind": "tcp", "port": 8082, "interval_ms": 100, "startup_grace_secs": 0}},
+        }
+
+    # busybox httpd without -f forks into the background and the shell returns 0: that is a running service.
+    _, result = run_build(executor, data_dir, request("httpd -p 8082 -h /"), "tb_daemon", blob)
+    assert isinstance(result, BuildArtifact), result
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        vm.agent.tcp_probe(8082)
+
+    build, failed = run_build(executor, data_dir, request("echo no-config-found >&2; exit 4"), "tb_badstart", blob)
+    assert isinstance(failed, BuildFailed) and failed.phase == FailurePhase.READINESS
+    assert "exited with code 4" in failed.message and "no-config-found" in failed.message
+    assert any(e.phase == LogPhase.STARTUP and "no-config-found" in e.message for e in build.events)

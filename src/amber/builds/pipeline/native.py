@@ -486,7 +486,8 @@ class NativeExecutor:
         loop: asyncio.AbstractEventLoop,
     ) -> OutputPump:
         """Start the start command in the guest without waiting for it; its output is logged until the
-        returned pump is closed (at the snapshot), and ``start_exit`` is set if it ends before."""
+        returned pump is closed (at the snapshot). ``start_exit`` is set if it fails (non-zero exit, signal)
+        before the snapshot; a zero exit is allowed (daemons fork and return)."""
         command = runtime.start_cmd or ""
         await log.info(LogPhase.STARTUP, f"starting: {command}")
         pump = OutputPump(log, LogPhase.STARTUP, None, limit=200)
@@ -496,12 +497,13 @@ class NativeExecutor:
             try:
                 run_shell(machine.agent, command, env=runtime.env, cwd=runtime.workdir,
                           user=agent_user(runtime.user), on_line=on_line, what="start command")  # fmt: skip
-                outcome = "exited with code 0"
             except StepError as exc:
-                outcome = exc.message.removeprefix("start command ")
+                loop.call_soon_threadsafe(_settle, start_exit, exc.message.removeprefix("start command "))
+                return
             except Exception:  # the VM went away (snapshot or cancel): the command did not "exit"
                 return
-            loop.call_soon_threadsafe(_settle, start_exit, outcome)
+            # Exit 0 is fine: a daemon forks and returns; the readiness probe decides whether it serves.
+            on_line("(start command exited with code 0; its background processes keep running)")
 
         # The start command keeps running in the VM; its exec stream simply ends with the snapshot.
         threading.Thread(target=run, name="amber-start-cmd", daemon=True).start()
