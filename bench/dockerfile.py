@@ -2,6 +2,7 @@
 
 Same Debian-minbase base image on a loopback registry, same Dockerfile (one COPY, two RUN steps), same context:
 - ``docker``: ``/usr/bin/docker build --network=none -o type=tar`` alone (what a user would run);
+- ``docker+untar``: the same piped into ``tar -x`` (a tree on disk, which is what Amber produces);
 - ``amber-buildkit``: Amber's BuildKit part only (``build_dockerfile_rootfs``: tree + image config);
 - ``amber-e2e``: the whole pipeline to a ready template (``NativeExecutor.run`` as the service's workers call
   it: BuildKit → tree → ext4 → build VM → start command → readiness → snapshot), with phase timings.
@@ -151,7 +152,8 @@ async def amber_build(dockerd: ManagedDockerd, base: str, work: Path) -> float:
     return elapsed
 
 
-def docker_build(dockerd: ManagedDockerd, base: str, work: Path) -> float:
+def docker_build(dockerd: ManagedDockerd, base: str, work: Path, *, extract: bool = False) -> float:
+    """``docker build -o type=tar`` into a file; with ``extract``, piped into ``tar -x`` (a tree, like Amber)."""
     shutil.rmtree(work, ignore_errors=True)
     context = work / "context"
     for path, text in APP_FILES.items():
@@ -165,14 +167,17 @@ def docker_build(dockerd: ManagedDockerd, base: str, work: Path) -> float:
         "DOCKER_CONFIG": str(work / "docker-config"),
         "HOME": str(work),
     }
+    tree = work / "tree"
+    tree.mkdir()
+    output = "type=tar,dest=-" if extract else f"type=tar,dest={work / 'out.tar'}"
+    command = f"{DOCKER_CLI} build --network=none -o {output} {context}"
+    if extract:
+        command += f" | tar --numeric-owner --xattrs --xattrs-include='*' -xpf - -C {tree}"
     started = time.perf_counter()
     subprocess.run(
-        [DOCKER_CLI, "build", "--network=none", "-o", f"type=tar,dest={work / 'out.tar'}", str(context)],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
+        ["bash", "-o", "pipefail", "-c", command], check=True, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     elapsed = time.perf_counter() - started
     shutil.rmtree(work, ignore_errors=True)
     return elapsed
@@ -246,6 +251,7 @@ async def main(cold_runs: int, cached_runs: int, e2e: bool) -> None:
         await dockerd.ensure_running()
         variants: list[tuple[str, Callable[[str], Awaitable[float]]]] = [
             ("docker", lambda _k: asyncio.to_thread(docker_build, dockerd, base, Path(tmp) / "d")),
+            ("docker+untar", lambda _k: asyncio.to_thread(docker_build, dockerd, base, Path(tmp) / "x", extract=True)),
             ("amber-buildkit", lambda _k: amber_build(dockerd, base, Path(tmp) / "a")),
         ]
         if e2e:
@@ -276,8 +282,10 @@ async def main(cold_runs: int, cached_runs: int, e2e: bool) -> None:
     for kind in ("cold", "cached"):
         docker = medians[f"docker {kind}"]
         buildkit = medians[f"amber-buildkit {kind}"]
+        untar = medians[f"docker+untar {kind}"]
         print(f"  {kind:6s}: Amber's BuildKit part / docker build -o type=tar = {buildkit / docker:.2f}x "
-              f"(overhead {buildkit - docker:+.2f} s, target <= 2 s)")  # fmt: skip
+              f"(overhead {buildkit - docker:+.2f} s, target <= 2 s); "
+              f"/ docker build | tar -x = {buildkit / untar:.2f}x")  # fmt: skip
         if e2e:
             e2e_median = medians[f"amber-e2e {kind}"]
             vm = sum(statistics.median(phases.get(f"{kind} {p}", [0.0])) for p in _VM_PHASES)
