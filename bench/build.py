@@ -27,18 +27,21 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# bench/dockerfile.py would shadow the ``dockerfile`` parser package: drop bench/ from the import path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from tests.support.images import push_busybox_image
-from tests.support.registry import running_registry
+from tests.support.images import push_busybox_image  # noqa: E402
+from tests.support.registry import running_registry  # noqa: E402
 
-from amber.api.schemas.requests import validate_create_request
-from amber.builds.executor import BuildArtifact, BuildJob, CacheKind, CacheStatus, LogEvent, LogKind
-from amber.builds.pipeline import NativeExecutor
-from amber.builds.pipeline.machine import MicroVmBackend
-from amber.guest.install import ensure_guest
-from amber.settings import get_settings
-from amber.vm.microvm import resolve_accel
+from amber.api.schemas.requests import validate_create_request  # noqa: E402
+from amber.builds.executor import BuildArtifact, BuildJob, CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
+from amber.builds.pipeline import NativeExecutor  # noqa: E402
+from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
+from amber.guest.install import ensure_guest  # noqa: E402
+from amber.settings import get_settings  # noqa: E402
+from amber.vm.microvm import resolve_accel  # noqa: E402
 
 APP = b"print('hello')\n"
 APP_BLOB = "sha256:" + hashlib.sha256(APP).hexdigest()
