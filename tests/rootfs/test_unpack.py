@@ -97,3 +97,10 @@ def test_gzip_without_isal_gives_the_same_tree(tmp_path: Path, monkeypatch: pyte
     unpack_layers([layer], tmp_path / "stdlib")
     assert diff(snapshot(tmp_path / "with-isal"), snapshot(tmp_path / "stdlib")) == []
     assert (tmp_path / "stdlib/d/f").stat().st_mode & 0o7777 == 0o4755
+
+
+def test_whiteout_under_a_file_is_a_no_op(tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    unpack_tar_stream(io.BytesIO(tar_entries([TarEntry("a", data=b"file")])), target)
+    unpack_tar_stream(io.BytesIO(tar_entries([TarEntry("a/.wh.b"), TarEntry("c", data=b"c")])), target)
+    assert (target / "a").read_bytes() == b"file" and (target / "c").exists()

@@ -225,7 +225,7 @@ class _LayerUnpacker:
     def _remove(self, path: str) -> None:
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there (a parent may be a file)
             return
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
@@ -270,7 +270,10 @@ class _LayerUnpacker:
             raise self._reject(UnsafeLayerError, name, "names the target directory itself")
         base = parts[-1]
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(name, parts)
+            try:
+                self._whiteout(name, parts)
+            except OSError as exc:
+                raise self._reject(LayerRejectedError, name, f"cannot be applied: {exc.strerror or exc}") from None
             return
         parent = self._resolve_parent(name, parts)
         dest_parts = [*parent, base]
