@@ -104,6 +104,15 @@ class GuestFile:
     owner: str | None
 
 
+def _mode(op: CopyOp, entry: ContextEntry) -> int:
+    """``--chmod`` wins, then the context entry's own mode, then Docker's defaults."""
+    if op.mode is not None:
+        return op.mode
+    if entry.mode is not None:
+        return entry.mode
+    return DEFAULT_DIR_MODE if entry.is_dir else DEFAULT_FILE_MODE
+
+
 def copy_operations(op: CopyOp, context: BuildContextFiles, workdir: str) -> list[GuestDir | GuestFile]:
     """The guest operations for one COPY, in an order that creates parents first."""
     dst = copy_destination(workdir, op.dst)
@@ -114,13 +123,11 @@ def copy_operations(op: CopyOp, context: BuildContextFiles, workdir: str) -> lis
         entry = context.get(source)
         if not entry.is_dir:
             target = posixpath.join(base, posixpath.basename(entry.path)) if into_dir else base
-            out.append(GuestFile(target, entry, op.mode if op.mode is not None else entry.mode or DEFAULT_FILE_MODE,
-                                 op.user))  # fmt: skip
+            out.append(GuestFile(target, entry, _mode(op, entry), op.user))
             continue
-        out.append(GuestDir(base, op.mode if op.mode is not None else entry.mode or DEFAULT_DIR_MODE, op.user))
+        out.append(GuestDir(base, _mode(op, entry), op.user))
         for child in context.below(entry.path):
             target = posixpath.join(base, child.path[len(entry.path) + 1 :])
-            default = DEFAULT_DIR_MODE if child.is_dir else DEFAULT_FILE_MODE
-            mode = op.mode if op.mode is not None else child.mode or default
+            mode = _mode(op, child)
             out.append(GuestDir(target, mode, op.user) if child.is_dir else GuestFile(target, child, mode, op.user))
     return out
