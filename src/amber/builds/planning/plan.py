@@ -33,7 +33,7 @@ from amber.api.schemas.requests import (
 )
 from amber.builds.planning.digests import context_manifest, dockerfile_digest, plan_content_digest, source_digest
 from amber.builds.planning.dockerfile_source import DockerfileError, summarise_dockerfile
-from amber.builds.planning.runtime import ImageDefaults, runtime_defaults
+from amber.builds.planning.runtime import ImageDefaults, runtime_defaults, step_state
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import CopyOp, ShellOp, StepPlan, UserOp, WorkdirOp, plan_steps, render_dockerfile
 
@@ -161,8 +161,6 @@ def _last_user(plans: list[StepPlan]) -> str | None:
 
 
 def _last_workdir(plans: list[StepPlan]) -> str | None:
-    from amber.builds.planning.runtime import step_state
-
     if not any(isinstance(op, WorkdirOp) for p in plans for op in p.ops):
         return None
     return step_state(plans, ImageDefaults())[1]
