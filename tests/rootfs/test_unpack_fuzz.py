@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amber.oci.errors import LayerRejectedError
+from amber.oci.errors import ImageImportError, LayerRejectedError
 from amber.rootfs.unpack import unpack_tar_stream
 from tests.support.images import EntryType, TarEntry, tar_entries
 
@@ -61,5 +61,30 @@ def test_no_layer_changes_anything_outside(entries: list[tuple[str, str, str]]) 
                 path = Path(dirpath) / name
                 if not path.is_symlink() and path.is_file():
                     assert os.stat(path).st_ino != os.stat(outside / "canary").st_ino
+    finally:
+        shutil.rmtree(base)
+
+
+_VALID = tar_entries([
+    TarEntry("d/", EntryType.DIR), TarEntry("d/f", data=b"x" * 700, xattrs={"user.a": b"1"}),
+    TarEntry("d/" + "long" * 40, data=b"y"), TarEntry("l", EntryType.SYMLINK, linkname="d/f"),
+    TarEntry("h", EntryType.HARDLINK, linkname="d/f"),
+])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), min_size=1, max_size=6),
+       st.none() | st.integers(0, len(_VALID)))
+def test_corrupted_tars_fail_with_import_errors_only(flips: list[tuple[int, int]], cut: int | None) -> None:
+    data = bytearray(_VALID)
+    for position, value in flips:
+        data[position] = value
+    if cut is not None:
+        del data[cut:]
+    base = Path(tempfile.mkdtemp(prefix="amber-fuzz-"))
+    try:
+        with contextlib.suppress(ImageImportError):
+            unpack_tar_stream(io.BytesIO(bytes(data)), base / "target", layer="corrupt")
+        assert os.listdir(base) == ["target"]
     finally:
         shutil.rmtree(base)

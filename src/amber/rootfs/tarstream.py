@@ -155,6 +155,8 @@ class TarReader:
                     xattrs[unquote(key[len("LIBARCHIVE.xattr."):])] = base64.b64decode(raw + b"=" * (-len(raw) % 4))
                 except ValueError:
                     raise TarFormatError(f"malformed LIBARCHIVE.xattr record in the header of {name!r}") from None
+        if "\0" in name or "\0" in linkname or any("\0" in key for key in xattrs):
+            raise TarFormatError(f"entry {name!r} has a NUL byte in its name, link target or an xattr name")
         member = TarMember(name, info.type, info.mode, uid, gid, size, mtime, linkname, info.devmajor,
                            info.devminor, xattrs)
         # Only regular files carry data; a hard link's or directory's size field is ignored like GNU tar does.
