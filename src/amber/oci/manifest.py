@@ -67,7 +67,10 @@ def parse_manifest(body: bytes, content_type: str | None) -> ImageManifest | Ima
         raise RegistryError(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RegistryError("manifest is not a JSON object")
-    media_type = doc.get("mediaType") or (content_type or "").split(";")[0].strip()
+    declared = doc.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise RegistryError("malformed manifest: 'mediaType' is not a string")
+    media_type = declared or (content_type or "").split(";")[0].strip()
     if not media_type or media_type in ("application/json", "application/octet-stream"):
         media_type = media_types.OCI_INDEX if "manifests" in doc else media_types.OCI_MANIFEST
     if doc.get("schemaVersion") == 1 or "signed" in media_type or "v1+prettyjws" in media_type:
