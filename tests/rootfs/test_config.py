@@ -115,3 +115,24 @@ def test_malformed_config_names_the_field(doc: dict[str, object], field: str | N
         return
     with pytest.raises(ImageConfigError, match=field.replace(".", r"\.")):
         ImageConfig.from_json(json.dumps(doc))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["config", "User", "Env", "Cmd", "Entrypoint", "ExposedPorts", "Volumes", "Labels",
+                         "Healthcheck", "Test", "Retries", "rootfs", "diff_ids", "architecture", "os"]),
+        children, max_size=5),
+    max_leaves=15,
+)
+
+
+@given(_json)
+def test_arbitrary_config_json_parses_or_raises_config_errors(doc: object) -> None:
+    try:
+        config = ImageConfig.from_json(json.dumps(doc))
+    except ImageConfigError as exc:
+        assert exc.message
+        return
+    config.oci_metadata()
+    assert isinstance(config.env_map, dict)
