@@ -163,3 +163,16 @@ def test_anonymous_memory_snapshot_carries_ram_in_the_state_file(ram_vm: MicroVM
     assert artifact.files["state.bin"].size > 20 * 1024 * 1024  # every non-zero page of guest RAM
     with restore(artifact.directory, data_dir=data_dir) as box:
         assert box.exec(["sha256sum", "-c", "/root/sum"]).exit_code == 0
+
+
+def test_a_restored_sandbox_can_be_snapshotted_again(template: Template, data_dir: Path, tmp_path: Path) -> None:
+    with restore(template.artifact.directory, data_dir=data_dir) as box:
+        box.exec(shell="echo second-generation > /dev/shm/marker; echo disk > /root/marker")
+        child = box.snapshot(tmp_path / "child")
+    # Its RAM was a private copy of the template's, so this snapshot carries it in the state file.
+    assert child.files["state.bin"].size > 10 * 1024 * 1024
+    with restore(child.directory, data_dir=data_dir) as grandchild:
+        assert grandchild.exec(["cat", "/dev/shm/marker", "/root/marker"]).stdout == b"second-generation\ndisk\n"
+        first = int(grandchild.exec(["cat", "/dev/shm/counter"]).stdout)
+        assert first >= template.counter_at_snapshot
+    assert checksums(template.artifact.directory) == template.checksums

@@ -3,8 +3,10 @@ snapshots to template artifacts and lazy copy-on-write restores.
 
 Public API (everything else is internal):
 
-- ``boot(disk, data_dir=…, cpus=, memory_mib=, network=, overlay=, accel=)`` → ``MicroVM``
-- ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, network=, …])`` → ``MicroVM``
+- ``boot(disk, data_dir=…, cpus=, memory_mib=, network=, memory_backend=, accel=, overlay=, hostname=,
+  boot_timeout=)`` → ``MicroVM``
+- ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, network=, accel=, overlay=, hostname=,
+  verify_checksums=, timeout=])`` → ``MicroVM`` (clock set, RNG reseeded, new boot_id)
 - ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``: exec,
   write_file, read_file, tcp_probe, http_probe, sync, post_restore); ``checkpoint_disk(new_overlay)`` →
   ``DiskChain``; ``snapshot(out_dir)`` → ``TemplateArtifact``; ``close()``
@@ -20,7 +22,8 @@ Guarantees and limits:
 - Guest: kernel and agent from ``amber setup-guest``; the agent is PID 1 and nothing is written into the
   image except mount points it needs (/dev, /proc, /sys, /dev/pts, /dev/shm) and, with ``network``,
   /etc/resolv.conf.
-- One snapshot per VM; a restored VM cannot be snapshotted again (its RAM maps the template privately).
+- One snapshot per VM (QEMU cannot migrate twice). A restored VM can be snapshotted, but its RAM is a private
+  copy of the template's, so that snapshot writes all of it to ``state.bin`` (not lazy).
 - Thread-safe: ``exec`` and agent requests may run concurrently from many threads (up to 64 jobs);
   ``checkpoint_disk`` and ``snapshot`` must not overlap other disk writes of the same VM.
 """
