@@ -109,3 +109,27 @@ def test_sigterm_during_a_build_stops_it_cleanly(server: AmberServer, registry: 
     assert after.error is not None and "shut down" in after.error
     handle.close()
     after.close()
+
+
+def test_phase_timeout_fails_the_build_clearly(server: AmberServer, registry: Registry) -> None:
+    base = push_busybox_image(registry)
+    server.stop()
+    server.extra_env["AMBER_PHASE_TIMEOUT_SECS"] = "12"  # above VM boot time under load
+    server.start()
+    try:
+        conn: Conn = {"api_key": server.create_key("acme"), "base_url": server.url}
+        handle = Template.build_in_background(Template.from_image(base).run_cmd("sleep 302"), "slowstep", **conn)
+        with pytest.raises(BuildError) as failure:
+            handle.wait_until_terminal(poll_interval=0.3)
+        assert "phase step timed out after 12 s" in str(failure.value)
+        assert handle.failure_phase == "build_step" and handle.error_detail is not None
+        assert handle.error_detail.details == {"reason": "timeout"}
+        deadline = time.monotonic() + 30
+        while leftover_vms(server.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not leftover_vms(server.data_dir)
+        handle.close()
+    finally:
+        server.stop()
+        del server.extra_env["AMBER_PHASE_TIMEOUT_SECS"]
+        server.start()

@@ -209,6 +209,7 @@ class WorkerPool:
         started = time.monotonic()
         task = asyncio.create_task(self.executor.run(job, emit, cancel))
         timeout_message: str | None = None
+        timed_out: tuple[FailurePhase, int | None] = (FailurePhase.PREPARE, None)
         last_renew = time.monotonic()
         cancel_seen: float | None = None
         owner = str(service.identity)
@@ -224,6 +225,7 @@ class WorkerPool:
                     phase = progress.phase.value if progress.phase else "preparing"
                     timeout_message = f"phase {phase} timed out after {settings.phase_timeout_secs:.0f} s"
                 if timeout_message:
+                    timed_out = (progress.failure_phase, progress.step_index)  # before cleanup events arrive
                     cancel.set()
             if now - last_renew > settings.lease_secs / 3:
                 last_renew = now
@@ -235,7 +237,7 @@ class WorkerPool:
                 cancel_seen = cancel_seen if cancel_seen is not None else now
                 if now - cancel_seen > _CANCEL_GRACE_SECS:
                     task.cancel()  # the pipeline ignored cancel: stop waiting for it
-        await self._finish(build, task, progress, timeout_message, cancel)
+        await self._finish(build, task, progress, timeout_message, timed_out, cancel)
 
     async def _finish(
         self,
@@ -243,6 +245,7 @@ class WorkerPool:
         task: asyncio.Task[Any],
         progress: _Progress,
         timeout_message: str | None,
+        timed_out: tuple[FailurePhase, int | None],
         cancel: asyncio.Event,
     ) -> None:
         service = self.service
@@ -261,7 +264,7 @@ class WorkerPool:
             await asyncio.to_thread(service.artifact_dirs_removed, [str(artifact.artifact_dir)])
         if timeout_message is not None:
             await service.fail(build.id, code="build_error", message=timeout_message,
-                               phase=progress.failure_phase.value, reason="timeout", step_index=progress.step_index)
+                               phase=timed_out[0].value, reason="timeout", step_index=timed_out[1])
         elif isinstance(error, BuildFailed):
             await service.fail(build.id, code=error.code, message=error.message, phase=error.phase.value,
                                reason=_reason_for(error.phase), step_index=error.step_index)
