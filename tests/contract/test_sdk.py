@@ -134,8 +134,12 @@ def test_background_build_poll_replay_and_follow(sdk: Sdk, context_dir: Path) ->
 
 
 def test_cached_rebuild_and_promote(sdk: Sdk, context_dir: Path, built: TemplateBuild) -> None:
-    again = Template.build(service_template(sdk, context_dir, built.name), f"{built.name}:next", **sdk.acme)
+    entries: list[TemplateBuildLogEntry] = []
+    again = Template.build(service_template(sdk, context_dir, built.name), f"{built.name}:next",
+                           on_log_entry=entries.append, **sdk.acme)
     assert again.template_id != built.template_id
+    cache = [e for e in entries if e.kind.value == "cache" and e.cache_status is not None]
+    assert cache and all(e.cache_status is not None and e.cache_status.value == "hit" for e in cache)
     first = TemplateBuild.connect(built.build_id, **sdk.acme)
     info = first.promote(tag="next")
     assert info.id == built.template_id and info.canonical_ref == f"acme/{built.name}:next"
