@@ -3,16 +3,17 @@ retry, promote, plan, validate)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from sqlalchemy.orm import Session
 
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
-from amber.api.refs import InvalidRef, check_tag, parse_ref
+from amber.api.refs import InvalidRef, check_tag
 from amber.api.schemas.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
 from amber.api.schemas.requests import InvalidRequest, validate_create_request
 from amber.api.schemas.responses import (
@@ -60,16 +61,13 @@ async def _read_body(request: Request) -> Any:
         raise InvalidRequest("body", "request body is not valid JSON") from None
 
 
-def _template_exists(state: AppState, caller: Caller) -> Any:
-    """A synchronous ``ns/name`` lookup for the planner (runs inside a worker thread)."""
+def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
+    """A synchronous lookup for the planner (``ns/name`` may be a template or an image); runs in a thread."""
 
     def exists(ref: str) -> bool:
-        try:
-            parsed = parse_ref(ref)
-        except InvalidRef:
+        query = catalog.base_template_query(ref)
+        if query is None:
             return False
-        query = catalog.RefQuery(text=ref, artifact_id=parsed.artifact_id, namespace=parsed.namespace,
-                                 name=parsed.name, tag=parsed.tag, build_id=parsed.build_id)
         with state.db.read_session() as session:
             try:
                 catalog.resolve(session, caller, query)
@@ -83,12 +81,6 @@ def _template_exists(state: AppState, caller: Caller) -> Any:
 async def _accept(request: Request, state: AppState, caller: Caller) -> dict[str, Any]:
     req = validate_create_request(await _read_body(request))
     return await state.builds.accept(caller, req, request_id=request_id_of(request))
-
-
-async def _run_sync(state: AppState, fn: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, None)
 
 
 @router.post("", status_code=201, response_model=TemplateInfo, responses=_ERRORS, openapi_extra=_CREATE_BODY,
@@ -182,7 +174,7 @@ async def promote_template_build(build_id: str, body: PromoteTemplateBuildReques
         except InvalidRef as exc:
             raise InvalidRequest("tags", str(exc)) from None
     info = await state.builds.promote(caller, build_id, list(dict.fromkeys(tags)))
-    return _json(catalog_json(info))
+    return _json(info)
 
 
 @router.post("/plan", response_model=TemplateBuildPlanResponse, responses=_ERRORS, openapi_extra=_CREATE_BODY,
@@ -191,7 +183,7 @@ async def plan_template_build(request: Request, caller: Caller = Depends(current
                               state: AppState = Depends(app_state)) -> Response:
     data = await _read_body(request)
     exists = _template_exists(state, caller)
-    return _json(await _run_sync(state, lambda _s: plan_json(data, template_exists=exists)))
+    return _json(await asyncio.to_thread(plan_json, data, template_exists=exists))
 
 
 @router.post("/validate", response_model=TemplateBuildValidationResponse, responses=_ERRORS,
@@ -204,18 +196,5 @@ async def validate_template_build(request: Request, caller: Caller = Depends(cur
     except ValueError:
         data = None
     exists = _template_exists(state, caller)
-    result = await _run_sync(state, lambda _s: validate_request(data, template_exists=exists))
+    result = await asyncio.to_thread(validate_request, data, template_exists=exists)
     return _json(result.to_json())
-
-
-def catalog_json(info: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps → strings for catalog dicts."""
-    from amber.builds.views import ts
-
-    out: dict[str, Any] = {}
-    for key, value in info.items():
-        out[key] = ts(value) if hasattr(value, "strftime") else value
-    return out
-
-
-_ = Session  # re-exported type for handlers that pass sessions
