@@ -366,7 +366,8 @@ class BuildService:
             return self._view(session, build), item
 
         view, item = await self.db.run(write)
-        self.memory[view["build_id"]] = MemoryInputs(request=req)
+        if needs_memory:  # anything else is rebuilt from the stored definition by whichever worker claims it
+            self.memory[view["build_id"]] = MemoryInputs(request=req)
         self._publish(view["build_id"], item)
         self.work_available.set()
         return view
