@@ -160,6 +160,30 @@ def test_sync_freeze_thaw(vm: MicroVM) -> None:
     assert vm.exec(["touch", "/tmp/after-thaw"]).exit_code == 0
 
 
+def test_background_children_outlive_their_command_without_sigpipe(vm: MicroVM) -> None:
+    vm.exec(["rm", "-f", "/tmp/alive"])
+    r = vm.exec(shell="(sleep 0.3; echo late; echo late >&2; sleep 0.3; echo alive > /tmp/alive) & echo first")
+    assert (r.exit_code, r.stdout) == (0, b"first\n")  # returned without waiting for the background child
+    deadline = time.monotonic() + 30
+    while vm.exec(["cat", "/tmp/alive"]).stdout != b"alive\n":  # it wrote to the closed exec and lived on
+        assert time.monotonic() < deadline, "the background child died (SIGPIPE?)"
+        time.sleep(0.1)
+
+
+def test_probes_find_a_service_on_ipv6_loopback(vm: MicroVM) -> None:
+    server = threading.Thread(target=lambda: vm.exec(["httpd", "-f", "-p", "[::1]:8125", "-h", "/www"]), daemon=True)
+    server.start()
+    try:
+        wait_for_port(vm, 8125)  # 127.0.0.1 refuses, ::1 answers
+        assert vm.agent.http_probe(8125, "/index.html") == 200
+        with pytest.raises(AgentError, match="Connection refused"):
+            vm.agent.tcp_probe(8125, host="127.0.0.1")
+        vm.agent.tcp_probe(8125, host="::1")
+    finally:
+        vm.exec(["killall", "httpd"])
+        server.join(timeout=30)
+
+
 def test_orphans_are_reaped(vm: MicroVM) -> None:
     # Grandchildren whose parent exited are re-parented to the agent (PID 1), which must reap them.
     for _ in range(3):

@@ -473,16 +473,25 @@ static void handle_signal(uint32_t id, const struct req *r) {
 
 /* ---------- probes (forked so a slow service never stalls the loop) ---------- */
 
+/* Connect to an IPv4 or IPv6 literal with a timeout; -1 and a message on failure. */
 static int probe_connect(const char *host, uint32_t port, uint32_t timeout_ms, char *msg, size_t cap) {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) { snprintf(msg, cap, "bad IPv4 address %s", host); return -1; }
-    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    socklen_t len;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET; a4->sin_port = htons((uint16_t)port); len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6; a6->sin6_port = htons((uint16_t)port); len = sizeof *a6;
+    } else { snprintf(msg, cap, "bad IP address %s", host); return -1; }
+    int s = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
     setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
-        snprintf(msg, cap, "connect %s:%u: %s", host, port, strerror(errno));
-        close(s);
+    if (s < 0 || connect(s, (struct sockaddr *)&ss, len) < 0) {
+        snprintf(msg, cap, "connect %s port %u: %s", host, port, strerror(errno));
+        if (s >= 0) close(s);
         return -1;
     }
     return s;
@@ -506,6 +515,10 @@ static void handle_probe(uint32_t id, int type, const struct req *r) {
         char msg[300] = "", buf[512];
         child_signals();
         int s = probe_connect(host ? host : "127.0.0.1", port, timeout, msg, sizeof msg);
+        if (s < 0 && !host) {  /* a service listening on ::1 only; the IPv4 error is the one reported */
+            char msg6[300];
+            s = probe_connect("::1", port, timeout, msg6, sizeof msg6);
+        }
         if (s >= 0 && type == M_HTTP_PROBE) {
             int n = snprintf(buf, sizeof buf, "GET %s HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                              path ? path : "/");
@@ -750,14 +763,36 @@ static void pump_pipe(struct job *j, int *fd, int type, size_t limit) {
     }
 }
 
+/* Pipes of commands that have ended but whose background children still hold them: read and discarded
+   until EOF, so those children never die of SIGPIPE (a start command that backgrounds a server). */
+#define MAX_DRAIN 128
+static int drain_fds[MAX_DRAIN];
+static int ndrain;
+
+static void keep_draining(int *fd) {
+    if (*fd < 0) return;
+    if (ndrain < MAX_DRAIN) { drain_fds[ndrain++] = *fd; *fd = -1; }
+    else close_fd(fd);
+}
+
+static void drain(int i) {
+    char buf[CHUNK];
+    ssize_t n = read(drain_fds[i], buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        close(drain_fds[i]);
+        drain_fds[i] = drain_fds[--ndrain];
+    }
+}
+
 static void finish_jobs(void) {
     for (int i = 0; i < MAX_JOBS; i++) {
         struct job *j = &jobs[i];
         if (!j->used || !j->exited) continue;
-        /* Drain what the command wrote before it exited; background children keeping the pipe get EPIPE. */
+        /* Forward what the command wrote before it exited; later output of its background children is
+           discarded (keep_draining) rather than turned into EPIPE. */
         pump_pipe(j, &j->out, M_STDOUT, 8u << 20);
         pump_pipe(j, &j->err, M_STDERR, 8u << 20);
-        close_fd(&j->out); close_fd(&j->err); close_fd(&j->in);
+        keep_draining(&j->out); keep_draining(&j->err); close_fd(&j->in);
         if (j->kind == JOB_EXEC) {
             begin(M_EXIT, j->id);
             if (WIFSIGNALED(j->status)) field_u32(T_SIGNAL, (uint32_t)WTERMSIG(j->status));
@@ -1000,8 +1035,8 @@ int main(int argc, char **argv) {
     ibuf = xrealloc(NULL, icap);
     int hup = 0;
     for (;;) {
-        struct pollfd pfd[2 + 3 * MAX_JOBS];
-        struct { struct job *j; int which; } who[2 + 3 * MAX_JOBS];
+        struct pollfd pfd[2 + 3 * MAX_JOBS + MAX_DRAIN];
+        struct { struct job *j; int which; } who[2 + 3 * MAX_JOBS + MAX_DRAIN];
         int np = 0;
         pfd[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
         int port_slot = -1;
@@ -1026,6 +1061,8 @@ int main(int argc, char **argv) {
                 if (wait < 0 || left < wait) wait = left;
             }
         }
+        int drain_slot = np;
+        for (int i = 0; i < ndrain; i++) pfd[np++] = (struct pollfd){.fd = drain_fds[i], .events = POLLIN};
         if (poll(pfd, (nfds_t)np, (int)wait) < 0 && errno != EINTR) { logmsg("poll: %s", strerror(errno)); usleep(10000); continue; }
         if (pfd[0].revents) {
             struct signalfd_siginfo si;
@@ -1055,7 +1092,9 @@ int main(int argc, char **argv) {
             if (ohead == olen) ohead = olen = 0;  /* all sent: reuse the buffer from its start */
             if (w < 0 && errno != EAGAIN && errno != EINTR && host_mode) return 0;
         }
-        for (int i = 1; i < np; i++) {
+        for (int i = ndrain - 1; i >= 0; i--)  /* backwards: drain() may move the last entry into slot i */
+            if (pfd[drain_slot + i].revents) drain(i);
+        for (int i = 1; i < drain_slot; i++) {
             if (!pfd[i].revents || i == port_slot || i == out_slot) continue;
             struct job *j = who[i].j;
             if (who[i].which == 1) pump_pipe(j, &j->out, M_STDOUT, CHUNK * 4);

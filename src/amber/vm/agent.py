@@ -351,14 +351,16 @@ class AgentClient:
                 return FileInfo(b"".join(parts), frame.u32(Tag.MODE) or 0, frame.u32(Tag.UID) or 0,
                                 frame.u32(Tag.GID) or 0)
 
-    def tcp_probe(self, port: int, *, host: str = "127.0.0.1", timeout: float = 2.0) -> None:
-        """Connect to ``host:port`` inside the guest; raises ``AgentError`` when nothing listens."""
-        self._call(MsgType.TCP_PROBE, [encode_field(Tag.PORT, port), encode_field(Tag.HOST, host),
-                                       encode_field(Tag.TIMEOUT_MS, int(timeout * 1000))],
-                   f"tcp probe {host}:{port}", timeout + 30)
+    def tcp_probe(self, port: int, *, host: str | None = None, timeout: float = 2.0) -> None:
+        """Connect to ``host:port`` inside the guest (an IP literal; default 127.0.0.1, then ::1); raises
+        ``AgentError`` when nothing listens."""
+        fields = [encode_field(Tag.PORT, port), encode_field(Tag.TIMEOUT_MS, int(timeout * 1000))]
+        if host:
+            fields.append(encode_field(Tag.HOST, host))
+        self._call(MsgType.TCP_PROBE, fields, f"tcp probe {host or 'localhost'}:{port}", timeout + 30)
 
     def http_probe(self, port: int, path: str = "/", *, timeout: float = 2.0) -> int:
-        """GET ``http://127.0.0.1:port/path`` inside the guest; returns the status code."""
+        """GET ``http://localhost:port/path`` inside the guest (127.0.0.1, then ::1); returns the status code."""
         frame = self._call(MsgType.HTTP_PROBE, [encode_field(Tag.PORT, port), encode_field(Tag.PATH, path),
                                                 encode_field(Tag.TIMEOUT_MS, int(timeout * 1000))],
                            f"http probe :{port}{path}", timeout + 30)
