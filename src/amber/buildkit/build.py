@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets as secrets_module
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +57,6 @@ from amber.builds.executor import (
     LogLevel,
     LogPhase,
 )
-from amber.rootfs.unpack import unpack_tar_stream
 
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20
@@ -89,9 +91,24 @@ class DockerfileBuildResult:
     used_cache: bool  # False when the build bypassed BuildKit's cache (secrets or skip_cache)
 
 
+class UnpackRefused(Exception):
+    """The rootfs unpacker refused the built tree (its message names the entry)."""
+
+
 def default_unpacker(stream: BinaryIO, target: Path) -> None:
-    """Engineer A's safe unpacker (path checks, links, set-id bits, xattrs); special files are rejected."""
-    unpack_tar_stream(stream, target, layer="BuildKit output")
+    """Engineer A's safe unpacker (path checks, links, set-id bits, xattrs; devices/FIFOs/sockets refused), run
+    in a child process (``unpack_worker``) reading ``stream`` directly, so it does not compete for the GIL with
+    the threads receiving the stream."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "amber.buildkit.unpack_worker", str(target)],
+        stdin=stream,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        message = stderr.decode(errors="replace").strip().splitlines()
+        raise UnpackRefused(message[-1] if message else f"unpacker exited with status {process.returncode}")
 
 
 class _Redactor:
@@ -126,28 +143,32 @@ def _from_end_line(lines: list[str], start_line: int) -> int:
 
 
 class _TarPipe:
-    """The session's DiffCopy writes tar bytes here; the unpacker thread reads them from the other end."""
+    """The session's DiffCopy writes tar bytes here; the unpacker reads them from the other end."""
 
     def __init__(self) -> None:
         read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError):  # a 1 MiB pipe decouples the gRPC writer from the unpacker's pace
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
         self.reader = os.fdopen(read_fd, "rb")
-        self._writer: BinaryIO | None = os.fdopen(write_fd, "wb")
+        self._write_fd: int | None = write_fd
         self._lock = threading.Lock()
         self.bytes_written = 0
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         with self._lock:
-            if self._writer is None:
+            if self._write_fd is None:
                 raise BrokenPipeError("output closed")
-            self._writer.write(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._write_fd, view) :]
             self.bytes_written += len(chunk)
 
     def close_writer(self) -> None:
         with self._lock:
-            if self._writer is not None:
+            if self._write_fd is not None:
                 with contextlib.suppress(OSError):
-                    self._writer.close()
-                self._writer = None
+                    os.close(self._write_fd)
+                self._write_fd = None
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:

@@ -48,7 +48,7 @@ def credential_host_key(host: str) -> str:
     return canonical_host(host)
 
 
-TarChunkSink = Callable[[bytes], None]
+TarChunkSink = Callable[[bytes | memoryview], None]
 
 
 class SessionError(RuntimeError):
@@ -118,7 +118,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpcio ships n
         assert sink is not None
         try:
             for message in requests:
-                sink(wire.decode(message).bytes_(1))
+                sink(wire.single_bytes_field(message, 1))
         except BrokenPipeError:
             context.abort(grpc.StatusCode.ABORTED, "the receiver of the build output stopped reading")
         self._session.tar_finished.set()

@@ -57,6 +57,16 @@ def encode_string(field_number: int, value: str) -> bytes:
     return encode_bytes(field_number, value.encode())
 
 
+def single_bytes_field(data: bytes, field_number: int) -> bytes | memoryview:
+    """Fast path for messages that are exactly one length-delimited field (``BytesMessage``, ~10k per 200 MB
+    export): a view of the payload without copying; anything else goes through ``decode``."""
+    if data and data[0] == (field_number << 3 | LENGTH_DELIMITED):
+        length, start = _read_varint(data, 1)
+        if start + length == len(data):
+            return memoryview(data)[start:]
+    return decode(data).bytes_(field_number)
+
+
 @dataclass
 class Fields:
     """A decoded message: field number → values in wire order (ints for varint/fixed, bytes otherwise)."""
