@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import PurePosixPath
 
 _MAX_SYMLINKS = 40
 
@@ -36,15 +35,15 @@ def split_relative(name: str) -> list[str]:
     return parts
 
 
-def has_dotdot(name: str) -> bool:
-    return ".." in PurePosixPath(name).parts
-
-
-def resolve_in_root(root: str, parts: list[str], *, follow_last: bool) -> list[str]:
+def resolve_in_root(
+    root: str, parts: list[str], *, follow_last: bool, known_dirs: set[str] | None = None
+) -> list[str]:
     """The real components (no symlinks, except the last unless ``follow_last``) of ``parts`` under ``root``.
 
     Missing components are kept as they are (the caller may create them). Symlink loops raise
-    :class:`PathEscapeError`.
+    :class:`PathEscapeError`. ``known_dirs`` (host paths known to be real directories, not symlinks) saves
+    an lstat per component; it is extended with what this walk finds, and is valid only while the caller
+    keeps it in step with its own changes to the tree.
     """
     resolved: list[str] = []
     pending = list(reversed(parts))
@@ -60,7 +59,10 @@ def resolve_in_root(root: str, parts: list[str], *, follow_last: bool) -> list[s
         if not pending and not follow_last:
             resolved.append(part)
             break
-        candidate = os.path.join(root, *resolved, part)
+        candidate = root + "/" + "/".join([*resolved, part])
+        if known_dirs is not None and candidate in known_dirs:
+            resolved.append(part)
+            continue
         try:
             st = os.lstat(candidate)
         except (FileNotFoundError, NotADirectoryError):
@@ -75,9 +77,12 @@ def resolve_in_root(root: str, parts: list[str], *, follow_last: bool) -> list[s
                 resolved = []
             pending.extend(reversed(target.split("/")))
             continue
+        if known_dirs is not None and stat.S_ISDIR(st.st_mode):
+            known_dirs.add(candidate)
         resolved.append(part)
     return resolved
 
 
 def host_path(root: str, parts: list[str]) -> str:
-    return os.path.join(root, *parts) if parts else root
+    """The host path of resolved ``parts`` (spelled exactly as ``resolve_in_root`` spells its candidates)."""
+    return root + "/" + "/".join(parts) if parts else root

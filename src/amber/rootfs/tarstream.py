@@ -1,9 +1,10 @@
 """A sequential tar reader for layer streams (ustar, GNU long names, PAX headers incl. xattrs).
 
-Hand-written because ``tarfile``'s stream mode re-slices its whole read buffer on every small read, which
-made header parsing the slowest part of unpacking; headers are still decoded by ``tarfile.TarInfo.frombuf``
-(checksums, base-256 numbers, ustar prefixes). Reads the stream strictly forward, never seeks, and holds at
-most one member's PAX/long-name data (bounded) in memory; file contents are streamed by the caller.
+Hand-written because ``tarfile``'s stream mode re-slices its whole read buffer on every small read and
+decodes every header field, which made it the slowest part of unpacking. Headers are checked (checksum,
+signed or unsigned), numbers may be octal or GNU base-256, the ustar ``prefix`` is used only in POSIX ustar
+headers. Reads the stream strictly forward, never seeks, and holds at most one member's PAX/long-name data
+(bounded) in memory; file contents are streamed by the caller.
 """
 
 from __future__ import annotations
@@ -23,6 +24,61 @@ _ERRORS = "surrogateescape"
 
 class TarFormatError(ValueError):
     """The stream is not a tar archive we can read (message says where)."""
+
+
+_USTAR_MAGIC = b"ustar\x00"
+_GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
+
+
+def _number(field: bytes) -> int:
+    if field[0] in (0o200, 0o377):  # GNU base-256, big-endian; 0o377 marks a negative number
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits or b"0", 8)
+    except ValueError:
+        raise TarFormatError(f"invalid number {digits!r} in a tar header") from None
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode(_ENCODING, _ERRORS)
+
+
+@dataclass(frozen=True)
+class _Header:
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    type: bytes
+    linkname: str
+    devmajor: int
+    devminor: int
+
+
+def _parse_header(block: bytes) -> _Header:
+    stored = _number(block[148:156])
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
+    if stored != unsigned:
+        # Some old tars summed signed bytes.
+        signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b >= 0x80)
+        if stored != signed:
+            raise TarFormatError("tar header checksum mismatch")
+    kind = block[156:157]
+    name = _text(block[0:100])
+    if block[257:263] == _USTAR_MAGIC and kind not in _GNU_TYPES:
+        prefix = _text(block[345:500])
+        if prefix:
+            name = prefix + "/" + name
+    if kind == tarfile.AREGTYPE and name.endswith("/"):
+        kind = tarfile.DIRTYPE  # old V7 directories
+    return _Header(
+        name, _number(block[100:108]), _number(block[108:116]), _number(block[116:124]), _number(block[124:136]),
+        _number(block[136:148]), kind, _text(block[157:257]), _number(block[329:337]), _number(block[337:345]),
+    )
 
 
 @dataclass
@@ -76,7 +132,7 @@ class TarReader:
             yield chunk
         self._skip_rest()
 
-    def _meta(self, info: tarfile.TarInfo) -> bytes:
+    def _meta(self, info: _Header) -> bytes:
         if info.size > _MAX_META:
             raise TarFormatError(f"extended header of {info.size} bytes is too large")
         data = self._read_exact(info.size, "an extended header")
@@ -119,10 +175,7 @@ class TarReader:
                 raise StopIteration  # end-of-archive blocks (or a stream without them)
             if len(header) != BLOCK:
                 raise TarFormatError("truncated tar header")
-            try:
-                info = tarfile.TarInfo.frombuf(header, _ENCODING, _ERRORS)
-            except tarfile.HeaderError as exc:
-                raise TarFormatError(f"invalid tar header: {exc}") from None
+            info = _parse_header(header)
             if info.type == tarfile.XHDTYPE:
                 pax.update(self._pax_records(self._meta(info)))
             elif info.type == tarfile.XGLTYPE:

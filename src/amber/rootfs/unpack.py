@@ -83,6 +83,8 @@ class UnpackStats:
     bytes: int = 0
     whiteouts: int = 0
     dir_mtimes: dict[str, int] = field(default_factory=dict)  # applied last: children change a dir's mtime
+    # Host paths known to be real directories: saves lstat calls; cleared whenever a directory is removed.
+    known_dirs: set[str] = field(default_factory=set, repr=False)
 
 
 def _check_magic(head: bytes, compression: Compression, layer: str) -> None:
@@ -188,7 +190,7 @@ def open_layer(path: Path, compression: Compression, *, layer: str | None = None
 
 class _LayerUnpacker:
     def __init__(self, target: Path, layer: str, stats: UnpackStats) -> None:
-        self.root = os.fspath(target)
+        self.root = os.fspath(target).rstrip("/") or "/"
         self.layer = layer
         self.stats = stats
         self.written: set[str] = set()  # resolved paths this layer created (kept by its own opaque whiteouts)
@@ -206,20 +208,25 @@ class _LayerUnpacker:
 
     def _resolve_parent(self, name: str, parts: list[str]) -> list[str]:
         """Resolve the parent in-root and create missing directories (0755, root-owned, like Docker)."""
+        known = self.stats.known_dirs
         try:
-            parent = resolve_in_root(self.root, parts[:-1], follow_last=True)
+            parent = resolve_in_root(self.root, parts[:-1], follow_last=True, known_dirs=known)
         except PathEscapeError as exc:
             raise self._reject(UnsafeLayerError, name, f"cannot be resolved: {exc}") from None
         current = self.root
         for part in parent:
-            current = os.path.join(current, part)
+            current = current + "/" + part
+            if current in known:
+                continue
             try:
                 st = os.lstat(current)
             except FileNotFoundError:
                 os.mkdir(current, 0o755)
+                known.add(current)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 raise self._reject(LayerRejectedError, name, f"has a parent {part!r} that is not a directory")
+            known.add(current)
         return parent
 
     def _remove(self, path: str) -> None:
@@ -229,6 +236,7 @@ class _LayerUnpacker:
             return
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
+            self.stats.known_dirs.clear()  # rare (whiteouts, replacements): forget rather than prune
         else:
             os.unlink(path)
 
@@ -307,6 +315,7 @@ class _LayerUnpacker:
             os.mkdir(dest, 0o700)
         self._metadata(dest, info)
         self.stats.dir_mtimes[dest] = int(info.mtime)
+        self.stats.known_dirs.add(dest)
 
     def _file(self, tar: TarReader, dest: str, info: TarMember) -> None:
         self._remove(dest)
@@ -328,7 +337,8 @@ class _LayerUnpacker:
         if not target:
             raise self._reject(UnsafeLayerError, info.name, "is a hard link to the target directory itself")
         try:
-            source_parts = [*resolve_in_root(self.root, target[:-1], follow_last=True), target[-1]]
+            parent = resolve_in_root(self.root, target[:-1], follow_last=True, known_dirs=self.stats.known_dirs)
+            source_parts = [*parent, target[-1]]
         except PathEscapeError as exc:
             raise self._reject(UnsafeLayerError, info.name, f"has an unresolvable link target: {exc}") from None
         source = host_path(self.root, source_parts)
@@ -348,7 +358,7 @@ class _LayerUnpacker:
     def _whiteout(self, name: str, parts: list[str]) -> None:
         self.stats.whiteouts += 1
         try:
-            parent = resolve_in_root(self.root, parts[:-1], follow_last=True)
+            parent = resolve_in_root(self.root, parts[:-1], follow_last=True, known_dirs=self.stats.known_dirs)
         except PathEscapeError as exc:
             raise self._reject(UnsafeLayerError, name, f"cannot be resolved: {exc}") from None
         base = parts[-1]
