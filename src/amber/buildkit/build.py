@@ -281,6 +281,8 @@ async def _run_build(
                 )
             await stream.consume(response)
 
+    if cancel.is_set():
+        raise asyncio.CancelledError("build cancelled")
     build_task = asyncio.create_task(run())
     cancel_task = asyncio.create_task(cancel.wait())
     try:
