@@ -263,6 +263,9 @@ static int resolve_user(const char *spec, struct ident *id, char *msg, size_t ms
         if (n >= 6 && *fl[5]) snprintf(id->home, sizeof id->home, "%s", fl[5]);
     } else if (all_digits(user)) {
         id->uid = (uid_t)strtoul(user, NULL, 10);
+    } else if (strcmp(user, "root") == 0) {
+        snprintf(id->name, sizeof id->name, "root");  /* images without /etc/passwd (scratch) still have root */
+        snprintf(id->home, sizeof id->home, "/root");
     } else {
         snprintf(msg, msgcap, "user %s not found in /etc/passwd", user);
         return -1;
@@ -273,6 +276,8 @@ static int resolve_user(const char *spec, struct ident *id, char *msg, size_t ms
             id->gid = (gid_t)strtoul(fl[2], NULL, 10);
         else if (all_digits(group))
             id->gid = (gid_t)strtoul(group, NULL, 10);
+        else if (strcmp(group, "root") == 0)
+            id->gid = 0;
         else { snprintf(msg, msgcap, "group %s not found in /etc/group", group); return -1; }
         id->groups[0] = id->gid;
         return 0;
