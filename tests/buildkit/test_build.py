@@ -287,3 +287,17 @@ def test_concurrent_builds_keep_their_own_secrets(dockerd: ManagedDockerd, image
     results = asyncio.run(main())
     for value, result in zip(values, results, strict=True):
         assert (result.tree / "k.sha").read_text().split()[0] == hashlib.sha256(value.encode()).hexdigest()
+
+
+def test_build_envs_reach_every_run_but_not_the_image(dockerd: ManagedDockerd, images: Images, tmp_path: Path) -> None:
+    dockerfile = (
+        f'FROM {images.public} AS one\nRUN echo "$MODE-$LEVEL" > /one\n'
+        'FROM one\nARG LEVEL=from-dockerfile\nRUN echo "$MODE-$LEVEL" > /two\n'
+    )
+    run = build(
+        dockerd, tmp_path / "e", dockerfile, build_envs={"MODE": "ci", "LEVEL": "env"}, build_args={"LEVEL": "arg"}
+    )
+    assert (run.tree / "one").read_text() == "ci-arg\n"  # build_args win over build_envs
+    assert (run.tree / "two").read_text() == "ci-arg\n"
+    assert run.result is not None and "MODE=ci" not in run.result.image_config.env
+    assert not any(e.startswith("MODE=") for e in run.result.image_config.env)

@@ -78,6 +78,7 @@ class DockerfileBuildRequest:
     build_target: str | None = None
     internet_access: bool = True
     skip_cache: bool = False
+    build_envs: Mapping[str, str] = field(default_factory=dict)  # env of every RUN, never in the image (R56)
 
 
 @dataclass(frozen=True)
@@ -124,14 +125,22 @@ class _Redactor:
         return text
 
 
-def inject_nonce(dockerfile: str, analysis: DockerfileAnalysis) -> str:
-    """Add ``ARG <NONCE_ARG>`` right after every FROM so every RUN of every stage gets a per-build cache key
-    (declared ARGs are part of a RUN's environment and hence of its cache key)."""
+def inject_args(dockerfile: str, analysis: DockerfileAnalysis, names: Sequence[str]) -> str:
+    """Add ``ARG <name>`` right after every FROM: declared ARGs are in the environment of every RUN of the stage
+    (and so in its cache key) but never in the image config."""
+    if not names:
+        return dockerfile
     lines = dockerfile.split("\n")
     for stage in sorted(analysis.stages, key=lambda s: s.line, reverse=True):
         end = _from_end_line(lines, stage.line)
-        lines.insert(end, f"ARG {NONCE_ARG}")
+        for name in reversed(names):
+            lines.insert(end, f"ARG {name}")
     return "\n".join(lines)
+
+
+def inject_nonce(dockerfile: str, analysis: DockerfileAnalysis) -> str:
+    """``ARG <NONCE_ARG>`` after every FROM, so every RUN of every stage gets a per-build cache key."""
+    return inject_args(dockerfile, analysis, [NONCE_ARG])
 
 
 def _from_end_line(lines: list[str], start_line: int) -> int:
@@ -382,11 +391,14 @@ async def build_dockerfile_rootfs(
 
     # 3. Cache policy: secrets or skip_cache → no reuse, and keys nobody can ever match again.
     bypass_cache = bool(secrets) or request.skip_cache
-    build_args = dict(request.build_args)
-    effective_dockerfile = dockerfile_text
+    # build_envs reach every RUN as declared ARGs (explicit build_args win on a name clash).
+    build_args = {**request.build_envs, **request.build_args}
+    injected = list(request.build_envs)
     if bypass_cache:
         build_args[NONCE_ARG] = secrets_module.token_hex(16)
-        effective_dockerfile = inject_nonce(dockerfile_text, analysis)
+        injected.append(NONCE_ARG)
+    effective_dockerfile = inject_args(dockerfile_text, analysis, injected)
+    if bypass_cache:
         await emit(
             LogEvent(
                 LogKind.CACHE,
@@ -403,7 +415,7 @@ async def build_dockerfile_rootfs(
         context = write_context_tar(
             staging_dir / "context.tar",
             entries,
-            dockerfile=effective_dockerfile if (bypass_cache or request.dockerfile is not None) else None,
+            dockerfile=effective_dockerfile if (injected or request.dockerfile is not None) else None,
             dockerfile_path=request.dockerfile_path,
         )
     except DockerfileRequestError as error:

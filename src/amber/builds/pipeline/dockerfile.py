@@ -71,6 +71,7 @@ async def build_dockerfile_disk(
         build_target=req.build_target,
         internet_access=not (cfg is not None and cfg.internet_access is False),
         skip_cache=bool(req.skip_cache),
+        build_envs=dict(req.build_envs or {}),  # engineer D: build_envs reach the Dockerfile's RUN steps (R56)
     )
     try:
         credentials = {host: c for host, v in registry_credentials.items() if (c := _basic(v)) is not None}
