@@ -173,6 +173,12 @@ def test_two_secret_values_give_two_results(dockerd: ManagedDockerd, images: Ima
     assert not any(
         e.kind is LogKind.CACHE and e.cache_status is CacheStatus.HIT and "RUN" in e.message for e in plain.events
     )
+    # And a secret build after that plain one reuses none of its steps; only the base image's layers, which are
+    # content-addressed and were access-checked for this caller, are taken from the store.
+    three = build(dockerd, tmp_path / "d", dockerfile, secrets={"k": "value-number-three"})
+    assert hashlib.sha256(b"value-number-three").hexdigest() in (three.tree / "k.sha").read_text()
+    hits = [e.message for e in three.events if e.kind is LogKind.CACHE and e.cache_status is CacheStatus.HIT]
+    assert all(" FROM " in hit for hit in hits), hits
 
 
 def test_failed_step_names_step_and_redacts_secret(dockerd: ManagedDockerd, images: Images, tmp_path: Path) -> None:
