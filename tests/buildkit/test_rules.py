@@ -24,6 +24,7 @@ from amber.buildkit.dockerfile_rules import (
 )
 from amber.buildkit.imageconfig import image_config_from_engine
 from amber.buildkit.progress import ProgressTranslator, decode_trace
+from amber.buildkit.session import credential_host_key
 from amber.builds.executor import CacheStatus, LogKind, LogPhase
 from tests.buildkit.conftest import ContextFile
 
@@ -351,3 +352,20 @@ def test_step_index_follows_dockerfile_order_not_update_order() -> None:
         )
     )
     assert [(e.step_index, e.total_steps) for e in events] == [(4, 4), (3, 4), (1, 4), (2, 4), (5, 4)]
+
+
+def test_inline_dockerfile_keeps_the_users_dockerignore(tmp_path: Path) -> None:
+    entries = context_entries([ContextFile.text(".dockerignore", "*.log\n"), ContextFile.text("a.log", "x")], {})
+    context = write_context_tar(tmp_path / "c.tar", entries, dockerfile="FROM scratch\n", dockerfile_path=None)
+    with tarfile.open(tmp_path / "c.tar") as tar:
+        ignore = tar.extractfile(".dockerignore").read().decode().split()  # type: ignore[union-attr]
+    assert ignore == ["*.log", context.dockerfile_name]  # the user's own file stays in the context as before
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [("registry-1.docker.io", "docker.io"), ("https://index.docker.io/v1/", "docker.io"), ("Quay.IO", "quay.io"),
+     ("127.0.0.1:5000", "127.0.0.1:5000")],
+)  # fmt: skip
+def test_credential_host_keys(host: str, key: str) -> None:
+    assert credential_host_key(host) == key
