@@ -20,7 +20,7 @@ from tests.support.registry import Registry, registry_htpasswd, registry_noauth,
 __all__ = ["registry_htpasswd", "registry_noauth", "registry_token"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped as soon as the module that needs it is done
 def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedDockerd]:
     if not DOCKERD.exists():
         raise RuntimeError(f"{DOCKERD} is missing: install the Debian package docker.io (scripts/setup.sh does)")
