@@ -17,6 +17,7 @@ import pytest
 from amber.oci import BasicCredentials
 from amber.oci.errors import DigestMismatchError, RegistryAuthError
 from amber.oci.progress import ImportProgress
+from amber.rootfs import image_import
 from amber.rootfs.image_import import import_image
 from tests.rootfs import fidelity
 from tests.rootfs.treecmp import diff, fsck_clean, mounted_ro, snapshot
@@ -174,3 +175,17 @@ def test_disk_cache_reuses_the_disk_but_still_checks_access(registry_htpasswd: R
         asyncio.run(import_image(ref, tmp_path / "c.ext4", cache_dir=tmp_path / "layers",
                                  disk_cache_dir=tmp_path / "disks", credentials=BasicCredentials(creds.username, "x")))
     assert not (tmp_path / "c.ext4").exists()
+
+
+def test_tree_too_big_for_the_memory_budget_moves_to_disk(
+    registry_noauth: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = push_busybox_image(registry_noauth, repo="team/budget")
+    small = tmp_path / "small-tmpfs"
+    # Stand-in for a nearly full tmpfs: a staging area whose budget the busybox tree exceeds.
+    monkeypatch.setattr(image_import, "staging_area", lambda *_: (small, 200_000))
+    disk = tmp_path / "out" / "d.ext4"
+    asyncio.run(import_image(ref, disk, cache_dir=tmp_path / "cache"))
+    assert list(small.iterdir()) == [] and sorted(p.name for p in disk.parent.iterdir()) == ["d.ext4"]
+    with mounted_ro(disk) as mnt:
+        assert diff(snapshot(_busybox_expected(tmp_path / "expected")), snapshot(mnt)) == []

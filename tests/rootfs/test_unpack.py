@@ -12,7 +12,7 @@ import pytest
 from amber.oci.errors import ImageImportError, UnsupportedMediaTypeError
 from amber.oci.media_types import Compression as OciCompression
 from amber.rootfs.ext4 import ensure_mount_points
-from amber.rootfs.unpack import open_layer, unpack_layers, unpack_tar_stream
+from amber.rootfs.unpack import StagingFullError, UnpackStats, open_layer, unpack_layers, unpack_tar_stream
 from tests.rootfs import fidelity
 from tests.rootfs.treecmp import diff, snapshot
 from tests.support.images import Compression, EntryType, Layer, TarEntry, tar_entries
@@ -104,3 +104,11 @@ def test_whiteout_under_a_file_is_a_no_op(tmp_path: Path) -> None:
     unpack_tar_stream(io.BytesIO(tar_entries([TarEntry("a", data=b"file")])), target)
     unpack_tar_stream(io.BytesIO(tar_entries([TarEntry("a/.wh.b"), TarEntry("c", data=b"c")])), target)
     assert (target / "a").read_bytes() == b"file" and (target / "c").exists()
+
+
+def test_allocation_limit_stops_a_tree_that_outgrows_its_budget(tmp_path: Path) -> None:
+    stats = UnpackStats(allocation_limit=100_000)
+    bomb = tar_entries([TarEntry(f"f{i}", data=b"\0" * 40_000) for i in range(5)])
+    with pytest.raises(StagingFullError, match="staging budget of 100000 bytes"):
+        unpack_tar_stream(io.BytesIO(bomb), tmp_path / "t", layer="bomb", stats=stats)
+    assert stats.allocated <= 100_000

@@ -19,11 +19,11 @@ from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
 from amber.oci.platform import Platform
 from amber.oci.progress import ImportProgress
-from amber.oci.pull import PulledImage, ResolvedImage, pulling
+from amber.oci.pull import LayerFile, PulledImage, ResolvedImage, pulling
 from amber.oci.reference import ImageReference
 from amber.rootfs.config import ImageConfig
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, copy_disk, make_ext4
-from amber.rootfs.unpack import UnpackStats, apply_dir_mtimes, unpack_layer, unpack_layers
+from amber.rootfs.unpack import StagingFullError, UnpackStats, apply_dir_mtimes, unpack_layer, unpack_layers
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,31 @@ def disk_cache_path(disk_cache_dir: Path, manifest_digest: str, min_size_mib: in
     return disk_cache_dir / f"{manifest_digest.removeprefix('sha256:')}-{min_size_mib}m-{DISK_FORMAT}.ext4"
 
 
-def staging_parent(work_dir: Path | None, output_disk: Path, compressed_bytes: int) -> Path:
-    """Where to unpack: ``work_dir`` if given, else tmpfs (/dev/shm) when it has ample room, else next to
-    the output. The tree is transient, so memory is the fastest place for it; the bound keeps a large image
-    from filling RAM (room for 4x the compressed size plus 512 MiB must stay free)."""
+def staging_area(work_dir: Path | None, output_disk: Path, compressed_bytes: int) -> tuple[Path, int | None]:
+    """Where to unpack, and how many bytes the tree may take there (None: no cap).
+
+    ``work_dir`` if given; else tmpfs (/dev/shm) when room for 4x the compressed size plus 512 MiB is free,
+    capped at half of what is free minus the reserve, so a decompression bomb cannot eat the host's memory
+    (the import then moves to disk); else next to the output. The tree is transient, so memory is the
+    fastest place for it.
+    """
     if work_dir is not None:
-        return work_dir
+        return work_dir, None
     try:
-        free = os.statvfs(_SHM)
-        if _SHM.is_dir() and free.f_bavail * free.f_frsize > 4 * compressed_bytes + _SHM_RESERVE:
-            return _SHM
+        info = os.statvfs(_SHM)
+        free = info.f_bavail * info.f_frsize
+        if _SHM.is_dir() and free > 4 * compressed_bytes + _SHM_RESERVE:
+            return _SHM, (free - _SHM_RESERVE) // 2
     except OSError:
         pass
-    return output_disk.parent
+    return output_disk.parent, None
+
+
+def _new_staging(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
+    os.chmod(staging, 0o755)  # the disk's / gets the tree root's mode; mkdtemp makes it 0700
+    return staging
 
 
 async def import_image(
@@ -110,7 +122,7 @@ async def import_image(
     always fetched with ``credentials`` first (the access check), even when everything is cached. With
     ``disk_cache_dir`` (``<data_dir>/cache/disks``) the finished disk is also kept per manifest digest and
     minimum size, and a later import of the same image copies it instead of unpacking again. The tree is
-    unpacked in a fresh directory (see :func:`staging_parent`) that is removed afterwards; ``output_disk``
+    unpacked in a fresh directory (see :func:`staging_area`) that is removed afterwards; ``output_disk``
     appears only when complete. Raises :class:`~amber.oci.errors.ImageImportError` subclasses.
     """
     started = time.monotonic()
@@ -132,16 +144,24 @@ async def import_image(
                 return ImportResult(resolved, output_disk, cached_disk.stat().st_size, layer_count, compressed,
                                     0, 0, time.monotonic() - started, True)
             disk_cache_dir.mkdir(parents=True, exist_ok=True)
-        parent = staging_parent(work_dir, output_disk, compressed)
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".amber-rootfs-", dir=parent))
+        parent, budget = staging_area(work_dir, output_disk, compressed)
+        staging = _new_staging(parent)
         try:
-            os.chmod(staging, 0o755)  # the disk's / gets the tree root's mode; mkdtemp makes it 0700
-            stats = UnpackStats()
+            stats = UnpackStats(allocation_limit=budget)
+            verified: list[LayerFile] = []
             # Each layer is unpacked as soon as it is verified, while later layers still download.
             async for layer in session.layers():
                 report.phase("unpack")
-                await asyncio.to_thread(unpack_layer, layer, staging, stats)
+                verified.append(layer)
+                try:
+                    await asyncio.to_thread(unpack_layer, layer, staging, stats)
+                except StagingFullError:
+                    # Too big for memory: start over on disk next to the output with what is verified so far.
+                    await asyncio.to_thread(shutil.rmtree, staging, True)
+                    staging = _new_staging(output_disk.parent)
+                    stats = UnpackStats()
+                    for earlier in verified:
+                        await asyncio.to_thread(unpack_layer, earlier, staging, stats)
             apply_dir_mtimes(stats)
             report.phase("ext4")
             size = await asyncio.to_thread(make_ext4, staging, cached_disk or output_disk, min_size_mib)

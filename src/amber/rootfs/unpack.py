@@ -82,9 +82,20 @@ class UnpackStats:
     files: int = 0
     bytes: int = 0
     whiteouts: int = 0
+    # Estimated memory/disk the tree takes (file pages + ~1 KiB per entry), and an optional cap on it.
+    allocated: int = 0
+    allocation_limit: int | None = None
     dir_mtimes: dict[str, int] = field(default_factory=dict)  # applied last: children change a dir's mtime
     # Host paths known to be real directories: saves lstat calls; cleared whenever a directory is removed.
     known_dirs: set[str] = field(default_factory=set, repr=False)
+
+
+class StagingFullError(ImageImportError):
+    """The tree outgrew ``UnpackStats.allocation_limit`` (e.g. the tmpfs budget of a staging area)."""
+
+
+_PAGE = 4096
+_ENTRY_OVERHEAD = 1024
 
 
 def _check_magic(head: bytes, compression: Compression, layer: str) -> None:
@@ -262,6 +273,7 @@ class _LayerUnpacker:
     def apply(self, tar: TarReader, info: TarMember) -> None:
         name = info.name
         self.stats.entries += 1
+        self.stats.allocated += _ENTRY_OVERHEAD
         if info.type in _SPECIAL_TYPES:
             raise self._reject(UnsupportedEntryError, name, f"is a {_SPECIAL_TYPES[info.type]}, which images may not "
                                "contain (only files, directories, symlinks and hard links)")
@@ -319,10 +331,18 @@ class _LayerUnpacker:
 
     def _file(self, tar: TarReader, dest: str, info: TarMember) -> None:
         self._remove(dest)
+        limit = self.stats.allocation_limit
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "wb", buffering=0) as out:
+            written = 0
             for chunk in tar.read_chunks(_BUFFER):
+                written += len(chunk)
+                if limit is not None and self.stats.allocated + written > limit:
+                    raise StagingFullError(
+                        f"layer {self.layer}: the unpacked tree outgrew its staging budget of {limit} bytes"
+                    )
                 out.write(chunk)
+            self.stats.allocated += -(-written // _PAGE) * _PAGE
             os.fchown(fd, info.uid, info.gid)
             os.fchmod(fd, stat.S_IMODE(info.mode))
             self._xattrs(dest, info, symlink=False)
