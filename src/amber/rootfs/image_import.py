@@ -69,6 +69,7 @@ def unpack_image(pulled: PulledImage, target: Path) -> UnpackStats:
 DISK_FORMAT = "v1"
 _SHM = Path("/dev/shm")
 _SHM_RESERVE = 512 * 1024 * 1024
+_DISK_RESERVE = 1024 * 1024 * 1024
 
 
 def disk_cache_path(disk_cache_dir: Path, manifest_digest: str, min_size_mib: int) -> Path:
@@ -81,19 +82,30 @@ def staging_area(work_dir: Path | None, output_disk: Path, compressed_bytes: int
 
     ``work_dir`` if given; else tmpfs (/dev/shm) when room for 4x the compressed size plus 512 MiB is free,
     capped at half of what is free minus the reserve, so a decompression bomb cannot eat the host's memory
-    (the import then moves to disk); else next to the output. The tree is transient, so memory is the
-    fastest place for it.
+    (the import then moves to disk); else next to the output, capped by :func:`disk_budget`. The tree is
+    transient, so memory is the fastest place for it.
     """
     if work_dir is not None:
         return work_dir, None
+    free = _free_bytes(_SHM)
+    if free is not None and free > 4 * compressed_bytes + _SHM_RESERVE:
+        return _SHM, (free - _SHM_RESERVE) // 2
+    return output_disk.parent, disk_budget(output_disk.parent)
+
+
+def _free_bytes(path: Path) -> int | None:
     try:
-        info = os.statvfs(_SHM)
-        free = info.f_bavail * info.f_frsize
-        if _SHM.is_dir() and free > 4 * compressed_bytes + _SHM_RESERVE:
-            return _SHM, (free - _SHM_RESERVE) // 2
+        info = os.statvfs(path)
     except OSError:
-        pass
-    return output_disk.parent, None
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def disk_budget(directory: Path) -> int | None:
+    """Bytes a tree staged on disk in ``directory`` may take: half the free space (the disk image needs the
+    other half) less 1 GiB, so a decompression bomb fails clearly instead of filling the disk."""
+    free = _free_bytes(directory)
+    return None if free is None else max(0, free - _DISK_RESERVE) // 2
 
 
 def _new_staging(parent: Path) -> Path:
@@ -156,10 +168,12 @@ async def import_image(
                 try:
                     await asyncio.to_thread(unpack_layer, layer, staging, stats)
                 except StagingFullError:
+                    if budget is None or parent == output_disk.parent:
+                        raise  # already on disk: the image does not fit
                     # Too big for memory: start over on disk next to the output with what is verified so far.
                     await asyncio.to_thread(shutil.rmtree, staging, True)
                     staging = _new_staging(output_disk.parent)
-                    stats = UnpackStats()
+                    stats = UnpackStats(allocation_limit=disk_budget(output_disk.parent))
                     for earlier in verified:
                         await asyncio.to_thread(unpack_layer, earlier, staging, stats)
             apply_dir_mtimes(stats)
