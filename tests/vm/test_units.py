@@ -18,6 +18,7 @@ from amber.guest.install import (
     parse_modules_dep,
     resolve_kernel_package,
 )
+from amber.vm.artifact import copy_sparse
 from amber.vm.host import accel_from_cpuinfo, tsc_khz_from_cpuinfo
 from amber.vm.machine import (
     Accel,
@@ -150,3 +151,17 @@ def test_qcow2_overlay_is_what_qemu_img_accepts(tmp_path: Path) -> None:
         write_overlay(overlay, base, "raw", 8192)
     with pytest.raises(ValueError):
         write_overlay(tmp_path / "zero.qcow2", base, "raw", 0)
+
+
+def test_copy_sparse_keeps_content_and_holes(tmp_path: Path) -> None:
+    src = tmp_path / "mem.bin"
+    with src.open("wb") as f:
+        f.truncate(64 << 20)
+        f.seek(1 << 20)
+        f.write(b"data" * 5000)
+        f.seek(40 << 20)
+        f.write(b"more")
+    dst = tmp_path / "copy.bin"
+    copy_sparse(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert dst.stat().st_blocks * 512 < 4 << 20  # still sparse

@@ -186,20 +186,39 @@ class TemplateArtifact:
 
 
 def _place(src: Path, dst: Path, *, move: bool) -> None:
-    """Move, hard-link (same filesystem) or copy ``src`` to ``dst``."""
-    if move:
-        try:
+    """Move, hard-link (same filesystem) or, across filesystems, copy ``src`` to ``dst`` keeping holes."""
+    try:
+        if move:
             os.replace(src, dst)
-            return
-        except OSError:
-            pass
-    else:
-        try:
+        else:
             os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
+        return
+    except OSError:
+        pass
+    copy_sparse(src, dst)
+    if move:
+        src.unlink()
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy only the data extents of ``src`` (guest memory is mostly holes); the copy has the same size."""
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            while start < end:  # pread/pwrite: copy_file_range refuses most cross-filesystem pairs (EXDEV)
+                chunk = os.pread(fin.fileno(), min(1 << 20, end - start), start)
+                if not chunk:
+                    raise ArtifactError(f"copying {src} to {dst} stopped at byte {start}")
+                os.pwrite(fout.fileno(), chunk, start)
+                start += len(chunk)
+            pos = end
+        fout.truncate(size)
 
 
 def write_artifact(
