@@ -161,7 +161,6 @@ class _TarPipe:
         self.reader = os.fdopen(read_fd, "rb")
         self._write_fd: int | None = write_fd
         self._lock = threading.Lock()
-        self.bytes_written = 0
 
     def write(self, chunk: bytes | memoryview) -> None:
         with self._lock:
@@ -170,7 +169,6 @@ class _TarPipe:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(self._write_fd, view) :]
-            self.bytes_written += len(chunk)
 
     def close_writer(self) -> None:
         with self._lock:

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import grpc
 
@@ -94,12 +93,10 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpcio ships n
         return None
 
     def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self._session.attached.set()
         return wire.encode_varint(1 << 3 | wire.VARINT) + wire.encode_varint(1)  # status = SERVING
 
     def _get_secret(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         secret_id = wire.decode(request).string(1)
-        self._session.secret_requests.append(secret_id)
         value = self._session.secrets.get(secret_id)
         if value is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"secret {secret_id} not found")  # raises
@@ -147,9 +144,7 @@ class BuildSession:
         self.credentials = {credential_host_key(h): c for h, c in (credentials or {}).items()}
         self.tar_sink = tar_sink
         self.session_id = secrets_module.token_hex(16)
-        self.attached = threading.Event()
         self.tar_finished = threading.Event()
-        self.secret_requests: list[str] = []
         # Not under workdir: unix socket paths max out at 108 bytes. Not abstract either: a RUN step with host
         # networking could reach an abstract socket and ask it for this build's secrets; /run/amber is private.
         self._grpc_socket = SOCKET_DIR / f"{self.session_id[:20]}.sock"
@@ -255,7 +250,3 @@ class BuildSession:
         except BaseException:
             sock.close()
             raise
-
-    def summary(self) -> dict[str, Any]:
-        """What dockerd asked for (ids only, never values), for tests and debugging."""
-        return {"secret_requests": list(self.secret_requests), "tar_finished": self.tar_finished.is_set()}
