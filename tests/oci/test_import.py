@@ -189,3 +189,36 @@ def test_tree_too_big_for_the_memory_budget_moves_to_disk(
     assert list(small.iterdir()) == [] and sorted(p.name for p in disk.parent.iterdir()) == ["d.ext4"]
     with mounted_ro(disk) as mnt:
         assert diff(snapshot(_busybox_expected(tmp_path / "expected")), snapshot(mnt)) == []
+
+
+@pytest.mark.parametrize("phase", ["pull", "unpack", "ext4"])
+def test_cancelled_import_leaves_nothing_behind(registry_noauth: Registry, tmp_path: Path, phase: str) -> None:
+    layer = Layer.from_tar(tar_entries([TarEntry("blob", data=os.urandom(3_000_000))]), Compression.GZIP)
+    push_image(registry_noauth, "team/cancel", build_image([layer]), "c")
+    ref = f"{registry_noauth.host}/team/cancel:c"
+    out_dir, work = tmp_path / "out", tmp_path / "work"
+    out_dir.mkdir()
+    (out_dir / "d.ext4").write_bytes(b"previous")  # an earlier file at the output path must survive
+
+    class CancelAt(ImportProgress):
+        def __init__(self) -> None:
+            self.reached = asyncio.Event()
+
+        def phase(self, name: str) -> None:
+            if name == phase:
+                self.reached.set()
+
+    async def scenario() -> None:
+        progress = CancelAt()
+        task = asyncio.create_task(import_image(ref, out_dir / "d.ext4", cache_dir=tmp_path / "cache",
+                                                work_dir=work, progress=progress))
+        await progress.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in out_dir.iterdir()) == ["d.ext4"]
+    assert (out_dir / "d.ext4").read_bytes() == b"previous"
+    assert not list((tmp_path / "cache").glob("tmp/*"))  # no half-downloaded layer left in the cache

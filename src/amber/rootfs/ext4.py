@@ -15,6 +15,9 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +90,39 @@ def ensure_mount_points(tree: Path) -> None:
             os.chown(path, 0, 0)
 
 
-def make_ext4(tree: Path, out: Path, min_size_mib: int = DEFAULT_MIN_SIZE_MIB, *, label: str = "rootfs") -> int:
+def _run_mkfs(command: list[str], stop: threading.Event | None) -> tuple[int, str]:
+    """Run mkfs; kill it (by PID) when ``stop`` is set or it overruns its timeout."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + _MKFS_TIMEOUT_S
+        try:
+            while True:
+                try:
+                    returncode = proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if (stop is not None and stop.is_set()) or time.monotonic() > deadline:
+                        raise RootDiskError(f"{MKFS} was stopped (cancelled or over {_MKFS_TIMEOUT_S} s)") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        return returncode, err.read().decode(errors="replace")
+
+
+def make_ext4(
+    tree: Path,
+    out: Path,
+    min_size_mib: int = DEFAULT_MIN_SIZE_MIB,
+    *,
+    label: str = "rootfs",
+    stop: threading.Event | None = None,
+) -> int:
     """Write an ext4 image of ``tree`` to ``out`` (replacing it atomically); returns its size in bytes.
 
     ``tree`` must be a directory whose root Amber owns; the mount points of R37 are created in it first.
+    Setting ``stop`` (from another thread) kills mkfs and leaves ``out`` untouched.
     """
     if shutil.which(MKFS) is None:
         raise RootDiskError(f"{MKFS} not found: install the Debian package e2fsprogs")
@@ -108,12 +140,12 @@ def make_ext4(tree: Path, out: Path, min_size_mib: int = DEFAULT_MIN_SIZE_MIB, *
                 MKFS, "-q", "-F", "-t", "ext4", "-b", str(BLOCK_SIZE), "-I", str(INODE_SIZE), "-N", str(inodes),
                 "-L", label, "-E", "root_owner=0:0", "-d", str(tree), str(staging), f"{size // 1024}k",
             ]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=_MKFS_TIMEOUT_S)
-            if result.returncode == 0:
+            returncode, stderr = _run_mkfs(command, stop)
+            if returncode == 0:
                 os.replace(staging, out)
                 return size
-            if "Could not allocate" not in result.stderr and "No space" not in result.stderr:
-                raise RootDiskError(f"{MKFS} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+            if "Could not allocate" not in stderr and "No space" not in stderr:
+                raise RootDiskError(f"{MKFS} failed ({returncode}): {stderr.strip()[-2000:]}")
             size = -(-(size * 3 // 2) // (4 * MIB)) * 4 * MIB
             inodes = int(inodes * 1.5)
         raise RootDiskError(f"{MKFS} ran out of space three times for {tree} (last size {size // MIB} MiB)")

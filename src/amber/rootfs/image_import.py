@@ -7,13 +7,18 @@ used by ``amber image import`` and by the build pipeline. All paths are paramete
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Collection
+import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
@@ -65,6 +70,8 @@ def unpack_image(pulled: PulledImage, target: Path) -> UnpackStats:
     return unpack_layers(pulled.layers, target)
 
 
+T = TypeVar("T")
+
 # Bump when the tree → disk transformation changes, so cached disks of older Amber versions are not reused.
 DISK_FORMAT = "v1"
 _SHM = Path("/dev/shm")
@@ -106,6 +113,31 @@ def disk_budget(directory: Path) -> int | None:
     other half) less 1 GiB, so a decompression bomb fails clearly instead of filling the disk."""
     free = _free_bytes(directory)
     return None if free is None else max(0, free - _DISK_RESERVE) // 2
+
+
+async def _blocking(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
+    """Run ``fn`` in a worker thread. If we are cancelled, ask it to ``stop`` and wait for it to end, so the
+    cleanup that follows never races a thread still writing into the staging tree."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
+        await asyncio.wait([future])
+        raise
+
+
+async def _publish(output: Path, write: Callable[[Path], object], stop: threading.Event | None = None) -> None:
+    """Run ``write(pending)`` in a thread, then rename ``pending`` to ``output`` — only if not cancelled, so a
+    cancelled import never leaves (or replaces) ``output``."""
+    pending = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.importing")
+    try:
+        await _blocking(write, pending, stop=stop)
+        os.replace(pending, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
 
 
 def _new_staging(parent: Path) -> Path:
@@ -152,7 +184,7 @@ async def import_image(
             cached_disk = disk_cache_path(disk_cache_dir, resolved.manifest_digest, min_size_mib)
             if cached_disk.exists():
                 report.phase("ext4")
-                await asyncio.to_thread(copy_disk, cached_disk, output_disk)
+                await _publish(output_disk, lambda pending: copy_disk(cached_disk, pending))
                 return ImportResult(resolved, output_disk, cached_disk.stat().st_size, layer_count, compressed,
                                     0, 0, time.monotonic() - started, True)
             disk_cache_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +198,7 @@ async def import_image(
                 report.phase("unpack")
                 verified.append(layer)
                 try:
-                    await asyncio.to_thread(unpack_layer, layer, staging, stats)
+                    await _blocking(unpack_layer, layer, staging, stats, stop=stats.stop)
                 except StagingFullError:
                     if budget is None or parent == output_disk.parent:
                         raise  # already on disk: the image does not fit
@@ -175,16 +207,24 @@ async def import_image(
                     staging = _new_staging(output_disk.parent)
                     stats = UnpackStats(allocation_limit=disk_budget(output_disk.parent))
                     for earlier in verified:
-                        await asyncio.to_thread(unpack_layer, earlier, staging, stats)
+                        await _blocking(unpack_layer, earlier, staging, stats, stop=stats.stop)
             apply_dir_mtimes(stats)
             report.phase("ext4")
-            size = await asyncio.to_thread(make_ext4, staging, cached_disk or output_disk, min_size_mib)
+            tree, stop = staging, stats.stop
             if cached_disk is not None:
-                await asyncio.to_thread(copy_disk, cached_disk, output_disk)
+                size = await _blocking(functools.partial(make_ext4, stop=stop), tree, cached_disk, min_size_mib,
+                                       stop=stop)
+                await _publish(output_disk, lambda pending: copy_disk(cached_disk, pending))
+            else:
+                sizes: list[int] = []
+                await _publish(
+                    output_disk, lambda pending: sizes.append(make_ext4(tree, pending, min_size_mib, stop=stop)), stop
+                )
+                size = sizes[0]
         except OSError as exc:
             raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
         finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, True))
     return ImportResult(
         resolved=resolved,
         disk=output_disk,

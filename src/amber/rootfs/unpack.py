@@ -88,6 +88,8 @@ class UnpackStats:
     dir_mtimes: dict[str, int] = field(default_factory=dict)  # applied last: children change a dir's mtime
     # Host paths known to be real directories: saves lstat calls; cleared whenever a directory is removed.
     known_dirs: set[str] = field(default_factory=set, repr=False)
+    # Set from another thread to stop unpacking at the next entry or chunk (cancelled builds).
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 class StagingFullError(ImageImportError):
@@ -272,6 +274,8 @@ class _LayerUnpacker:
     # -- entries -------------------------------------------------------------------------------------------
     def apply(self, tar: TarReader, info: TarMember) -> None:
         name = info.name
+        if self.stats.stop.is_set():
+            raise ImageImportError(f"unpacking layer {self.layer} was cancelled")
         self.stats.entries += 1
         self.stats.allocated += _ENTRY_OVERHEAD
         if info.type in _SPECIAL_TYPES:
@@ -337,6 +341,8 @@ class _LayerUnpacker:
             written = 0
             for chunk in tar.read_chunks(_BUFFER):
                 written += len(chunk)
+                if self.stats.stop.is_set():
+                    raise ImageImportError(f"unpacking layer {self.layer} was cancelled")
                 if limit is not None and self.stats.allocated + written > limit:
                     raise StagingFullError(
                         f"layer {self.layer}: the unpacked tree outgrew its staging budget of {limit} bytes"
