@@ -148,8 +148,9 @@ class RegistryClient:
         if not realm:
             raise RegistryError(f"registry {self.host} sent a bearer challenge without a realm")
         realm_url = urlsplit(realm)
-        if realm_url.scheme != "https" and not (
-            realm_url.scheme == "http" and registry_scheme(realm_url.netloc, self._insecure) == "http"
+        plain_ok = realm_url.scheme == "http" and registry_scheme(realm_url.netloc, self._insecure) == "http"
+        if realm_url.scheme not in ("http", "https") or (
+            realm_url.scheme == "http" and not plain_ok and self._credentials is not None
         ):
             raise InsecureRegistryError(
                 f"registry {self.host} names token realm {realm} over plain HTTP; refusing to send credentials "
