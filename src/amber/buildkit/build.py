@@ -340,7 +340,7 @@ async def build_dockerfile_rootfs(
 ) -> DockerfileBuildResult:
     """Build the Dockerfile's target stage into ``target_dir`` (must be empty or absent).
 
-    ``staging_dir`` holds the context tar and the session socket; the caller removes it. ``registry_credentials``
+    ``staging_dir`` holds the context tar; the caller removes it. ``registry_credentials``
     maps registry host → credential; ``base_image_credential`` is the resolved ``base_image_auth`` and applies
     to the Dockerfile's single registry host.
     """
@@ -447,7 +447,6 @@ async def build_dockerfile_rootfs(
         async with (
             BuildSession(
                 docker_socket=dockerd.layout.socket,
-                workdir=staging_dir,
                 secrets=secrets,
                 credentials=credentials,
                 tar_sink=pipe.write,

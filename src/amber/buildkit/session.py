@@ -1,8 +1,9 @@
 """A BuildKit session served by Amber for one build: secrets, registry credentials and the tar output.
 
 dockerd upgrades ``POST /session`` to h2c and then acts as the gRPC *client* on that connection, calling back
-the methods we announced. We pump the hijacked connection's bytes to a grpcio server on a private unix
-socket, which answers with generic handlers (no generated code; see ``wire.py``).
+the methods we announced. Two threads pump the hijacked connection's bytes (kernel-side ``splice``) to a
+grpcio server on a unix socket in root-only ``/run/amber/bk-sessions``, which answers with generic handlers
+(no generated code; see ``wire.py``).
 
 Guarantees: secrets and credentials live only in this object's memory and are handed to dockerd only when it
 asks over the session; nothing is written to disk except the unix socket file, which is removed on exit.
@@ -133,20 +134,18 @@ class BuildSession:
         self,
         *,
         docker_socket: Path,
-        workdir: Path,
         secrets: Mapping[str, str] | None = None,
         credentials: Mapping[str, RegistryCredential] | None = None,
         tar_sink: TarChunkSink | None = None,
     ) -> None:
         self.docker_socket = docker_socket
-        self.workdir = workdir
         self.secrets = dict(secrets or {})
         self.credentials = {credential_host_key(h): c for h, c in (credentials or {}).items()}
         self.tar_sink = tar_sink
         self.session_id = secrets_module.token_hex(16)
         self.tar_finished = threading.Event()
-        # Not under workdir: unix socket paths max out at 108 bytes. Not abstract either: a RUN step with host
-        # networking could reach an abstract socket and ask it for this build's secrets; /run/amber is private.
+        # Not in the build's staging dir: unix socket paths max out at 108 bytes. Not abstract either: a RUN
+        # step with host networking could reach an abstract socket and ask it for this build's secrets.
         self._grpc_socket = SOCKET_DIR / f"{self.session_id[:20]}.sock"
         self._server: grpc.Server | None = None
         self._sockets: list[socket.socket] = []
@@ -159,7 +158,6 @@ class BuildSession:
         return methods
 
     async def __aenter__(self) -> BuildSession:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         SOCKET_DIR.mkdir(parents=True, exist_ok=True)
         os.chmod(SOCKET_DIR, 0o700)
         server = grpc.server(
