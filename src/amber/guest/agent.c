@@ -1060,7 +1060,7 @@ int main(int argc, char **argv) {
                 if (j->err >= 0) { who[np].j = j; who[np].which = 2; pfd[np++] = (struct pollfd){.fd = j->err, .events = POLLIN}; }
             }
             if (j->in >= 0 && j->inoff < j->inlen) { who[np].j = j; who[np].which = 3; pfd[np++] = (struct pollfd){.fd = j->in, .events = POLLOUT}; }
-            if (j->deadline) {
+            if (j->deadline && !j->timed_out) {  /* a killed job only waits to be reaped: no busy loop */
                 int64_t left = j->deadline - now;
                 if (left < 0) left = 0;
                 if (wait < 0 || left < wait) wait = left;
