@@ -44,6 +44,10 @@ _CREATE_BODY: dict[str, Any] = {
     }
 }
 _OPTIONAL_BODY = Body(None)
+_SSE_RESPONSE: dict[str, Any] = {
+    "description": "Server-Sent Events: one TemplateBuildLogEntry per `data:` line, `id:` = its offset",
+    "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/TemplateBuildLogEntry"}}},
+}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -102,7 +106,7 @@ async def create_template(request: Request, caller: Caller = Depends(current_cal
 
 
 @router.post("/build", response_class=StreamingResponse, responses={
-    200: {"content": {"text/event-stream": {}}, "description": "SSE stream of TemplateBuildLogEntry"}, **_ERRORS},
+    200: _SSE_RESPONSE, **_ERRORS},
     openapi_extra=_CREATE_BODY, summary="Build a template, streaming its log as SSE")
 async def build_template(request: Request, caller: Caller = Depends(current_caller),
                          state: AppState = Depends(app_state)) -> StreamingResponse:
@@ -128,7 +132,7 @@ async def get_template_build_status(build_id: str, offset: int = Query(0, ge=0),
 
 
 @router.get("/builds/{build_id}/logs", response_class=StreamingResponse, responses={
-    200: {"content": {"text/event-stream": {}}, "description": "SSE stream of TemplateBuildLogEntry"}, **_ERRORS},
+    200: _SSE_RESPONSE, **_ERRORS},
     summary="Replay (and follow) a build's log as SSE")
 async def stream_template_build_logs(build_id: str, offset: int | None = Query(None, ge=0),
                                      cursor: int | None = Query(None, ge=0), follow: bool = False,
