@@ -123,6 +123,7 @@ def test_setup_guest_second_run_does_nothing(guest_data_dir: Path) -> None:
     record = json.loads((image.directory / "guest.json").read_text())
     assert record["kernel_package"].startswith("linux-image-") and record["kernel_release"].endswith("cloud-amd64")
     assert {"virtio_mmio", "virtio_blk", "virtio_console", "virtio_net"} <= set(record["modules"])
+    assert "virtio_net" in record["network_modules"] and "virtio_blk" not in record["network_modules"]
     before = {p.name: p.stat().st_mtime_ns for p in image.directory.iterdir()}
     done = subprocess.run([sys.executable, "-m", "amber.cli", "setup-guest", "--data-dir", str(guest_data_dir)],
                           capture_output=True, text=True, check=True)

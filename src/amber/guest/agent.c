@@ -856,11 +856,17 @@ static void must(int ok, const char *what) {
     _exit(1);  /* PID 1 exiting panics the kernel; the host sees QEMU quit (-no-reboot) */
 }
 
-static void load_modules(void) {
+/* Modules in load order; lines "net:NAME" only when the VM has a network (each module costs time under TCG). */
+static void load_modules(int network) {
     FILE *f = fopen("/lib/modules/load.list", "re");
-    char name[128], path[256];
-    while (f && fgets(name, sizeof name, f)) {
-        name[strcspn(name, "\n")] = 0;
+    char line[128], path[256];
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *name = line;
+        if (strncmp(name, "net:", 4) == 0) {
+            if (!network) continue;
+            name += 4;
+        }
         if (!*name) continue;
         snprintf(path, sizeof path, "/lib/modules/%s.ko", name);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -986,11 +992,12 @@ static void boot(void) {
     ssize_t n = fd >= 0 ? read(fd, cmdline, sizeof cmdline - 1) : -1;
     if (n > 0) cmdline[n] = 0;
     if (fd >= 0) close(fd);
-    load_modules();
+    int network = strcmp(cmdline_arg("amber.net", "0"), "1") == 0;
+    load_modules(network);
     switch_root();
     set_hostname();
     net_up("lo", "127.0.0.1", NULL);
-    if (strcmp(cmdline_arg("amber.net", "0"), "1") == 0) {
+    if (network) {
         net_up("eth0", "10.0.2.15", "10.0.2.2");  /* QEMU user-mode network defaults */
         int rf = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (rf >= 0) { if (write(rf, "nameserver 10.0.2.3\n", 20) < 0) logmsg("resolv.conf: %s", strerror(errno)); close(rf); }

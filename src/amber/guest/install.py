@@ -30,9 +30,10 @@ from amber.guest.cpio import CpioEntry, write_newc
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 # Drivers the guest needs on QEMU microvm (virtio-mmio): root disk, agent port, optional network.
-GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console", "virtio_net")
+GUEST_MODULES = ("virtio_mmio", "virtio_blk", "virtio_console")
+NETWORK_MODULES = ("virtio_net",)  # loaded only when the VM has a network (amber.net=1)
 AGENT_CFLAGS = ("-static", "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11")
-FORMAT = 2  # bump when the layout of <data_dir>/guest changes
+FORMAT = 3  # bump when the layout of <data_dir>/guest changes
 
 
 class GuestSetupError(RuntimeError):
@@ -52,6 +53,7 @@ class GuestImage:
     kernel_version: str  # Debian package version
     kernel_release: str  # uname -r inside the guest
     modules: tuple[str, ...]  # load order
+    network_modules: tuple[str, ...]  # the tail of ``modules`` only a VM with a network loads
     agent_source_sha256: str
     vmlinux_sha256: str
     initramfs_sha256: str
@@ -102,6 +104,7 @@ def load_guest(data_dir: Path) -> GuestImage:
     if raw.pop("format", None) != FORMAT:
         raise GuestMissing(f"{record} is from another Amber version (run `amber setup-guest`)")
     raw["modules"] = tuple(raw["modules"])
+    raw["network_modules"] = tuple(raw["network_modules"])
     image = GuestImage(directory=d, **raw)
     for p in (image.vmlinux, image.initramfs, image.agent):
         if not p.exists():
@@ -144,13 +147,15 @@ def _build(d: Path, source: bytes, source_sha: str, current: GuestImage | None, 
     progress("compiling the guest agent")
     gcc_version = _build_agent(source, d / "amber-agent")
     progress("packing the initramfs")
-    _build_initramfs(d / "amber-agent", d / "modules", kernel.modules, d / "initramfs.cpio.gz")
+    _build_initramfs(d / "amber-agent", d / "modules", kernel.modules, kernel.network_modules,
+                     d / "initramfs.cpio.gz")
     image = GuestImage(
         directory=d,
         kernel_package=kernel.package,
         kernel_version=kernel.version,
         kernel_release=kernel.release,
         modules=kernel.modules,
+        network_modules=kernel.network_modules,
         agent_source_sha256=source_sha,
         vmlinux_sha256=sha256_file(d / "vmlinux"),
         initramfs_sha256=sha256_file(d / "initramfs.cpio.gz"),
@@ -159,6 +164,7 @@ def _build(d: Path, source: bytes, source_sha: str, current: GuestImage | None, 
     )
     record = {"format": FORMAT, **{k: v for k, v in asdict(image).items() if k != "directory"}}
     record["modules"] = list(image.modules)
+    record["network_modules"] = list(image.network_modules)
     _atomic_write(d / "guest.json", json.dumps(record, indent=2).encode() + b"\n")
     return image
 
@@ -169,12 +175,14 @@ class _Kernel:
     version: str
     release: str
     modules: tuple[str, ...]
+    network_modules: tuple[str, ...]
 
 
 def _kernel_from_record(image: GuestImage) -> _Kernel | None:
     if not image.vmlinux.exists():
         return None
-    return _Kernel(image.kernel_package, image.kernel_version, image.kernel_release, image.modules)
+    return _Kernel(image.kernel_package, image.kernel_version, image.kernel_release, image.modules,
+                   image.network_modules)
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
@@ -222,7 +230,9 @@ def _install_kernel(d: Path, progress: Progress) -> _Kernel:
         release = releases[0]
         _run(["depmod", "-b", str(root), release], "depmod")  # the .deb ships no modules.dep
         moddir = root / "lib" / "modules" / release
-        order = module_load_order(parse_modules_dep((moddir / "modules.dep").read_text()), GUEST_MODULES)
+        deps = parse_modules_dep((moddir / "modules.dep").read_text())
+        core = module_load_order(deps, GUEST_MODULES)
+        order = core + [m for m in module_load_order(deps, GUEST_MODULES + NETWORK_MODULES) if m not in core]
         staged = d / "modules.tmp"
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir()
@@ -236,7 +246,8 @@ def _install_kernel(d: Path, progress: Progress) -> _Kernel:
         _atomic_write(d / "vmlinux", vmlinux)
         shutil.rmtree(d / "modules", ignore_errors=True)
         staged.rename(d / "modules")
-    return _Kernel(package, version, release, tuple(names))
+    network = tuple(module_name(m) for m in order[len(core):])
+    return _Kernel(package, version, release, tuple(names), network)
 
 
 def parse_modules_dep(text: str) -> dict[str, list[str]]:
@@ -341,7 +352,9 @@ def _build_agent(source: bytes, out: Path) -> str:
     return version
 
 
-def _build_initramfs(agent: Path, modules: Path, order: tuple[str, ...], out: Path) -> None:
+def _build_initramfs(agent: Path, modules: Path, order: tuple[str, ...], network: tuple[str, ...], out: Path) -> None:
+    # load.list: one module per line in load order; "net:" marks those only a networked VM loads.
+    load_list = "".join(f"net:{m}\n" if m in network else f"{m}\n" for m in order)
     entries = [
         CpioEntry.directory("dev"),
         CpioEntry.char_device("dev/console", 0o600, 5, 1),
@@ -351,7 +364,7 @@ def _build_initramfs(agent: Path, modules: Path, order: tuple[str, ...], out: Pa
         CpioEntry.directory("lib"),
         CpioEntry.directory("lib/modules"),
         CpioEntry.file("init", agent.read_bytes(), 0o755),
-        CpioEntry.file("lib/modules/load.list", "".join(f"{m}\n" for m in order).encode(), 0o644),
+        CpioEntry.file("lib/modules/load.list", load_list.encode(), 0o644),
     ]
     entries += [CpioEntry.file(f"lib/modules/{m}.ko", (modules / f"{m}.ko").read_bytes(), 0o644) for m in order]
     # mtime=0 keeps the initramfs byte-identical across rebuilds of the same inputs.

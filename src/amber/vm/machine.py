@@ -128,7 +128,9 @@ def kernel_cmdline(*, tsc_khz: int, lpj: int, network: bool, hostname: str | Non
     """The guest kernel command line. ``tsc_early_khz``/``lpj`` skip TSC calibration, which hangs about
     one TCG boot in five; ``amber.*`` keys are read by the agent (no hostname: the image's /etc/hostname,
     else "amber")."""
-    parts = ["console=ttyS0", "panic=-1", "quiet", f"tsc_early_khz={tsc_khz}", f"lpj={lpj}",
+    # tsc=reliable: under TCG the clocksource watchdog otherwise declares the TSC unstable and the guest
+    # falls back to the 4 ms jiffies clocksource.
+    parts = ["console=ttyS0", "panic=-1", "quiet", f"tsc_early_khz={tsc_khz}", f"lpj={lpj}", "tsc=reliable",
              f"amber.port={AGENT_PORT_NAME}"]
     if hostname:
         if not hostname.replace("-", "").replace(".", "").isalnum() or len(hostname) > 64:
