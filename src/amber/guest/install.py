@@ -186,8 +186,10 @@ def _kernel_from_record(image: GuestImage) -> _Kernel | None:
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    # depmod lives in /usr/sbin, which a non-login PATH may lack.
+    tool = shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/sbin") or argv[0]
     try:
-        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+        done = subprocess.run([tool, *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
         raise GuestSetupError(f"{what}: {argv[0]} is not installed (run scripts/setup.sh)") from None
     if done.returncode != 0:
