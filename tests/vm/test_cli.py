@@ -46,10 +46,13 @@ def host_http() -> Iterator[int]:
 def test_vm_run_with_network_streams_output_and_exits_with_the_status(
     busybox_disk: Path, data_dir: Path, host_http: int
 ) -> None:
-    done = amber(data_dir, "vm", "run", str(busybox_disk), "--memory", "192", "--network", "--",
-                 "sh", "-c", f"wget -qO- http://10.0.2.2:{host_http}/ && echo to-stderr >&2 && exit 7")
+    done = amber(data_dir, "vm", "run", str(busybox_disk), "--memory", "192", "--cpus", "2", "--network", "--",
+                 "sh", "-c", f"wget -qO- http://10.0.2.2:{host_http}/ && nproc && free -m | grep -o 'Mem: *[0-9]*' "
+                             "&& echo to-stderr >&2 && exit 7")
     assert done.returncode == 7, done.stderr
-    assert done.stdout == "hello from the host\n"
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["hello from the host", "2"]
+    assert 150 <= int(lines[2].split()[1]) <= 192  # guest-visible RAM: 192 MiB minus the kernel's share
     assert "to-stderr" in done.stderr and "booting the VM: done in" in done.stderr
 
 
