@@ -40,7 +40,7 @@ class AppState:
         return caller
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.amber
     return state
 
