@@ -90,6 +90,8 @@ def orphaned_builds(session: Session, me: WorkerIdentity) -> list[Build]:
     out = []
     for build in session.scalars(select(Build).where(Build.status == "building")).all():
         owner = WorkerIdentity.parse(build.lease_owner or "")
+        if owner is not None and str(owner) == str(me):
+            continue  # ours and running: a late lease renewal (a starved event loop) is not a dead worker
         expired = build.lease_expires_at is None or build.lease_expires_at < now
         local_dead = owner is not None and owner.host == me.host and str(owner) != str(me) and not _alive(owner.pid)
         restarted_here = owner is not None and owner.host == me.host and owner.pid == me.pid and owner.nonce != me.nonce
