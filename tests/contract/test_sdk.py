@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import pytest
 from nullspace import (
     AuthError,
@@ -290,3 +291,21 @@ def test_template_base_build(sdk: Sdk, built: TemplateBuild) -> None:
         Template.build_in_background(Template.from_template(built.template_id), unique("theirs"), **sdk.other)
     assert denied.value.code == "invalid_request" and "base_image" in str(denied.value)
     result.close()
+
+
+def test_blocking_create_returns_the_template(sdk: Sdk) -> None:
+    """#1 (deprecated, never called by the SDK): blocks until the build ends, 201 TemplateInfo or a build_error."""
+    name = unique("blocking")
+    with httpx.Client(base_url=sdk.server.url, headers={"Authorization": f"Bearer {sdk.acme_key}"},
+                      timeout=300) as client:
+        created = client.post("/v1/templates", json={"name": name, "tags": ["v1"], "base_image": sdk.base_image})
+        assert created.status_code == 201, created.text
+        info = created.json()
+        assert info["canonical_ref"] == f"acme/{name}:v1" and info["id"].startswith("tmpl_")
+        failed = client.post("/v1/templates", json={"name": name, "base_image": sdk.base_image,
+                                                     "steps": [{"action": "run", "command": "exit 7"}]})
+    assert failed.status_code == 400
+    body = failed.json()
+    assert body["code"] == "build_error" and body["build_id"].startswith("tb_")
+    assert body["error_detail"]["phase"] == "build_step" and body["error_detail"]["step_index"] == 1
+    assert get_info(f"{name}:v1", sdk.acme).id == info["id"]
