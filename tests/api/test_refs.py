@@ -60,9 +60,13 @@ def test_encoded_refs_route_back(ref: str, method_sub: tuple[str, str | None]) -
     method, sub = method_sub
     raw = quote(ref, safe="") + (f"/{sub}" if sub else "")
     readings = route_candidates(method, raw)
-    assert readings[0] == RefRoute(ref, sub)
-    assert parse_ref(readings[0].ref).text == ref
-    assert readings[0].internal_path().endswith(raw)
+    assert RefRoute(ref, sub) in readings
+    if "/" in ref or sub is None:
+        assert readings[0] == RefRoute(ref, sub)  # a %2F-encoded ref can never be read as a longer one
+    else:
+        # ``name/tags`` may also name the template ``tags`` in namespace ``name``: R8 decides by existence.
+        assert readings in ([RefRoute(ref, sub)], [RefRoute(f"{ref}/{sub}"), RefRoute(ref, sub)])
+    assert RefRoute(ref, sub).internal_path().endswith(raw)
 
 
 @given(ref=refs(), arg=tags, sub=st.sampled_from(["tags", "aliases"]))
