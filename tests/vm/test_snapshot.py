@@ -29,8 +29,10 @@ from amber.vm.artifact import sha256_file
 from tests.vm.conftest import qemu_processes_for
 from tests.vm.test_exec import wait_for_port
 
+# The counter is written to a temporary file and renamed into place, so a reader never sees it truncated.
 SERVICE = (
-    "(i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.2; done) >/dev/null 2>&1 & "
+    "(i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter.new; mv /dev/shm/counter.new /dev/shm/counter; "
+    "sleep 0.2; done) >/dev/null 2>&1 & "
     "httpd -p 8080 -h /www"
 )
 
