@@ -13,3 +13,4 @@ test: setup
 lint: setup
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy
+	.venv/bin/mypy tests bench

@@ -11,6 +11,7 @@ import pytest
 
 from amber.oci import BasicCredentials, LayerCache, pull, resolve
 from amber.oci.errors import PlatformError, UnsupportedMediaTypeError
+from amber.oci.manifest import Descriptor
 from amber.oci.progress import ImportProgress
 from tests.support.images import (
     Compression,
@@ -39,13 +40,13 @@ class _Recorder(ImportProgress):
     def phase(self, name: str) -> None:
         self.events.append(("phase", name, None))
 
-    def layer_started(self, descriptor: object, *, cached: bool) -> None:
+    def layer_started(self, descriptor: Descriptor, *, cached: bool) -> None:
         self.events.append(("start", descriptor.digest, cached))
 
-    def layer_advanced(self, descriptor: object, nbytes: int) -> None:
+    def layer_advanced(self, descriptor: Descriptor, nbytes: int) -> None:
         self.events.append(("bytes", descriptor.digest, nbytes))
 
-    def layer_finished(self, descriptor: object) -> None:
+    def layer_finished(self, descriptor: Descriptor) -> None:
         self.events.append(("done", descriptor.digest, None))
 
 

@@ -37,7 +37,7 @@ def _tarfile_tar(fmt: int) -> bytes:
 
 def _reference(data: bytes) -> list[tuple[object, ...]]:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for m in tar.getmembers():
             content = tar.extractfile(m).read() if m.isreg() else b""  # type: ignore[union-attr]
             xattrs = {k[13:]: v.encode("utf-8", "surrogateescape") for k, v in m.pax_headers.items()
@@ -48,7 +48,7 @@ def _reference(data: bytes) -> list[tuple[object, ...]]:
 
 def _ours(data: bytes) -> list[tuple[object, ...]]:
     reader = TarReader(io.BytesIO(data))
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for m in reader:
         content = b"".join(reader.read_chunks())
         rows.append((m.name.rstrip("/"), m.type, m.mode, m.uid, m.gid, int(m.mtime), m.linkname, content, m.xattrs))

@@ -42,7 +42,7 @@ def test_three_layers_unpack_to_the_expected_tree(tmp_path: Path) -> None:
     expected = fidelity.materialize_expected(tmp_path / "expected")
     assert diff(snapshot(expected), snapshot(target)) == []
     assert stats.whiteouts == 3
-    assert (target / "opt/fx/file").stat().st_mtime == fidelity.TarEntry("x").mtime
+    assert (target / "opt/fx/file").stat().st_mtime == TarEntry("x").mtime
 
 
 def test_opaque_whiteout_keeps_same_layer_entries_in_any_order(tmp_path: Path) -> None:

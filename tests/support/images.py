@@ -139,7 +139,7 @@ def tar_entries(entries: Iterable[TarEntry]) -> bytes:
                     f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in entry.xattrs.items()
                 }
             if entry.type is EntryType.SOCKET:
-                tar.fileobj.write(_socket_header(info))  # type: ignore[union-attr]
+                tar.fileobj.write(_socket_header(info))
                 tar.offset += tarfile.BLOCKSIZE
                 continue
             tar.addfile(info, io.BytesIO(entry.data) if entry.type is EntryType.FILE else None)

@@ -82,7 +82,7 @@ def _description(**changes: object) -> MachineDescription:
     base = MachineDescription(qemu_version="7.2.22", accel=Accel.TCG, cpu_model="max", cpus=2, memory_mib=512,
                               memory_backend=MemoryBackend.FILE, network=True, kernel_release="6.1",
                               kernel_sha256="k", initramfs_sha256="i", kernel_cmdline="console=ttyS0")
-    return MachineDescription(**{**base.to_json(), **changes})  # type: ignore[arg-type]
+    return MachineDescription(**{**base.to_json(), **changes})
 
 
 def test_description_round_trip_and_differences() -> None:
