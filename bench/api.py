@@ -147,7 +147,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="amber-bench-api-") as tmp:
         data = Path(tmp)
-        env = {**os.environ, "AMBER_DATA_DIR": str(data), "AMBER_SSE_HEARTBEAT_SECS": "10"}
+        env = {**os.environ, "AMBER_DATA_DIR": str(data), "AMBER_SSE_HEARTBEAT_SECS": "10",
+               "AMBER_RATE_LIMIT_PER_SEC": "0"}  # measures throughput, not the per-key limiter
         env.pop("AMBER_DATABASE_URL", None)
         key = subprocess.run([*AMBER, "keys", "create", "--namespace", "bench"], env=env, check=True,
                              capture_output=True, text=True).stdout.strip()

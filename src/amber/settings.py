@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_blob_bytes: int = 8 * 1024**3  # largest single build-context file accepted
     sse_heartbeat_secs: float = 10.0  # idle SSE streams get a comment line this often (SDK needs <= 15 s)
     log_poll_secs: float = 2.0  # followers re-check the database this often (entries written by other hosts)
+    rate_limit_per_sec: float = 100.0  # sustained requests per second per API key (0 = no limit); 429 beyond
+    rate_limit_burst: int = 1000  # requests a key may make at once before the sustained rate applies
 
     @property
     def blobs_dir(self) -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import Depends, Request
 
 from amber.api.errors import ApiError
+from amber.api.ratelimit import RateLimiter, retry_after_header
 from amber.blobs.store import BlobStore
 from amber.builds.service import BuildService
 from amber.settings import Settings
@@ -25,6 +26,10 @@ class AppState:
     blobs: BlobStore
     builds: BuildService
     _keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_sec, self.settings.rate_limit_burst)
 
     async def caller_for(self, key: str) -> Caller | None:
         digest = hash_key(key)
@@ -46,7 +51,8 @@ async def app_state(request: Request) -> AppState:
 
 
 async def current_caller(request: Request, state: AppState = Depends(app_state)) -> Caller:
-    """Bearer API key → caller (§0.2). Missing or unknown key → 401 ``unauthorized``."""
+    """Bearer API key → caller (§0.2). Missing or unknown key → 401 ``unauthorized``; a key over its rate
+    limit → 429 ``rate_limit_exceeded`` with ``Retry-After`` (§0.7)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -54,4 +60,11 @@ async def current_caller(request: Request, state: AppState = Depends(app_state))
     caller = await state.caller_for(key.strip())
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid API key")
+    wait = state.limiter.acquire(caller.key_id)
+    if wait is not None:
+        retry_after = retry_after_header(wait)
+        raise ApiError(429, "rate_limit_exceeded",
+                       f"rate limit exceeded: at most {state.limiter.rate:g} requests per second per API key "
+                       f"(bursts of {state.limiter.burst}); retry after {retry_after} s",
+                       headers={"Retry-After": retry_after})
     return caller
