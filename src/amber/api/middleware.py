@@ -4,6 +4,9 @@
 ``RefsRoutingMiddleware`` routes the ``/v1/templates/refs/…`` family on the *raw* path (§0.6, §11): it splits
 on ``/`` before percent-decoding, picks the reading R8 prescribes, and hands the router a path in which the
 ref (and a tag/alias argument) is one percent-encoded segment; handlers decode it with ``unquote``.
+The ``{id}`` family (R9) gets the same treatment when its id segment holds an encoded ``/`` (``%2F``): such an
+id is a namespaced ref, so ``/v1/templates/acme%2Fapp%3Astable/tags`` is served as the refs route it names
+instead of falling apart into path segments after decoding.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from amber.api.refs import REFS_PREFIX, route_candidates
 from amber.store.ids import request_id
+
+TEMPLATES_PREFIX = "/v1/templates/"
 
 RefExists = Callable[[str], Awaitable[bool]]
 
@@ -50,6 +55,10 @@ class RefsRoutingMiddleware:
             raw_path = raw.decode("latin-1").split("?", 1)[0]
             if raw_path.startswith(REFS_PREFIX):
                 scope = await self._rewrite(scope, raw_path[len(REFS_PREFIX):])
+            elif raw_path.startswith(TEMPLATES_PREFIX):
+                rest = raw_path[len(TEMPLATES_PREFIX):]
+                if "%2f" in rest.split("/", 1)[0].lower():  # an {id} that is a namespaced ref (R9)
+                    scope = await self._rewrite(scope, rest)
         await self.app(scope, receive, send)
 
     async def _rewrite(self, scope: Scope, rest: str) -> Scope:
