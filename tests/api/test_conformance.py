@@ -26,3 +26,61 @@ def test_id_routes_take_percent_encoded_namespaced_refs(api: Api) -> None:
     assert_error(api.acme.delete(f"/v1/templates/{enc('nullspace/base:latest')}"), 400, "invalid_request")
     assert api.acme.delete(f"/v1/templates/{ref}").status_code == 204
     assert_error(api.acme.get(f"/v1/templates/{ref}"), 404, "template_not_found")
+
+
+def test_build_history_pagination_and_filters(api: Api) -> None:
+    """§10.5: newest first, limit/next_cursor paging (no next_cursor on the last page), status/backend/
+    source_type filters (R26 includes failed/cancelled attempts), a foreign cursor is a 400 naming it."""
+    name = unique("history")
+    first = seed_template(api.database_url, "acme", name, ["default"])
+    second = seed_template(api.database_url, "acme", name, ["v2"])
+    started = api.acme.post("/v1/templates/builds", json={"name": name, "base_image": "127.0.0.1:1/x:latest"})
+    assert started.status_code == 202, started.text
+    cancelled = started.json()["build_id"]
+    assert api.acme.post(f"/v1/templates/builds/{cancelled}/cancel", json={}).status_code == 200
+    path = f"/v1/templates/refs/{enc(name)}/builds"
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = api.acme.get(path, params={"limit": 1, **({"cursor": cursor} if cursor else {})}).json()
+        pages += 1
+        seen += [b["build_id"] for b in page["builds"]]
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+        assert isinstance(cursor, str) and len(page["builds"]) == 1
+    assert seen == [cancelled, second.build_id, first.build_id] and pages == 3
+    assert [b["build_id"] for b in api.acme.get(path).json()["builds"]] == seen
+    assert "next_cursor" not in api.acme.get(path, params={"limit": 3}).json()
+
+    def ids(**params: str) -> list[str]:
+        resp = api.acme.get(path, params=params)
+        assert resp.status_code == 200, resp.text
+        return [b["build_id"] for b in resp.json()["builds"]]
+
+    assert ids(status="cancelled") == [cancelled]
+    assert ids(status="ready") == [second.build_id, first.build_id]
+    assert ids(status="error") == []
+    assert ids(backend="buildkit") == [] and ids(backend="native") == seen
+    assert ids(source_type="oci_import") == seen and ids(source_type="dockerfile") == []
+    assert ids(status="ready", limit="1", cursor=second.build_id) == [first.build_id]
+    body = assert_error(api.acme.get(path, params={"cursor": "garbage"}), 400, "invalid_request")
+    assert "cursor" in body["error"]
+    for params in ({"limit": "0"}, {"status": "done"}, {"backend": "docker"}, {"source_type": "zip"}):
+        body = assert_error(api.acme.get(path, params=params), 400, "invalid_request")
+        assert next(iter(params)) in body["error"]
+
+
+def test_promote_errors_name_the_field(api: Api) -> None:
+    started = api.acme.post("/v1/templates/builds", json={"name": unique("promo"),
+                                                          "base_image": "127.0.0.1:1/x:latest"})
+    build_id = started.json()["build_id"]
+    body = assert_error(api.acme.post(f"/v1/templates/builds/{build_id}/promote", json={"tag": "bad tag"}), 400,
+                        "invalid_request")
+    assert body["error"].startswith("tag:")
+    body = assert_error(api.acme.post(f"/v1/templates/builds/{build_id}/promote",
+                                      json={"tags": ["ok", "bad tag"]}), 400, "invalid_request")
+    assert body["error"].startswith("tags[1]:")
+    assert_error(api.acme.post(f"/v1/templates/builds/{build_id}/promote", json={"tags": []}), 400,
+                 "invalid_request")
+    assert_error(api.acme.post(f"/v1/templates/builds/{build_id}/promote", json={"tag": "ok"}), 409, "conflict")
+    api.acme.post(f"/v1/templates/builds/{build_id}/cancel", json={})

@@ -5,6 +5,7 @@ claims (#13, #14) and namespaces (#36)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -41,6 +42,7 @@ from amber.store.models import Build, Namespace
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 T = TypeVar("T")
+_CURSOR_RE = re.compile(r"tb_[0-9a-z]+")  # next_cursor is the last build id of the page
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
@@ -218,6 +220,8 @@ async def _builds(state: AppState, caller: Caller, text: str, status: BuildStatu
                   backend: BuildBackend | None, source_type: SourceType | None, limit: int,
                   cursor: str | None) -> Response:
     ref = parse_ref(text)
+    if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
+        raise InvalidRequest("cursor", f"{cursor!r} is not a cursor from this listing: pass next_cursor back verbatim")
     result = await state.builds.list_builds(
         caller, _query(ref), status=status.value if status else None, backend=backend.value if backend else None,
         source_type=source_type.value if source_type else None, limit=limit, cursor=cursor)
