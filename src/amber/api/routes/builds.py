@@ -74,7 +74,7 @@ def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
             return False
         with state.db.read_session() as session:
             try:
-                catalog.resolve(session, caller, query)
+                catalog.resolve_base_template(session, caller, query)
             except NotFound:
                 return False
         return True
@@ -172,11 +172,14 @@ async def promote_template_build(build_id: str, body: PromoteTemplateBuildReques
     tags = list(body.tags or []) + ([body.tag] if body.tag is not None else [])
     if not tags:
         raise InvalidRequest("tag", "give 'tag' or a non-empty 'tags'")
-    for index, tag in enumerate(tags):
+    named = [(f"tags[{index}]", tag) for index, tag in enumerate(body.tags or [])]
+    if body.tag is not None:
+        named.append(("tag", body.tag))
+    for field, tag in named:
         try:
-            check_tag(tag, "tag" if body.tag == tag else f"tags[{index}]")
+            check_tag(tag, field)
         except InvalidRef as exc:
-            raise InvalidRequest("tags", str(exc)) from None
+            raise InvalidRequest(field, str(exc)) from None
     info = await state.builds.promote(caller, build_id, list(dict.fromkeys(tags)))
     return _json(info)
 
