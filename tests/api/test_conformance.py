@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from tests.api.conftest import Api
 from tests.api.test_catalog import assert_error, enc, unique
 from tests.support.seed import seed_template
@@ -84,3 +87,38 @@ def test_promote_errors_name_the_field(api: Api) -> None:
                  "invalid_request")
     assert_error(api.acme.post(f"/v1/templates/builds/{build_id}/promote", json={"tag": "ok"}), 409, "conflict")
     api.acme.post(f"/v1/templates/builds/{build_id}/cancel", json={})
+
+
+def test_dockerfile_path_alone_names_the_dockerfile_in_the_context(api: Api) -> None:
+    """R30: ``dockerfile_path`` is the Dockerfile's path inside the uploaded context, so it is a source on its
+    own (inline or blob-backed context file); a path naming no context file is a 400 naming dockerfile_path."""
+    raw = b"FROM 127.0.0.1:1/x:latest\nRUN echo hi\n"
+    inline = {"files": [{"path": "sub/Dockerfile", "entry_type": "file",
+                         "content_base64": base64.b64encode(raw).decode(), "mode": "0644"}]}
+    body = {"name": unique("ctxdf"), "dockerfile_path": "sub/Dockerfile", "build_context": inline}
+    plan = api.acme.post("/v1/templates/plan", json=body)
+    assert plan.status_code == 200, plan.text
+    assert (plan.json()["build_backend"], plan.json()["source_type"]) == ("buildkit", "dockerfile")
+    assert plan.json()["build_plan"]["run_steps"] == ["echo hi"]
+    assert api.acme.post("/v1/templates/validate", json=body).json() == {"valid": True, "errors": [], "warnings": []}
+    missing = {**body, "dockerfile_path": "sub/Nope"}
+    body_err = assert_error(api.acme.post("/v1/templates/builds", json=missing), 400, "invalid_request")
+    assert body_err["error"].startswith("dockerfile_path:")
+    checked = api.acme.post("/v1/templates/validate", json=missing).json()
+    assert checked["valid"] is False and checked["errors"][0]["field"] == "dockerfile_path"
+    # Blob-backed: the uploaded file is the Dockerfile, and the stored definition keeps the build retryable.
+    pre = api.acme.post("/v1/templates/blobs/preflight", json={"files": [
+        {"path": "Dockerfile.app", "entry_type": "file", "sha256": hashlib.sha256(raw).hexdigest(),
+         "size_bytes": len(raw)}]})
+    blob_id = pre.json()["files"][0]["blob_id"]
+    assert api.acme.put(f"/v1/templates/blobs/{blob_id}", content=raw).status_code == 204
+    body = {"name": unique("blobdf"), "dockerfile_path": "Dockerfile.app",
+            "build_context": {"files": [{"path": "Dockerfile.app", "entry_type": "file", "blob_id": blob_id}]}}
+    started = api.acme.post("/v1/templates/builds", json=body)
+    assert started.status_code == 202, started.text
+    assert (started.json()["build_backend"], started.json()["source_type"]) == ("buildkit", "dockerfile")
+    build_id = started.json()["build_id"]
+    assert api.acme.post(f"/v1/templates/builds/{build_id}/cancel", json={}).status_code == 200
+    retried = api.acme.post(f"/v1/templates/builds/{build_id}/retry", json={})
+    assert retried.status_code == 202 and retried.json()["source_type"] == "dockerfile"
+    assert api.acme.post(f"/v1/templates/builds/{retried.json()['build_id']}/cancel", json={}).status_code == 200

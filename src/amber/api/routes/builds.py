@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from amber.api.context_dockerfile import with_context_dockerfile
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
 from amber.api.refs import InvalidRef, check_tag
@@ -26,6 +27,7 @@ from amber.api.schemas.responses import (
     TemplateInfo,
 )
 from amber.api.sse import sse_stream, wait_terminal
+from amber.blobs.records import BlobProblem
 from amber.builds.planning import plan_json, validate_request
 from amber.store import catalog
 from amber.store.catalog import Caller
@@ -83,7 +85,8 @@ def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
 
 
 async def _accept(request: Request, state: AppState, caller: Caller) -> dict[str, Any]:
-    req = validate_create_request(await _read_body(request))
+    data = await with_context_dockerfile(await _read_body(request), state, caller)
+    req = validate_create_request(data)
     return await state.builds.accept(caller, req, request_id=request_id_of(request))
 
 
@@ -188,7 +191,7 @@ async def promote_template_build(build_id: str, body: PromoteTemplateBuildReques
              summary="Normalise a build request into a plan (nothing is built)")
 async def plan_template_build(request: Request, caller: Caller = Depends(current_caller),
                               state: AppState = Depends(app_state)) -> Response:
-    data = await _read_body(request)
+    data = await with_context_dockerfile(await _read_body(request), state, caller)
     exists = _template_exists(state, caller)
     return _json(await asyncio.to_thread(plan_json, data, template_exists=exists))
 
@@ -202,6 +205,13 @@ async def validate_template_build(request: Request, caller: Caller = Depends(cur
         data: Any = json.loads(raw) if raw else None
     except ValueError:
         data = None
+    try:
+        data = await with_context_dockerfile(data, state, caller)
+    except (InvalidRequest, BlobProblem) as exc:  # validation reports problems as data, never as HTTP errors
+        field, code = (exc.field, "invalid_request") if isinstance(exc, InvalidRequest) else (
+            "build_context", "file_upload_error")
+        return _json({"valid": False, "warnings": [], "errors": [
+            {"code": code, "message": str(exc), "phase": "request", "field": field}]})
     exists = _template_exists(state, caller)
     result = await asyncio.to_thread(validate_request, data, template_exists=exists)
     return _json(result.to_json())
