@@ -110,12 +110,14 @@ class BuildFailed(Exception):
         phase: FailurePhase,
         code: str = "build_error",
         step_index: int | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.phase = phase
         self.code = code
         self.step_index = step_index
+        self.details = details  # phase-specific ``error_detail.details`` keys (e.g. ``command``), never secrets
 
 
 @dataclass

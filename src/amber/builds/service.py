@@ -50,6 +50,17 @@ SUGGESTED_ACTIONS: dict[str, str] = {
     "finalize": "Retry the build; if it keeps failing, check the server's disk space and logs.",
     "interrupted": "Retry the build (TemplateBuild.retry); the server stopped while it was running.",
 }
+# The log ``phase`` of the terminal ``error`` entry for each failure phase (two vocabularies, R60/R64).
+FAILURE_LOG_PHASES: dict[str, str] = {
+    "auth": "preparing",
+    "preflight": "preparing",
+    "blob_upload": "preparing",
+    "prepare": "preparing",
+    "build_step": "step",
+    "readiness": "readiness",
+    "snapshot": "snapshot",
+    "finalize": "finalize",
+}
 RETRYABLE_PHASES = {"auth", "prepare", "snapshot", "finalize", "interrupted", "blob_upload"}
 MAX_SNAPSHOT_ENTRIES = 1000
 
@@ -386,7 +397,7 @@ class BuildService:
                 raise Invalid(f"base_image: {base!r} is not a valid template ref", field="base_image")
             return None
         try:
-            resolved = catalog.resolve(session, caller, ref)
+            resolved = catalog.resolve_base_template(session, caller, ref)
         except NotFound:
             if kind == "ambiguous":
                 return None  # ``ns/name`` that is no template: an OCI image on Docker Hub
@@ -570,6 +581,7 @@ class BuildService:
         reason: str,
         step_index: int | None = None,
         allow_waiting: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> bool:
         """End an active build with ``status=error`` and a terminal ``error`` entry carrying the detail."""
 
@@ -580,10 +592,11 @@ class BuildService:
             if build.status == "waiting" and not allow_waiting:
                 return None
             detail = failure_detail(code=code, message=message, phase=phase, build_id=build_id,
-                                    attempt=build.attempt, reason=reason, step_index=step_index)
+                                    attempt=build.attempt, reason=reason, step_index=step_index, extra=extra)
             return self._append(
                 session, build, "error", message, level="error",
-                fields={"error_detail": detail, "attempt": build.attempt, "step_index": step_index},
+                fields={"error_detail": detail, "attempt": build.attempt, "step_index": step_index,
+                        "phase": FAILURE_LOG_PHASES.get(phase)},
                 new_status="error",
                 status_values={
                     "finished_at": utcnow(),

@@ -267,7 +267,7 @@ class WorkerPool:
                                phase=timed_out[0].value, reason="timeout", step_index=timed_out[1])
         elif isinstance(error, BuildFailed):
             await service.fail(build.id, code=error.code, message=error.message, phase=error.phase.value,
-                               reason=_reason_for(error.phase), step_index=error.step_index)
+                               reason=_reason_for(error.phase), step_index=error.step_index, extra=error.details)
         elif isinstance(error, asyncio.CancelledError) or cancel.is_set():
             # Cancelled through the API (already terminal) or by shutdown: shutdown ends it as interrupted.
             await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,

@@ -484,3 +484,27 @@ def base_template_query(text: str) -> RefQuery | None:
     build_id = qualifier if qualifier.startswith("tb_") else None
     tag = qualifier if sep and build_id is None else None
     return RefQuery(text=text, namespace=namespace, name=name, tag=tag, build_id=build_id)
+
+
+BUILTIN_NAMESPACE = "nullspace"
+
+
+def resolve_base_template(session: Session, caller: Caller, ref: RefQuery) -> Resolved:
+    """Resolve a template ``base_image``. The SDK's ``from_template("name[:tag]")`` always sends
+    ``nullspace/name:tag`` (``nullspace/name:latest`` for a bare name); when no builtin template answers to it,
+    the caller's own ``name:tag`` does (and for the SDK-invented ``latest``, the template's default tag)."""
+    try:
+        return resolve(session, caller, ref)
+    except NotFound:
+        if ref.namespace != BUILTIN_NAMESPACE or ref.name is None or ref.artifact_id is not None:
+            raise
+    own = RefQuery(text=ref.text, name=ref.name, tag=ref.tag, build_id=ref.build_id)
+    try:
+        return resolve(session, caller, own)
+    except NotFound:
+        if ref.tag != "latest":
+            raise not_found(ref.text) from None
+    try:
+        return resolve(session, caller, RefQuery(text=ref.text, name=ref.name))
+    except NotFound:
+        raise not_found(ref.text) from None

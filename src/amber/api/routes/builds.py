@@ -76,7 +76,7 @@ def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
             return False
         with state.db.read_session() as session:
             try:
-                catalog.resolve(session, caller, query)
+                catalog.resolve_base_template(session, caller, query)
             except NotFound:
                 return False
         return True

@@ -4,7 +4,7 @@ Shell ops run ``/bin/sh -c`` as the step's user (else the current USER) in the c
 env plus ``build_envs`` (build envs exist only here, R56). Output is streamed line by line to ``on_line`` and the
 last lines are kept for the failure message. COPY writes files through the agent (no tools needed in the
 image); a directory that needs its own mode or owner, or is empty, is created with the image's ``mkdir``/
-``chmod``/``chown``.
+``chmod``/``chown``. ``git_clone`` clones on the server and untars into the guest (``pipeline/git_clone.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from __future__ import annotations
 import errno
 import posixpath
 import shlex
+import shutil
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from amber.builds.pipeline.context import BuildContextFiles, GuestDir, GuestFile, copy_operations
-from amber.builds.planning.steps import CopyOp, ShellOp, UserOp, WorkdirOp, resolve_workdir
+from amber.builds.pipeline.git_clone import GitCloneError, clone_on_host, display_command, unpack_in_guest
+from amber.builds.planning.steps import CopyOp, GitCloneOp, ShellOp, UserOp, WorkdirOp, resolve_workdir
 from amber.vm.agent import AgentClient, ExecResult
 from amber.vm.errors import AgentError
 
@@ -28,9 +31,20 @@ TAIL_CHARS = 2000
 class StepError(Exception):
     """A step failed in the guest. ``message`` is for the user: what ran, how it ended, its last output."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, command: str | None = None, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.command = command  # the shell command that failed, for ``error_detail.details``
+        self.exit_code = exit_code
+
+    @property
+    def details(self) -> dict[str, object] | None:
+        if self.command is None:
+            return None
+        out: dict[str, object] = {"command": self.command}
+        if self.exit_code is not None:
+            out["exit_code"] = self.exit_code
+        return out
 
 
 class LineSplitter:
@@ -103,13 +117,14 @@ def run_shell(
             on_stderr=err.feed,
         )
     except AgentError as exc:
-        raise StepError(f"{what} could not start: {exc}") from None
+        raise StepError(f"{what} could not start: {exc}", command=command) from None
     out.flush()
     err.flush()
     if not result.ok:
         last = "\n".join(tail)[-TAIL_CHARS:]
         detail = f"; last output:\n{last}" if last else " without output"
-        raise StepError(f"{what} {_ended(result)}{detail}")
+        code = result.exit_code if result.signal is None and not result.timed_out else None
+        raise StepError(f"{what} {_ended(result)}{detail}", command=command, exit_code=code)
 
 
 def _ensure_dir(agent: AgentClient, d: GuestDir, env: Mapping[str, str]) -> None:
@@ -164,9 +179,16 @@ def apply_ops(
     env: Mapping[str, str],
     on_line: Callable[[str], None],
     step_index: int,
+    scratch: Path | None = None,
+    network: bool = True,
 ) -> None:
-    """Run one step's ops in order, updating ``state``."""
+    """Run one step's ops in order, updating ``state``. ``scratch`` is a host directory for ``git_clone``
+    checkouts; ``network`` is the build's ``internet_access``."""
     for op in ops:
+        if isinstance(op, GitCloneOp):
+            _git_clone(agent, op, state=state, env=env, on_line=on_line, step_index=step_index,
+                       scratch=scratch, network=network)  # fmt: skip
+            continue
         if isinstance(op, ShellOp):
             run_shell(
                 agent,
@@ -192,3 +214,33 @@ def apply_ops(
             )
         elif isinstance(op, UserOp):
             state.user = op.user
+
+
+def _git_clone(
+    agent: AgentClient,
+    op: GitCloneOp,
+    *,
+    state: GuestState,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None],
+    step_index: int,
+    scratch: Path | None,
+    network: bool,
+) -> None:
+    if scratch is None:
+        raise ValueError("git_clone needs a scratch directory")
+    try:
+        tree = clone_on_host(op, scratch, network=network, on_line=on_line)
+    except GitCloneError as exc:
+        raise StepError(f"step {step_index}: {exc.message}", command=exc.command) from None
+    try:
+        code, output = unpack_in_guest(agent, tree, op, env=env, cwd=state.workdir, user=agent_user(state.user))
+    except (AgentError, ValueError) as exc:
+        raise StepError(f"step {step_index}: unpacking the clone of {op.url!r} at {op.path} failed: {exc}",
+                        command=display_command(op)) from None
+    finally:
+        shutil.rmtree(tree.parent, ignore_errors=True)
+    if code != 0:
+        raise StepError(f"step {step_index}: unpacking the clone of {op.url!r} at {op.path} failed "
+                        f"(exit code {code})" + (f": {output}" if output else ""),
+                        command=display_command(op), exit_code=code)  # fmt: skip

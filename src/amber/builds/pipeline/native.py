@@ -399,10 +399,11 @@ class NativeExecutor:
             try:
                 await asyncio.to_thread(
                     apply_ops, machine.agent, step.ops, context=plan.context, state=state, env=plan.step_env,
-                    on_line=pump.line, step_index=step.index,
+                    on_line=pump.line, step_index=step.index, scratch=attempt.work_dir / "git", network=plan.network,
                 )  # fmt: skip
             except StepError as exc:
-                raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=step.index) from None
+                raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=step.index,
+                                  details=exc.details) from None
             finally:
                 await pump.close()
             claim = attempt.open_claim
@@ -429,8 +430,8 @@ class NativeExecutor:
         elif runtime.start_cmd:
             await log.info(LogPhase.READINESS, "no readiness probe: snapshotting right after the start")
         if start_exit.done():
-            raise BuildFailed(f"the start command {start_exit.result()} before the snapshot",
-                              phase=FailurePhase.READINESS)  # fmt: skip
+            raise BuildFailed(_start_failed(start_exit.result(), "before the snapshot"),
+                              phase=FailurePhase.READINESS, details={"command": runtime.start_cmd})  # fmt: skip
 
     async def _snapshot(self, machine: BuildMachine, attempt: _Attempt, log: BuildLog) -> None:
         """``snapshot``: memory, device state and disk chain into the artifact directory; the VM ends."""
@@ -542,15 +543,16 @@ class NativeExecutor:
         async def probe(timeout: float) -> str | None:
             failure = await asyncio.to_thread(check, timeout)
             if failure is not None and start_exit.done():
-                raise BuildFailed(f"the start command {start_exit.result()} before it was ready",
-                                  phase=FailurePhase.READINESS)  # fmt: skip
+                raise BuildFailed(_start_failed(start_exit.result(), "before it was ready"),
+                                  phase=FailurePhase.READINESS, details={"command": runtime.start_cmd})  # fmt: skip
             return failure
 
         started = time.monotonic()
         try:
             attempts = await wait_until_ready(readiness, probe, cancel)
         except NotReady as exc:
-            raise BuildFailed(str(exc), phase=FailurePhase.READINESS) from None
+            details = {"command": runtime.start_cmd} if runtime.start_cmd else None
+            raise BuildFailed(str(exc), phase=FailurePhase.READINESS, details=details) from None
         await log.info(LogPhase.READINESS, f"ready after {time.monotonic() - started:.2f} s ({attempts} attempts)")
 
     async def _finish(
@@ -629,6 +631,12 @@ def _walk_files(root: Path) -> Iterator[Path]:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             yield Path(dirpath) / name
+def _start_failed(outcome: str, when: str) -> str:
+    """'exited with code 4; last output:\n…' → 'the start command exited with code 4 <when>; last output:\n…'."""
+    how, sep, rest = outcome.partition(";")
+    return f"the start command {how} {when}{sep}{rest}"
+
+
 
 
 def _tree_size(root: Path) -> int:

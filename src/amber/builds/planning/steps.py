@@ -69,11 +69,23 @@ class UserOp:
 
 
 @dataclass(frozen=True)
+class GitCloneOp:
+    """``git_clone``: the build server clones ``url`` (as BuildKit does for ``ADD <git url>``, so loopback URLs
+    and local paths mean the server's) and unpacks the working tree, ``.git`` included, at ``path`` (relative
+    to WORKDIR) as the current USER — what ``RUN git clone`` leaves, without needing git in the image."""
+
+    url: str
+    path: str
+    branch: str | None = None
+    depth: int | None = None
+
+
+@dataclass(frozen=True)
 class CacheBoundaryOp:
     """``skip_cache``: nothing to run; this step and every later one bypass the layer cache (R46)."""
 
 
-Op = ShellOp | CopyOp | WorkdirOp | UserOp | CacheBoundaryOp
+Op = ShellOp | CopyOp | WorkdirOp | UserOp | GitCloneOp | CacheBoundaryOp
 
 
 @dataclass(frozen=True)
@@ -217,7 +229,9 @@ def plan_step(index: int, step: Step) -> StepPlan:
                 lines.append(_copy_line(item.sources, item.dst, item.user, item.mode))
                 ops.append(_copy_op(item))
         case GitCloneStep():
-            shell(git_clone_command(step))
+            lines.append(f"RUN {git_clone_command(step)}")
+            path = step.path if step.path is not None else DEFAULT_GIT_CLONE_PATH
+            ops.append(GitCloneOp(step.url, path, step.branch or None, step.depth))
         case SkipCacheStep():
             ops.append(CacheBoundaryOp())
     return StepPlan(index=index, action=step.action, lines=tuple(lines), ops=tuple(ops))

@@ -1,0 +1,162 @@
+"""``git_clone`` steps: clone on the build server, unpack the working tree into the guest.
+
+BuildKit clones ``ADD <git url>`` sources on the build host too; doing the same here means the image needs no
+git, and a loopback URL or a local path names the server's repository (as a loopback ``base_image`` names the
+server's registry). Git runs without the server's user or system configuration, never prompts for
+credentials, and is given a deadline. With ``internet_access=false`` only loopback URLs and local paths are
+allowed. The tree (``.git`` included, as ``git clone`` leaves it) is streamed as a tar into ``tar -x`` in the
+guest, run as the step's USER in its WORKDIR, so ownership is what ``RUN git clone`` would give.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from amber.builds.planning.steps import GitCloneOp
+from amber.vm.agent import AgentClient
+
+CLONE_TIMEOUT_SECS = 600.0
+MAX_TREE_BYTES = 2 * 1024**3
+
+
+class GitCloneError(Exception):
+    """A clone the user can fix (bad URL, unknown branch, network disabled); ``command`` is the git command."""
+
+    def __init__(self, message: str, command: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.command = command
+
+
+def is_local_source(url: str) -> bool:
+    """A local path, ``file://`` URL, or a URL whose host is loopback (``localhost``, 127.0.0.0/8, ::1)."""
+    if "://" not in url:
+        # scp-like ``host:path`` is remote; anything else is a path on the server
+        head = url.split("/", 1)[0]
+        return ":" not in head
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def clone_command(op: GitCloneOp, dest: str) -> list[str]:
+    argv = ["git", "clone", "--no-recurse-submodules"]
+    if op.branch:
+        argv += ["--branch", op.branch]
+    if op.depth is not None:
+        argv += ["--depth", str(op.depth)]
+    return [*argv, "--", op.url, dest]
+
+
+def display_command(op: GitCloneOp) -> str:
+    """The clone as the user wrote it (the step's ``RUN`` line), for failure details."""
+    argv = ["git", "clone"]
+    if op.branch:
+        argv += ["--branch", op.branch]
+    if op.depth is not None:
+        argv += ["--depth", str(op.depth)]
+    return shlex.join([*argv, op.url, op.path])
+
+
+def _git_env(home: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        "LC_ALL": "C",
+    }
+
+
+def clone_on_host(op: GitCloneOp, scratch: Path, *, network: bool, on_line: Callable[[str], None]) -> Path:
+    """Clone into a fresh directory under ``scratch``; returns the working tree. Raises ``GitCloneError``."""
+    shown = display_command(op)
+    if not network and not is_local_source(op.url):
+        raise GitCloneError(f"git_clone of {op.url!r} needs network access, but internet_access is false "
+                            "(only loopback URLs and local paths can be cloned without it)", shown)  # fmt: skip
+    git = shutil.which("git")
+    if git is None:
+        raise GitCloneError("git_clone: git is not installed on the build server", shown)
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="git-", dir=scratch))
+    home = work / "home"
+    home.mkdir()
+    tree = work / "tree"
+    argv = clone_command(op, str(tree))
+    argv[0] = git
+    try:
+        result = subprocess.run(argv, env=_git_env(home), cwd=work, capture_output=True, text=True,
+                                errors="replace", timeout=CLONE_TIMEOUT_SECS, stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise GitCloneError(f"git clone of {op.url!r} timed out after {CLONE_TIMEOUT_SECS:.0f} s", shown) from None
+    text = (result.stdout + result.stderr).replace(str(tree), op.path)  # never show server paths
+    output = [line for line in text.splitlines() if line.strip()]
+    for line in output:
+        on_line(line)
+    if result.returncode != 0:
+        last = "\n".join(output[-20:])
+        raise GitCloneError(f"git clone of {op.url!r} failed (exit code {result.returncode})"
+                            + (f"; last output:\n{last}" if last else ""), shown)  # fmt: skip
+    return tree
+
+
+def tar_tree(tree: Path) -> bytes:
+    """The tree as an uncompressed tar with relative names, root-owned entries and the tree's modes."""
+    buffer = io.BytesIO()
+    total = 0
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(tree.rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(tree)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isfile():
+                total += info.size
+                if total > MAX_TREE_BYTES:
+                    raise ValueError(f"the cloned tree is larger than {MAX_TREE_BYTES} bytes")
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def unpack_script(path: str) -> str:
+    """Shell for the guest: refuse a non-empty destination (as git does), create it, untar stdin into it."""
+    p = shlex.quote(path)
+    return (
+        f"if [ -e {p} ] && {{ [ ! -d {p} ] || [ -n \"$(ls -A {p} 2>/dev/null)\" ]; }}; then "
+        f"echo \"fatal: destination path '{path}' already exists and is not an empty directory.\" >&2; exit 128; fi; "
+        f"mkdir -p {p} && tar -xf - -C {p}"
+    )
+
+
+def unpack_in_guest(
+    agent: AgentClient, tree: Path, op: GitCloneOp, *, env: Mapping[str, str], cwd: str, user: str
+) -> tuple[int | None, str]:
+    """Untar the clone at ``op.path`` in the guest; (exit code, last output)."""
+    data = tar_tree(tree)
+    result = agent.exec(shell=unpack_script(op.path), env=dict(env), cwd=cwd, user=user, stdin=data,
+                        timeout=CLONE_TIMEOUT_SECS)  # fmt: skip
+    text = (result.stderr + result.stdout).decode("utf-8", "replace").strip()
+    return result.exit_code, text[-2000:]
