@@ -122,3 +122,14 @@ def test_dockerfile_path_alone_names_the_dockerfile_in_the_context(api: Api) -> 
     retried = api.acme.post(f"/v1/templates/builds/{build_id}/retry", json={})
     assert retried.status_code == 202 and retried.json()["source_type"] == "dockerfile"
     assert api.acme.post(f"/v1/templates/builds/{retried.json()['build_id']}/cancel", json={}).status_code == 200
+
+
+def test_alias_removal_checks_the_namespace(api: Api) -> None:
+    old, new = unique("alias-old"), unique("alias-new")
+    seed_template(api.database_url, "acme", old, ["default"])
+    assert api.acme.post(f"/v1/templates/refs/{enc(old)}/rename", json={"new_name": new}).status_code == 200
+    ref = enc(f"acme/{new}")
+    assert_error(api.acme.delete(f"/v1/templates/refs/{ref}/aliases/{enc(f'other/{old}')}"), 404, "not_found")
+    assert [a["alias_ref"] for a in api.acme.get(f"/v1/templates/refs/{ref}/aliases").json()] == [f"acme/{old}"]
+    assert api.acme.delete(f"/v1/templates/refs/{ref}/aliases/{enc(f'acme/{old}:default')}").status_code == 204
+    assert api.acme.get(f"/v1/templates/refs/{ref}/aliases").json() == []

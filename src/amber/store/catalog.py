@@ -327,10 +327,11 @@ def list_aliases(session: Session, namespace: Namespace, template: Template) -> 
 
 
 def remove_alias(session: Session, namespace: Namespace, template: Template, alias: str) -> None:
-    name = alias.split("/", 1)[1] if "/" in alias else alias
+    """``alias`` as listed (``ns/name``) or bare; a namespace other than the template's names no alias of it."""
+    prefix, slash, name = alias.rpartition("/")
     name = name.split(":", 1)[0]
     row = session.get(Alias, (namespace.id, name))
-    if row is None or row.template_id != template.id:
+    if row is None or row.template_id != template.id or (slash and prefix not in (namespace.slug, namespace.id)):
         raise NotFound(f"alias {alias!r} not found on template {template.name!r}")
     session.delete(row)
 
