@@ -133,3 +133,44 @@ def test_alias_removal_checks_the_namespace(api: Api) -> None:
     assert [a["alias_ref"] for a in api.acme.get(f"/v1/templates/refs/{ref}/aliases").json()] == [f"acme/{old}"]
     assert api.acme.delete(f"/v1/templates/refs/{ref}/aliases/{enc(f'acme/{old}:default')}").status_code == 204
     assert api.acme.get(f"/v1/templates/refs/{ref}/aliases").json() == []
+
+
+def test_bodies_parse_with_the_sdks_generated_models(api: Api) -> None:
+    """The generated client's strict ``from_dict`` (not only our own response models) accepts every body."""
+    from nullspace._generated_api.nullspace_openapi_client import models as gen
+
+    name = unique("genmodels")
+    seeded = seed_template(api.database_url, "acme", name, ["stable"])
+    assert api.acme.post(f"/v1/templates/refs/{enc(name)}/rename", json={"new_name": name + "-x"}).status_code == 200
+    ref = enc(f"acme/{name}-x")
+    info = gen.TemplateInfo.from_dict(api.acme.get(f"/v1/templates/refs/{ref}").json())
+    assert (info.id, info.name, info.visibility.value) == (seeded.artifact_id, name + "-x", "private")
+    for item in api.acme.get("/v1/templates").json():
+        gen.TemplateInfo.from_dict(item)
+    for item in api.acme.get(f"/v1/templates/refs/{ref}/tags").json():
+        gen.TemplateTagInfo.from_dict(item)
+    for item in api.acme.get(f"/v1/templates/refs/{ref}/aliases").json():
+        gen.TemplateAliasInfo.from_dict(item)
+    gen.TemplateBuildListResponse.from_dict(api.acme.get(f"/v1/templates/refs/{ref}/builds").json())
+    gen.TemplateNamespaceInfo.from_dict(api.acme.get("/v1/templates/namespaces/acme").json())
+    gen.TemplateNameClaim.from_dict(api.acme.post("/v1/templates/claims", json={"template_ref": name + "-c"}).json())
+    gen.TemplateInfo.from_dict(api.acme.post(f"/v1/templates/builds/{seeded.build_id}/promote",
+                                             json={"tag": "p"}).json())
+    build = api.acme.post("/v1/templates/builds", json={"name": name + "-b", "base_image": "127.0.0.1:1/x:latest"})
+    assert gen.TemplateBuild.from_dict(build.json()).status.value == "waiting"
+    build_id = build.json()["build_id"]
+    gen.TemplateBuildStatusSnapshot.from_dict(api.acme.get(f"/v1/templates/builds/{build_id}").json())
+    gen.TemplateBuildStatusSnapshot.from_dict(
+        api.acme.post(f"/v1/templates/builds/{build_id}/cancel", json={"reason": "r"}).json())
+    retried = api.acme.post(f"/v1/templates/builds/{build_id}/retry", json={}).json()
+    gen.TemplateBuild.from_dict(retried)
+    gen.TemplateBuildListResponse.from_dict(api.acme.get(f"/v1/templates/refs/{enc(name + '-b')}/builds").json())
+    api.acme.post(f"/v1/templates/builds/{retried['build_id']}/cancel", json={})
+    plan = {"base_image": "127.0.0.1:1/x:latest", "steps": [{"action": "run", "command": "echo"}], "start_cmd": "x",
+            "runtime_config": {"readiness": {"kind": "tcp", "port": 8080}}}
+    gen.TemplateBuildPlanResponse.from_dict(api.acme.post("/v1/templates/plan", json=plan).json())
+    gen.TemplateBuildValidationResponse.from_dict(api.acme.post("/v1/templates/validate", json={}).json())
+    errors = [api.acme.get("/v1/templates/refs/nope-nope"), api.acme.put("/v1/templates/blobs/blob_x", content=b"x"),
+              api.other.get(f"/v1/templates/builds/{build_id}"), api.anonymous.get("/v1/templates")]
+    codes = [gen.ErrorResponse.from_dict(error.json()).code.value for error in errors]
+    assert codes == ["template_not_found", "file_upload_error", "template_build_not_found", "unauthorized"]
