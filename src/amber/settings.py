@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_blob_bytes: int = 8 * 1024**3  # largest single build-context file accepted
     sse_heartbeat_secs: float = 10.0  # idle SSE streams get a comment line this often (SDK needs <= 15 s)
     log_poll_secs: float = 2.0  # followers re-check the database this often (entries written by other hosts)
+    cache_max_bytes: int | None = None  # all caches under data_dir/cache together; 0 = unbounded; default below
+    cache_min_idle_secs: float = 300.0  # an entry used more recently than this is never evicted
     rate_limit_per_sec: float = 100.0  # sustained requests per second per API key (0 = no limit); 429 beyond
     rate_limit_burst: int = 1000  # requests a key may make at once before the sustained rate applies
 
@@ -52,10 +54,33 @@ class Settings(BaseSettings):
         return max(1, min(8, cores // 2, int(mem_gib // 4)))
 
     @property
+    def resolved_cache_max_bytes(self) -> int:
+        """Explicit ``cache_max_bytes`` (0 = unbounded), else 20 GiB or a quarter of the data file system,
+        whichever is smaller."""
+        if self.cache_max_bytes is not None:
+            return max(0, self.cache_max_bytes)
+        return default_cache_max_bytes(self.data_dir)
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'amber.db').resolve()}"
+
+
+DEFAULT_CACHE_MAX_BYTES = 20 * 1024**3
+
+
+def default_cache_max_bytes(data_dir: Path) -> int:
+    """20 GiB, or a quarter of the file system holding ``data_dir`` when that is smaller."""
+    directory = data_dir.resolve()
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return DEFAULT_CACHE_MAX_BYTES
+    return min(DEFAULT_CACHE_MAX_BYTES, info.f_blocks * info.f_frsize // 4)
 
 
 @lru_cache(maxsize=1)

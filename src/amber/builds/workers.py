@@ -21,6 +21,7 @@ from sqlalchemy import select
 from amber.api.schemas.requests import CreateTemplateRequest, validate_create_request
 from amber.blobs.records import resolve_for_build
 from amber.builds.executor import BuildExecutor, BuildFailed, BuildJob, FailurePhase, LogEvent, LogPhase
+from amber.builds.pipeline.prune import prune
 from amber.builds.queue import claim_next, renew_lease
 from amber.builds.service import BuildService
 from amber.store.models import Artifact, Build
@@ -238,6 +239,17 @@ class WorkerPool:
                 if now - cancel_seen > _CANCEL_GRACE_SECS:
                     task.cancel()  # the pipeline ignored cancel: stop waiting for it
         await self._finish(build, task, progress, timeout_message, timed_out, cancel)
+        await self._prune_caches()
+
+    async def _prune_caches(self) -> None:
+        """Keep ``<data_dir>/cache`` under its size limit after every build (a scan when under the limit)."""
+        settings = self.service.settings
+        limit = settings.resolved_cache_max_bytes
+        try:
+            await asyncio.to_thread(prune, settings.data_dir.resolve(), max_bytes=limit,
+                                    min_idle_secs=settings.cache_min_idle_secs)  # fmt: skip
+        except Exception:
+            log.exception("cache eviction failed")
 
     async def _finish(
         self,

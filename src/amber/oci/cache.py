@@ -5,18 +5,22 @@ checked (downloads land in ``<root>/tmp`` and are renamed into place atomically)
 right size is trusted without re-hashing. One download per digest at a time, across tasks and processes:
 ``locked`` holds an flock on ``<root>/locks/<hex>.lock`` (released when its holder dies), so a second
 build wanting the same layer waits and then finds it cached.
+
+Eviction (``amber.builds.pipeline.prune``): a pull session holds a shared lock on ``<root>/locks/<hex>.use``
+for each of its layers until it ends, and a hit refreshes the blob's mtime (its last use). The evictor removes
+a blob only while holding both locks exclusively, so a blob is never removed under a running import.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from amber.oci import cache_locks
 from amber.oci.manifest import Descriptor
 
 
@@ -41,26 +45,38 @@ class LayerCache:
         """The cached file for ``descriptor`` if present with the declared size."""
         path = self.path(descriptor.digest)
         try:
-            return path if path.stat().st_size == descriptor.size else None
+            if path.stat().st_size != descriptor.size:
+                return None
+            now = time.time()
+            os.utime(path, (now, now))  # the last use, for LRU eviction
+            return path
         except FileNotFoundError:
             return None
+
+    def lock_path(self, digest: str) -> Path:
+        """The download lock of ``digest`` (one download per digest at a time)."""
+        return self.root / "locks" / f"{self.path(digest).name}.lock"
+
+    def use_path(self, digest: str) -> Path:
+        """Held shared by every pull session that uses ``digest``; the evictor needs it exclusively."""
+        return self.root / "locks" / f"{self.path(digest).name}.use"
 
     @contextlib.asynccontextmanager
     async def locked(self, digest: str) -> AsyncIterator[None]:
         """Hold the download lock of ``digest`` (polled without blocking the event loop; cancel-safe)."""
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{self.path(digest).name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = self.lock_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = await cache_locks.lock(path)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(0.05)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            cache_locks.unlock(fd)
+
+    async def use(self, digest: str) -> int:
+        """Mark ``digest`` as in use until the returned descriptor is released (``cache_locks.unlock``)."""
+        path = self.use_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return await cache_locks.lock(path, shared=True)
 
     def staging_path(self) -> Path:
         """A fresh file name for a download in progress (same file system as the cache)."""

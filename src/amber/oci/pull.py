@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from amber.oci import cache_locks
 from amber.oci.cache import LayerCache
 from amber.oci.credentials import RegistryCredentials, exchange_credentials
 from amber.oci.errors import DigestMismatchError, PlatformError, TruncatedDownloadError, UnsupportedMediaTypeError
@@ -150,10 +151,12 @@ async def _fetch_layer(
     cache: LayerCache,
     progress: ImportProgress,
     limit: asyncio.Semaphore,
+    holds: list[int],
 ) -> tuple[LayerFile, int]:
     compression = layer_compression(descriptor.media_type)
     if compression is None:  # parse_manifest already refuses these; kept for callers building descriptors
         raise UnsupportedMediaTypeError(f"layer {descriptor.digest} has unsupported media type {descriptor.media_type}")
+    holds.append(await cache.use(descriptor.digest))  # not evicted while this session runs
     cached = cache.lookup(descriptor)
     if cached is not None:
         progress.layer_started(descriptor, cached=True)
@@ -204,6 +207,7 @@ class PullSession:
         self._progress = progress
         self._limit = asyncio.Semaphore(max(1, concurrency))
         self._tasks: list[asyncio.Future[tuple[LayerFile, int]]] = []
+        self._holds: list[int] = []  # shared use locks on this session's blobs (see LayerCache.use)
 
     async def layers(self) -> AsyncIterator[LayerFile]:
         if not self._tasks:
@@ -211,7 +215,7 @@ class PullSession:
             repository = self.resolved.reference.repository
             self._tasks = [
                 asyncio.ensure_future(_fetch_layer(self._client, repository, d, self._cache, self._progress,
-                                                   self._limit))
+                                                   self._limit, self._holds))
                 for d in self.resolved.manifest.layers
             ]
         for task in self._tasks:
@@ -223,6 +227,9 @@ class PullSession:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fd in self._holds:
+            cache_locks.unlock(fd)
+        self._holds.clear()
 
 
 @contextlib.asynccontextmanager

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from amber.oci import cache_locks
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
 from amber.oci.platform import Platform
@@ -82,6 +83,17 @@ _DISK_RESERVE = 1024 * 1024 * 1024
 def disk_cache_path(disk_cache_dir: Path, manifest_digest: str, min_size_mib: int) -> Path:
     """Where the root disk of an image is cached: keyed by manifest digest, never by tag."""
     return disk_cache_dir / f"{manifest_digest.removeprefix('sha256:')}-{min_size_mib}m-{DISK_FORMAT}.ext4"
+
+
+def disk_lock_path(cached_disk: Path) -> Path:
+    """Held shared by every import that reads or writes ``cached_disk``; the evictor needs it exclusively."""
+    return cached_disk.with_name(f"{cached_disk.name}.lock")
+
+
+def _touch(path: Path) -> None:
+    now = time.time()
+    with contextlib.suppress(OSError):
+        os.utime(path, (now, now))  # the last use, for LRU eviction
 
 
 def staging_area(work_dir: Path | None, output_disk: Path, compressed_bytes: int) -> tuple[Path, int | None]:
@@ -180,51 +192,60 @@ async def import_image(
         compressed = sum(d.size for d in resolved.manifest.layers)
         output_disk.parent.mkdir(parents=True, exist_ok=True)
         cached_disk = None
+        use_fd: int | None = None
         if disk_cache_dir is not None:
+            disk_cache_dir.mkdir(parents=True, exist_ok=True)
             cached_disk = disk_cache_path(disk_cache_dir, resolved.manifest_digest, min_size_mib)
-            if cached_disk.exists():
+            use_fd = await cache_locks.lock(disk_lock_path(cached_disk), shared=True)  # never evicted under us
+        try:
+            if cached_disk is not None and cached_disk.exists():
+                _touch(cached_disk)
                 report.phase("ext4")
                 await _publish(output_disk, lambda pending: copy_disk(cached_disk, pending))
                 return ImportResult(resolved, output_disk, cached_disk.stat().st_size, layer_count, compressed,
                                     0, 0, time.monotonic() - started, True)
-            disk_cache_dir.mkdir(parents=True, exist_ok=True)
-        parent, budget = staging_area(work_dir, output_disk, compressed)
-        staging = _new_staging(parent)
-        try:
-            stats = UnpackStats(allocation_limit=budget)
-            verified: list[LayerFile] = []
-            # Each layer is unpacked as soon as it is verified, while later layers still download.
-            async for layer in session.layers():
-                report.phase("unpack")
-                verified.append(layer)
-                try:
-                    await _blocking(unpack_layer, layer, staging, stats, stop=stats.stop)
-                except StagingFullError:
-                    if budget is None or parent == output_disk.parent:
-                        raise  # already on disk: the image does not fit
-                    # Too big for memory: start over on disk next to the output with what is verified so far.
-                    await asyncio.to_thread(shutil.rmtree, staging, True)
-                    staging = _new_staging(output_disk.parent)
-                    stats = UnpackStats(allocation_limit=disk_budget(output_disk.parent))
-                    for earlier in verified:
-                        await _blocking(unpack_layer, earlier, staging, stats, stop=stats.stop)
-            apply_dir_mtimes(stats)
-            report.phase("ext4")
-            tree, stop = staging, stats.stop
-            if cached_disk is not None:
-                size = await _blocking(functools.partial(make_ext4, stop=stop), tree, cached_disk, min_size_mib,
-                                       stop=stop)
-                await _publish(output_disk, lambda pending: copy_disk(cached_disk, pending))
-            else:
-                sizes: list[int] = []
-                await _publish(
-                    output_disk, lambda pending: sizes.append(make_ext4(tree, pending, min_size_mib, stop=stop)), stop
-                )
-                size = sizes[0]
-        except OSError as exc:
-            raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
+            parent, budget = staging_area(work_dir, output_disk, compressed)
+            staging = _new_staging(parent)
+            try:
+                stats = UnpackStats(allocation_limit=budget)
+                verified: list[LayerFile] = []
+                # Each layer is unpacked as soon as it is verified, while later layers still download.
+                async for layer in session.layers():
+                    report.phase("unpack")
+                    verified.append(layer)
+                    try:
+                        await _blocking(unpack_layer, layer, staging, stats, stop=stats.stop)
+                    except StagingFullError:
+                        if budget is None or parent == output_disk.parent:
+                            raise  # already on disk: the image does not fit
+                        # Too big for memory: start over on disk next to the output with what is verified so far.
+                        await asyncio.to_thread(shutil.rmtree, staging, True)
+                        staging = _new_staging(output_disk.parent)
+                        stats = UnpackStats(allocation_limit=disk_budget(output_disk.parent))
+                        for earlier in verified:
+                            await _blocking(unpack_layer, earlier, staging, stats, stop=stats.stop)
+                apply_dir_mtimes(stats)
+                report.phase("ext4")
+                tree, stop = staging, stats.stop
+                if cached_disk is not None:
+                    size = await _blocking(functools.partial(make_ext4, stop=stop), tree, cached_disk, min_size_mib,
+                                           stop=stop)
+                    await _publish(output_disk, lambda pending: copy_disk(cached_disk, pending))
+                else:
+                    sizes: list[int] = []
+                    await _publish(
+                        output_disk,
+                        lambda pending: sizes.append(make_ext4(tree, pending, min_size_mib, stop=stop)),
+                        stop,
+                    )
+                    size = sizes[0]
+            except OSError as exc:
+                raise RootDiskError(f"writing the root disk {output_disk} failed: {exc}") from None
+            finally:
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, True))
         finally:
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging, True))
+            if use_fd is not None:
+                cache_locks.unlock(use_fd)
     return ImportResult(
         resolved=resolved,
         disk=output_disk,

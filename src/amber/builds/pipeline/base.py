@@ -16,7 +16,7 @@ from typing import Any
 
 from amber.builds.executor import BuildFailed, CacheKind, CacheReason, CacheStatus, FailurePhase, LogPhase
 from amber.builds.pipeline.events import BuildLog
-from amber.builds.pipeline.store import CacheStore, EntryClaim
+from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision, base_layer_key
 from amber.builds.planning.runtime import ImageDefaults
 from amber.oci.credentials import RegistryCredentials
@@ -83,10 +83,10 @@ async def prepare_oci_base(
     store: CacheStore,
     layer_cache: Path,
     work_dir: Path,
-    claims: list[EntryClaim],
+    claims: list[EntryHold],
     guest_fingerprint: str,
-) -> tuple[Path, ResolvedImage, str]:
-    """(base disk, resolved image, base key)."""
+) -> tuple[Path, ResolvedImage, str, EntryHold | None]:
+    """(base disk, resolved image, base key, the held cache entry or None when the disk is private)."""
     started = time.monotonic()
     resolved = await resolve_base(reference, credentials)
     await log.info(LogPhase.PREPARING, f"resolved {reference} to {resolved.manifest_digest} ({resolved.platform}) "
@@ -94,9 +94,11 @@ async def prepare_oci_base(
     key = base_layer_key(resolved.manifest_digest, disk_mb=disk_mb, guest_fingerprint=guest_fingerprint)
     subject = f"base image {reference}@{resolved.manifest_digest}"
     path = store.base_path(key)
-    if decision.lookup and store.is_complete(path):
+    use = store.use(path) if decision.lookup else None
+    if use is not None:
+        claims.append(use)
         await log.cache(CacheKind.LAYER, CacheStatus.HIT, subject, f"base disk cached for {subject}")
-        return path, resolved, key
+        return path, resolved, key, use
     claim = store.claim(path) if decision.lookup else None
     if decision.lookup:
         await log.cache(CacheKind.LAYER, CacheStatus.MISS, subject, f"base disk not cached: importing {subject}",
@@ -114,4 +116,4 @@ async def prepare_oci_base(
     if claim is not None:
         await asyncio.to_thread(claim.publish)
         await log.cache(CacheKind.LAYER, CacheStatus.STORED, subject, f"base disk stored for {subject}")
-    return target, resolved, key
+    return target, resolved, key, claim

@@ -53,7 +53,7 @@ from amber.builds.pipeline.events import BuildLog, OutputPump
 from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
 from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
-from amber.builds.pipeline.store import CacheStore, EntryClaim
+from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST, prepare_template_base
 from amber.builds.planning.cache import (
     CacheDecision,
@@ -90,6 +90,7 @@ class BaseImage:
     key: str  # cache key of the disk (for the step chain)
     oci_metadata: dict[str, Any] | None = None
     cacheable: bool = True  # False: neither step layers nor the final artifact are looked up or stored
+    entry: EntryHold | None = None  # the held base cache entry; None: the base is private (layers not cached)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ class _Attempt:
 
     work_dir: Path
     artifact_dir: Path
-    claims: list[EntryClaim] = field(default_factory=list)
+    claims: list[EntryHold] = field(default_factory=list)  # cache entries this build creates or uses (hits)
+    top: EntryHold | None = None  # the cache entry the next step's layer is a delta over; None: chain is private
     machine: BuildMachine | None = None
     booting: asyncio.Future[BuildMachine] | None = None
     open_claim: EntryClaim | None = None  # the cache entry the running step writes into
@@ -206,14 +208,22 @@ class NativeExecutor:
 
         # cache: how far the step layers go, and whether the whole artifact exists
         hits = 0
+        attempt.top = plan.base.entry if plan.base.cacheable else None
         for step, key, decision in zip(plans, plan.keys, plan.decisions, strict=True):
-            if not decision.lookup or not self.cache.is_complete(self.cache.layer_path(key)):
+            use = self.cache.use(self.cache.layer_path(key), attempt.top) if decision.lookup and attempt.top else None
+            if use is None:
                 break
+            attempt.claims.append(use)
+            attempt.top = use
             hits += 1
             await log.cache(CacheKind.LAYER, CacheStatus.HIT, step.description,
                             f"step {step.index}/{len(plans)} cached: {step.description}", step=step.index)  # fmt: skip
         final_dir = self.cache.final_path(plan.final_key)
-        if hits == len(plans) and plan.final_decision.lookup and self.cache.is_complete(final_dir):
+        final_hit = None
+        if hits == len(plans) and plan.final_decision.lookup and attempt.top is not None:
+            final_hit = self.cache.use(final_dir, attempt.top)
+        if final_hit is not None:
+            attempt.claims.append(final_hit)
             await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.HIT, "template artifact",
                             "the whole template is cached; reusing its snapshot")  # fmt: skip
             await asyncio.to_thread(_link_tree, final_dir, attempt.artifact_dir)
@@ -265,7 +275,8 @@ class NativeExecutor:
                 work_dir=attempt.work_dir,
                 claims=attempt.claims,
             )
-            return BaseImage(template.chain, template.defaults, template.key, template.oci_metadata)
+            return BaseImage(template.chain, template.defaults, template.key, template.oci_metadata,
+                             entry=template.entry)
         await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
         try:
             credentials = base_image_credentials(
@@ -274,7 +285,7 @@ class NativeExecutor:
             )  # fmt: skip
         except (ValueError, ImageImportError) as exc:
             raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
-        disk, resolved, key = await prepare_oci_base(
+        disk, resolved, key, entry = await prepare_oci_base(
             source.base_ref,
             credentials=credentials,
             decision=decision,
@@ -286,7 +297,8 @@ class NativeExecutor:
             claims=attempt.claims,
             guest_fingerprint=fingerprint,
         )
-        return BaseImage((disk,), image_defaults(resolved.config), key, resolved.config.oci_metadata() or None)
+        return BaseImage((disk,), image_defaults(resolved.config), key, resolved.config.oci_metadata() or None,
+                         entry=entry)
 
     async def _plan(
         self,
@@ -357,8 +369,11 @@ class NativeExecutor:
         top overlay that the start command and the snapshot use."""
         if position >= len(plans):
             return attempt.work_dir / "top.qcow2", None
-        wanted = plan.decisions[position].lookup
-        claim = self.cache.claim(self.cache.layer_path(plan.keys[position])) if wanted else None
+        # A layer is cached only over a cached parent: once one step is private, every later one is too.
+        parent = attempt.top
+        wanted = plan.decisions[position].lookup and parent is not None
+        claim = self.cache.claim(self.cache.layer_path(plan.keys[position]), parent) if wanted else None
+        attempt.top = claim
         if claim is None:
             return attempt.work_dir / f"step-{position + 1:03d}.qcow2", None
         attempt.claims.append(claim)
@@ -455,9 +470,9 @@ class NativeExecutor:
                             "template artifact not cached: part of this build bypassed the cache",
                             reason=plan.final_decision.reason)  # fmt: skip
             return
-        claim = self.cache.claim(final_dir)
+        claim = self.cache.claim(final_dir, attempt.top) if attempt.top is not None else None
         if claim is None:
-            return  # another build is storing the same artifact
+            return  # another build is storing the same artifact, or the layer chain is private
         attempt.claims.append(claim)
         await asyncio.to_thread(_link_tree, attempt.artifact_dir, final_dir)
         await asyncio.to_thread(claim.publish)

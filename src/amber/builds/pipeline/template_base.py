@@ -19,7 +19,7 @@ from typing import Any
 
 from amber.builds.executor import BuildFailed, CacheKind, CacheReason, CacheStatus, FailurePhase
 from amber.builds.pipeline.events import BuildLog
-from amber.builds.pipeline.store import CacheStore, EntryClaim
+from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision
 from amber.builds.planning.digests import digest_json
 from amber.builds.planning.runtime import ImageDefaults
@@ -35,6 +35,7 @@ class TemplateBase:
     defaults: ImageDefaults
     key: str
     oci_metadata: dict[str, Any] | None
+    entry: EntryHold | None = None  # the held cache entry of the chain; None when the chain is private
 
 
 def _defaults(meta: dict[str, Any]) -> ImageDefaults:
@@ -69,7 +70,7 @@ async def prepare_template_base(
     log: BuildLog,
     store: CacheStore,
     work_dir: Path,
-    claims: list[EntryClaim],
+    claims: list[EntryHold],
 ) -> TemplateBase:
     if artifact_dir is None:
         raise BuildFailed(f"base_image {ref!r} names a template whose artifact is not available on this server",
@@ -86,9 +87,11 @@ async def prepare_template_base(
     metadata = meta.get("oci_metadata")
     subject = f"base template {ref}"
     path = store.template_base_path(key)
-    if decision.lookup and store.is_complete(path):
+    use = store.use(path) if decision.lookup else None
+    if use is not None:
+        claims.append(use)
         await log.cache(CacheKind.LAYER, CacheStatus.HIT, subject, f"base disk cached for {subject}")
-        return TemplateBase(_cached_chain(path), defaults, key, metadata)
+        return TemplateBase(_cached_chain(path), defaults, key, metadata, use)
     claim = store.claim(path) if decision.lookup else None
     if claim is None:
         status = CacheStatus.MISS if decision.lookup else CacheStatus.BYPASS
@@ -102,4 +105,4 @@ async def prepare_template_base(
     linked = await asyncio.to_thread(_link_chain, chain, claim.path)
     await asyncio.to_thread(claim.publish)
     await log.cache(CacheKind.LAYER, CacheStatus.STORED, subject, f"base disk stored for {subject}")
-    return TemplateBase(tuple(linked), defaults, key, metadata)
+    return TemplateBase(tuple(linked), defaults, key, metadata, claim)
