@@ -174,3 +174,21 @@ def test_bodies_parse_with_the_sdks_generated_models(api: Api) -> None:
               api.other.get(f"/v1/templates/builds/{build_id}"), api.anonymous.get("/v1/templates")]
     codes = [gen.ErrorResponse.from_dict(error.json()).code.value for error in errors]
     assert codes == ["template_not_found", "file_upload_error", "template_build_not_found", "unauthorized"]
+
+
+def test_slash_ref_reading_ignores_templates_the_caller_cannot_read(api: Api) -> None:
+    """R8 reads an un-encoded ``a/b`` as a whole ref only when it names a template *this caller* can read:
+    another namespace's private ``other/tags`` neither hijacks acme's ``other`` tag listing nor shows it exists."""
+    seed_template(api.database_url, "other", "tags", ["hidden"])
+    seed_template(api.database_url, "acme", "other", ["mine"])
+    listed = api.acme.get("/v1/templates/refs/other/tags")
+    assert listed.status_code == 200, listed.text
+    assert [t["tag"] for t in listed.json()] == ["mine"]
+    assert api.other.patch(f"/v1/templates/refs/{enc('other/tags')}/visibility",
+                           json={"visibility": "public"}).status_code == 200
+    try:
+        whole = api.acme.get("/v1/templates/refs/other/tags")  # now readable: the whole path is the ref
+        assert whole.status_code == 200 and whole.json()["namespace_slug"] == "other", whole.text
+        assert api.acme.get("/v1/templates/refs/other/tags/tags").json()[0]["tag"] == "hidden"
+    finally:
+        api.other.patch(f"/v1/templates/refs/{enc('other/tags')}/visibility", json={"visibility": "private"})

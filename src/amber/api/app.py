@@ -68,7 +68,9 @@ def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(templates.router)
 
-    async def ref_exists(text: str) -> bool:
+    async def ref_exists(text: str, authorization: str) -> bool:
+        """Does ``text`` name a template the request's caller can read? (R8; another namespace's private
+        template never changes how a path is read, so routing reveals nothing.)"""
         try:
             ref = parse_ref(text)
         except InvalidRef:
@@ -76,13 +78,20 @@ def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
         if ref.name is None or ref.namespace is None:
             return False
         namespace, name = ref.namespace, ref.name
+        scheme, _, key = authorization.partition(" ")
+        caller = await state.caller_for(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
 
         def lookup(session: Any) -> bool:
             ns = session.scalar(select(Namespace).where((Namespace.slug == namespace) | (Namespace.id == namespace)))
             if ns is None:
                 return False
-            found = session.scalar(select(Template.id).where(Template.namespace_id == ns.id, Template.name == name))
-            return found is not None or session.get(Alias, (ns.id, name)) is not None
+            template = session.scalar(select(Template).where(Template.namespace_id == ns.id, Template.name == name))
+            if template is None:
+                alias = session.get(Alias, (ns.id, name))
+                template = session.get(Template, alias.template_id) if alias is not None else None
+            if template is None:
+                return False
+            return template.visibility == "public" or (caller is not None and caller.namespace_id == ns.id)
 
         return bool(await db.read(lookup))
 

@@ -21,7 +21,7 @@ from amber.store.ids import request_id
 
 TEMPLATES_PREFIX = "/v1/templates/"
 
-RefExists = Callable[[str], Awaitable[bool]]
+RefExists = Callable[[str, str], Awaitable[bool]]  # (ref, Authorization header) -> names a readable template
 
 
 class RequestIdMiddleware:
@@ -66,7 +66,8 @@ class RefsRoutingMiddleware:
         if not candidates:
             return scope
         chosen = candidates[0]
-        if len(candidates) > 1 and chosen.sub is None and not await self.ref_exists(chosen.ref):
+        authorization = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), "")
+        if len(candidates) > 1 and chosen.sub is None and not await self.ref_exists(chosen.ref, authorization):
             chosen = candidates[1]  # R8: the whole path is a ref only if it names a template
         path = chosen.internal_path()
         new: dict[str, Any] = dict(scope)
