@@ -192,3 +192,24 @@ def test_slash_ref_reading_ignores_templates_the_caller_cannot_read(api: Api) ->
         assert api.acme.get("/v1/templates/refs/other/tags/tags").json()[0]["tag"] == "hidden"
     finally:
         api.other.patch(f"/v1/templates/refs/{enc('other/tags')}/visibility", json={"visibility": "private"})
+
+
+def test_claims_accept_the_namespace_by_slug_or_legacy_uuid(api: Api) -> None:
+    """R13: a bare name or ``namespace/name`` of the caller's default namespace (R7's legacy owner UUID too)."""
+    from amber.store import catalog
+    from amber.store.database import Database
+
+    db = Database(api.database_url)
+    try:
+        with db.session() as session:
+            namespace_id = catalog.ensure_namespace(session, "acme").id
+    finally:
+        db.dispose()
+    name = unique("uuidclaim")
+    resp = api.acme.post("/v1/templates/claims", json={"template_ref": f"{namespace_id}/{name}"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["canonical_ref"] == f"acme/{name}"
+    assert api.acme.delete(f"/v1/templates/claims/{resp.json()['claim_token']}").status_code == 204
+    body = assert_error(api.acme.post("/v1/templates/claims", json={"template_ref": f"other/{name}"}), 400,
+                        "invalid_request")
+    assert "template_ref" in body["error"]
