@@ -94,10 +94,10 @@ def test_invalid_entries_go_with_everything_built_on_them_whatever_the_limit() -
 @st.composite
 def caches(draw: st.DrawFn) -> tuple[list[CacheEntry], dict[Hashable, CacheFile]]:
     n_files = draw(st.integers(1, 25))
-    files: dict[Hashable, CacheFile] = {
-        i: CacheFile(draw(st.integers(0, 5000)), draw(st.booleans() if draw(st.integers(0, 4)) == 0 else st.just(False)))
-        for i in range(n_files)
-    }  # fmt: skip
+    files: dict[Hashable, CacheFile] = {}
+    for i in range(n_files):
+        shared_with_an_artifact = draw(st.integers(0, 4)) == 0
+        files[i] = CacheFile(draw(st.integers(0, 5000)), linked_outside=shared_with_an_artifact)
     n = draw(st.integers(0, 30))
     entries = []
     for i in range(n):

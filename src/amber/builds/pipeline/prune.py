@@ -55,7 +55,7 @@ class Inventory:
 class KindUsage:
     kind: str
     entries: int
-    bytes: int  # what evicting every entry of this kind alone would free
+    bytes: int  # freeable bytes of these entries' files (a file shared with an earlier kind counts there)
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,13 @@ def usage(data_dir: Path) -> tuple[int, list[KindUsage]]:
     """(bytes the whole cache could free, per kind: entries and bytes)."""
     inventory = scan(data_dir)
     per_kind = []
-    for kind in _KINDS:
+    counted: set[Hashable] = set()
+    for kind in _KINDS:  # a file several kinds hold (a final artifact links its layers) counts for the first
         entries = [s.entry for s in inventory.entries.values() if s.kind == kind]
-        per_kind.append(KindUsage(kind, len(entries), cache_bytes(entries, inventory.files)))
+        held = set().union(*(e.files for e in entries)) - counted
+        counted |= held
+        size = sum(inventory.files[f].size for f in held if not inventory.files[f].linked_outside)
+        per_kind.append(KindUsage(kind, len(entries), size))
     return cache_bytes(inventory.plan_input(), inventory.files), per_kind
 
 

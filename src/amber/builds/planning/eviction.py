@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class EvictionPlan:
         return self.bytes_before - self.bytes_after
 
 
-def cache_bytes(entries: Iterable[CacheEntry], files: Mapping[Hashable, CacheFile]) -> int:
+def cache_bytes(entries: Iterable[CacheEntry], files: Mapping[Any, CacheFile]) -> int:
     """Bytes the cache could free by evicting all of ``entries``."""
     held: set[Hashable] = set()
     for entry in entries:
@@ -66,7 +67,7 @@ def cache_bytes(entries: Iterable[CacheEntry], files: Mapping[Hashable, CacheFil
 
 def plan_eviction(
     entries: Iterable[CacheEntry],
-    files: Mapping[Hashable, CacheFile],
+    files: Mapping[Any, CacheFile],  # file key (e.g. (st_dev, st_ino)) → file
     *,
     max_bytes: int,
     now: float,
