@@ -214,9 +214,12 @@ def test_legacy_layer_markers_are_invalid_and_debris_is_cleared(tmp_path: Path) 
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"abandoned download")
     _age(partial)
+    staged_disk = tmp_path / "cache" / "disks" / f".{'d' * 64}-512m-v1.ext4.0123abcd.tmp"
+    staged_disk.write_bytes(b"mkfs killed halfway")
+    _age(staged_disk)
     report = prune(tmp_path, max_bytes=0, min_idle_secs=60)
-    assert report.debris == 2 and not killed.exists() and not Path(f"{killed}.lock").exists()
-    assert not partial.exists()
+    assert report.debris == 3 and not killed.exists() and not Path(f"{killed}.lock").exists()
+    assert not partial.exists() and not staged_disk.exists()
     assert set(report.evicted) == {f"build:layers/{'2' * 64}.qcow2", f"build:final/{'f' * 64}"}
 
 

@@ -10,7 +10,8 @@ artifacts (``<data_dir>/artifacts``) are never touched: a file they hard-link is
 counts as nothing the cache can free.
 
 ``prune`` also clears debris: entries without marker and lock holder (killed builds), markers and lock files
-without entry, and downloads abandoned in ``cache/layers/tmp`` for over an hour.
+without entry, and downloads or disk images abandoned in ``cache/layers/tmp`` or ``cache/disks`` for over an
+hour.
 """
 
 from __future__ import annotations
@@ -311,6 +312,10 @@ def clear_debris(data_dir: Path) -> int:
                 removed += 1
     disks = root / "disks"
     if disks.is_dir():
+        for staged in disks.glob(".*.tmp"):  # mkfs output of a killed import (renamed into place when done)
+            if time.time() - _mtime(staged) > _PARTIAL_MAX_AGE_SECS:
+                staged.unlink(missing_ok=True)
+                removed += 1
         for lock in sorted(disks.glob("*.lock")):
             if lock.with_name(lock.name.removesuffix(".lock")).exists():
                 continue
