@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_start_restart_after_death_and_stop(tmp_path: Path) -> None:
-    daemon = ManagedDockerd(tmp_path / "dockerd")
+    daemon = ManagedDockerd(tmp_path / "dockerd", cache_keep_bytes=512 * 1024**2)
 
     async def scenario() -> tuple[int, int, dict[str, object]]:
         await daemon.ensure_running()
@@ -44,6 +45,9 @@ def test_start_restart_after_death_and_stop(tmp_path: Path) -> None:
     finally:
         asyncio.run(daemon.stop())
     assert info["Driver"] == "overlay2"
+    # dockerd started with BuildKit's cache bounded by its garbage collector (it refuses an invalid config).
+    config = json.loads(daemon.layout.config_file.read_text())
+    assert config == {"builder": {"gc": {"enabled": True, "defaultKeepStorage": f"{512 * 1024**2}b"}}}
     assert info["DockerRootDir"] == str(daemon.layout.data_root)
     assert first != second and daemon.restarts == 1
     assert not _alive(second) and daemon.pid is None

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from amber.settings import get_settings
+
 DOCKERD = Path("/usr/sbin/dockerd")
 ENGINE_API_VERSION = "v1.41"  # dockerd 20.10; newer daemons accept it too
 DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # containerd, runc, docker-init from Debian; never /usr/local/bin
@@ -87,9 +89,16 @@ class ManagedDockerd:
     """One dockerd process owned by Amber. Methods are safe to call from several tasks of one event loop."""
 
     def __init__(
-        self, base_dir: Path, *, dockerd: Path = DOCKERD, storage_driver: str = "overlay2", path: str = DAEMON_PATH
+        self,
+        base_dir: Path,
+        *,
+        dockerd: Path = DOCKERD,
+        storage_driver: str = "overlay2",
+        path: str = DAEMON_PATH,
+        cache_keep_bytes: int = 10 * 1024**3,
     ) -> None:
         self.layout = DockerdLayout(base_dir)
+        self.cache_keep_bytes = cache_keep_bytes  # BuildKit's cache is garbage-collected down to this; 0 = never
         self.dockerd = dockerd
         self.path = path  # where dockerd finds containerd, runc, docker-init
         self.storage_driver = storage_driver
@@ -148,7 +157,7 @@ class ManagedDockerd:
         for directory in (self.layout.base_dir, self.layout.data_root, self.layout.exec_root):
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.layout.base_dir, 0o700)
-        self.layout.config_file.write_text(json.dumps({}) + "\n")
+        self.layout.config_file.write_text(json.dumps(daemon_config(self.cache_keep_bytes)) + "\n")
         with contextlib.suppress(FileNotFoundError):
             self.layout.socket.unlink()
         log = open(self.layout.log_file, "ab")  # noqa: SIM115 - handed to the child, closed right after
@@ -268,6 +277,14 @@ def _remove_exec_root(root: Path) -> None:
 _DAEMONS: dict[Path, ManagedDockerd] = {}
 
 
+def daemon_config(cache_keep_bytes: int) -> dict[str, object]:
+    """dockerd's ``daemon.json``: BuildKit's cache is bounded by its own garbage collector (Amber's cache
+    limit, ``AMBER_CACHE_MAX_BYTES``, covers only the caches Amber writes itself)."""
+    if cache_keep_bytes <= 0:
+        return {"builder": {"gc": {"enabled": False}}}
+    return {"builder": {"gc": {"enabled": True, "defaultKeepStorage": f"{cache_keep_bytes}b"}}}
+
+
 def managed_dockerd(data_dir: Path) -> ManagedDockerd:
     """The process-wide daemon for an Amber data directory (``<data_dir>/dockerd``); not started yet.
 
@@ -276,13 +293,17 @@ def managed_dockerd(data_dir: Path) -> ManagedDockerd:
     """
     base = (data_dir / "dockerd").resolve()
     if base not in _DAEMONS:
+        keep = get_settings().buildkit_cache_max_bytes
         root = os.environ.get("AMBER_DOCKERD_ROOT")
         if root:
             _DAEMONS[base] = ManagedDockerd(
-                base, dockerd=Path(root) / "usr/sbin/dockerd", path=f"{root}/usr/bin:{root}/usr/sbin:{DAEMON_PATH}"
+                base,
+                dockerd=Path(root) / "usr/sbin/dockerd",
+                path=f"{root}/usr/bin:{root}/usr/sbin:{DAEMON_PATH}",
+                cache_keep_bytes=keep,
             )
         else:
-            _DAEMONS[base] = ManagedDockerd(base)
+            _DAEMONS[base] = ManagedDockerd(base, cache_keep_bytes=keep)
     return _DAEMONS[base]
 
 
