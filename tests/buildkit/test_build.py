@@ -187,7 +187,9 @@ def test_failed_step_names_step_and_redacts_secret(dockerd: ManagedDockerd, imag
     run = build(dockerd, tmp_path / "f", dockerfile, secrets={"s": secret})
     assert isinstance(run.error, BuildFailed)
     assert run.error.phase is FailurePhase.BUILD_STEP and run.error.step_index == 2
-    assert "exit code: 3" in run.error.message
+    assert "(Dockerfile line 2) exited with code 3; last output:\n***" in run.error.message
+    assert run.error.details == {"command": "RUN --mount=type=secret,id=s cat /run/secrets/s; echo; exit 3",
+                                 "exit_code": 3, "dockerfile_line": 2}  # fmt: skip
     assert secret not in run.error.message
     assert any(e.message == "***" for e in run.events)  # the printed secret, redacted
     assert all(secret not in e.message for e in run.events)

@@ -134,6 +134,29 @@ def test_build_args_target_and_dockerfile_path(server: AmberServer, keys: dict[s
         assert bad.status_code == 400 and "build_target" in bad.text and "no stage named 'nope'" in bad.text
 
 
+def test_failed_run_step_reports_instruction_exit_code_and_output(
+    server: AmberServer, keys: dict[str, str], images: Images
+) -> None:
+    dockerfile = (
+        f"FROM {images.public} AS base\nRUN echo fine\nFROM base AS app\n"
+        "RUN for i in $(seq 1 30); do echo out-$i; done; echo broken; exit 7\n"
+    )
+    entries: list[TemplateBuildLogEntry] = []
+    with pytest.raises(BuildError) as caught:
+        Template.build(Template.from_dockerfile_content(dockerfile), unique("fails"), on_log_entry=entries.append,
+                       **conn(server, keys))  # fmt: skip
+    error = caught.value
+    assert error.phase is not None and error.phase.value == "build_step" and error.step_index == 3
+    command = "RUN for i in $(seq 1 30); do echo out-$i; done; echo broken; exit 7"
+    assert error.details is not None
+    assert error.details["command"] == command and error.details["exit_code"] == 7
+    message = str(caught.value)
+    assert f"step 3: [app 1/1] {command} (Dockerfile line 4) exited with code 7; last output:\n" in message
+    tail = message.split("last output:\n", 1)[1].splitlines()
+    assert tail == [f"out-{i}" for i in range(12, 31)] + ["broken"]  # the last 20 of 31 lines
+    assert entries[-1].kind.value == "error" and entries[-1].phase == "step"
+
+
 def test_private_bases_and_a_second_tenant(server: AmberServer, keys: dict[str, str], images: Images) -> None:
     registry = images.htpasswd_registry
     assert registry.credentials is not None

@@ -43,7 +43,7 @@ from amber.buildkit.dockerfile_rules import (
     check_dockerfile_request,
 )
 from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
-from amber.buildkit.progress import ProgressTranslator, decode_trace
+from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace
 from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.builds.executor import (
     BuildFailed,
@@ -61,6 +61,7 @@ from amber.builds.executor import (
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20
 _TAR_DRAIN_TIMEOUT_S = 30.0
+_TAIL_CHARS = 2000
 
 TreeUnpacker = Callable[[BinaryIO, Path], None]
 AccessCheck = Callable[[str, RegistryCredential | None], Awaitable[None]]
@@ -218,14 +219,40 @@ def _unpack_failure(error: BaseException, redact: _Redactor) -> BuildFailed:
     return BuildFailed(redact(f"the built filesystem could not be unpacked: {error}"), phase=FailurePhase.BUILD_STEP)
 
 
+def instruction_failure(failed: FailedInstruction, line: int | None) -> BuildFailed:
+    """A failed instruction as the native pipeline reports a failed step: which one (BuildKit's ``[stage k/n]``
+    label and the Dockerfile line), how it ended, its last output lines; ``details`` = command, exit_code."""
+    code = failed.exit_code
+    where = f" (Dockerfile line {line})" if line is not None else ""
+    ended = f"exited with code {code}" if code is not None else f"failed: {failed.error}"
+    last = "\n".join(failed.tail)[-_TAIL_CHARS:]
+    output = f"; last output:\n{last}" if last else " without output"
+    details: dict[str, Any] = {"command": failed.instruction}
+    if code is not None:
+        details["exit_code"] = code
+    if line is not None:
+        details["dockerfile_line"] = line
+    return BuildFailed(f"step {failed.step_index}: {failed.name}{where} {ended}{output}",
+                       phase=FailurePhase.BUILD_STEP, step_index=failed.step_index, details=details)  # fmt: skip
+
+
 class _BuildStream:
     """Reads one /build response stream: progress → LogEvents; error → BuildFailed; image id → ``image_id``."""
 
-    def __init__(self, translator: ProgressTranslator, emit: Emit, redact: _Redactor, *, quiet: bool) -> None:
+    def __init__(
+        self,
+        translator: ProgressTranslator,
+        emit: Emit,
+        redact: _Redactor,
+        *,
+        quiet: bool,
+        step_lines: Mapping[int, int] | None = None,
+    ) -> None:
         self.translator = translator
         self.emit = emit
         self.redact = redact
         self.quiet = quiet
+        self.step_lines = dict(step_lines or {})  # global step → Dockerfile line
         self.image_id: str | None = None
         self.last_step_index: int | None = None
         self.export_started = False
@@ -242,6 +269,9 @@ class _BuildStream:
                 detail = (message.get("errorDetail") or {}).get("message") or message.get("error") or "build failed"
                 for event in self.translator.finish():
                     await self._emit(event)
+                failed = self.translator.failed
+                if failed is not None:
+                    raise instruction_failure(failed, self.step_lines.get(failed.step_index))
                 raise BuildFailed(
                     self.redact(f"Dockerfile build failed: {detail}"),
                     phase=FailurePhase.BUILD_STEP,
@@ -454,7 +484,8 @@ async def build_dockerfile_rootfs(
             dockerd.client(timeout=None) as api,
         ):
             # 4. The real build: the target stage's filesystem as a tar over the session.
-            stream = _BuildStream(translator, emit, redact, quiet=False)
+            step_lines = analysis.step_lines(request.build_target)
+            stream = _BuildStream(translator, emit, redact, quiet=False, step_lines=step_lines)
             params = _build_params(
                 session_id=session.session_id,
                 build_id=f"amber-{secrets_module.token_hex(8)}",

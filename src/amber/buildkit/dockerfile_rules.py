@@ -89,6 +89,7 @@ class Stage:
     base_stage: int | None  # index of the stage this one builds on, when FROM names a stage
     instructions: int = 0  # instructions after FROM that BuildKit runs as a step (RUN, COPY, ADD, WORKDIR)
     stage_refs: set[int] = field(default_factory=set)  # stages read through --from
+    instruction_lines: list[int] = field(default_factory=list)  # first line of each of those instructions
 
     @property
     def step_count(self) -> int:
@@ -153,6 +154,17 @@ class DockerfileAnalysis:
         if len(self.stages) == 1:
             offsets[""] = 0
         return offsets
+
+    def step_lines(self, target: str | None) -> dict[int, int]:
+        """Global step (as ``step_offsets`` numbers them) → its line in the Dockerfile as given."""
+        lines: dict[int, int] = {}
+        total = 0
+        for stage in self.needed_stages(target):
+            own = ([stage.line] if stage.step_count > stage.instructions else []) + stage.instruction_lines
+            for position, line in enumerate(own, start=1):
+                lines[total + position] = line
+            total += stage.step_count
+        return lines
 
 
 def canonical_host(host: str) -> str:
@@ -286,6 +298,7 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
             continue
         if name in _STEP_INSTRUCTIONS:
             current.instructions += 1
+            current.instruction_lines.append(command.start_line)
         references: list[str] = []
         if name in ("COPY", "ADD"):
             from_value = _flag_value(command.flags, "from")

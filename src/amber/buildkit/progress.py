@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from amber.builds.executor import CacheKind, CacheStatus, LogEvent, LogKind, Log
 
 _STEP_NAME = re.compile(r"^\[(?:(?P<stage>[^\]\s]+) )?(?P<index>\d+)/(?P<count>\d+)\] (?P<instruction>.*)$", re.S)
 _MAX_LINE = 4096
+TAIL_LINES = 20  # output lines a failed instruction's error message quotes (as the native pipeline's steps)
 
 
 @dataclass
@@ -72,6 +74,28 @@ class _VertexState:
     cached_reported: bool = False
     failed_reported: bool = False
     partial: bytes = b""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))  # last output lines, redacted
+
+
+@dataclass(frozen=True)
+class FailedInstruction:
+    """The first Dockerfile instruction whose vertex reported an error (all text redacted)."""
+
+    step_index: int
+    name: str  # as BuildKit labels it: ``[stage k/n] RUN make``
+    error: str  # BuildKit's error, e.g. ``… did not complete successfully: exit code: 2``
+    tail: tuple[str, ...]  # its last output lines
+
+    @property
+    def instruction(self) -> str:
+        """``RUN make`` (the name without its ``[stage k/n]`` label)."""
+        match = _STEP_NAME.match(self.name)
+        return match.group("instruction") if match else self.name
+
+    @property
+    def exit_code(self) -> int | None:
+        match = re.search(r"exit code: (\d+)\s*$", self.error)
+        return int(match.group(1)) if match else None
 
 
 class ProgressTranslator:
@@ -92,7 +116,11 @@ class ProgressTranslator:
         self._next_index = 1
         self.cache_hits = 0
         self.cache_misses = 0
-        self.failed_step_index: int | None = None  # the instruction whose vertex reported an error
+        self.failed: FailedInstruction | None = None  # the first instruction whose vertex reported an error
+
+    @property
+    def failed_step_index(self) -> int | None:
+        return self.failed.step_index if self.failed is not None else None
 
     def _state(self, digest: str, name: str) -> _VertexState:
         state = self._vertices.get(digest)
@@ -171,15 +199,19 @@ class ProgressTranslator:
             events.extend(self._flush(state))
             if vertex.error and not state.failed_reported:
                 state.failed_reported = True
-                if state.step_index is not None and self.failed_step_index is None:
-                    self.failed_step_index = state.step_index
+                if state.step_index is not None and self.failed is None:
+                    self.failed = FailedInstruction(
+                        state.step_index, self.redact(name), self.redact(vertex.error), tuple(state.tail)
+                    )
                 message = f"{name}: {vertex.error}"
                 events.append(self._event(LogKind.MESSAGE, message, level=LogLevel.ERROR, state=state))
         return events
 
     def _line(self, state: _VertexState, line: bytes) -> LogEvent:
         text = line.decode(errors="replace").rstrip("\r")
-        return self._event(LogKind.MESSAGE, text, level=LogLevel.INFO, state=state)
+        event = self._event(LogKind.MESSAGE, text, level=LogLevel.INFO, state=state)
+        state.tail.append(event.message)
+        return event
 
     def _flush(self, state: _VertexState) -> list[LogEvent]:
         if not state.partial:
