@@ -314,6 +314,28 @@ def test_unknown_keys_are_ignored(api: Api) -> None:
     api.acme.post(f"/v1/templates/builds/{build['build_id']}/cancel", json={"reason": "x", "extra": True})
 
 
+def test_plan_of_a_template_base_shows_the_inherited_start_cmd_and_probe(api: Api) -> None:
+    readiness = {"kind": "tcp", "port": 8080, "timeout_secs": 30, "interval_ms": 100, "startup_grace_secs": 0}
+    seeded = seed_template(api.database_url, "acme", unique("parent"), ["default"], runtime_defaults={
+        "default_env_keys": ["PATH"], "default_user": "app", "default_workdir": "/srv",
+        "start_cmd": "exec httpd -f -p 8080", "readiness": readiness})  # fmt: skip
+    body: dict[str, Any] = {"base_image": seeded.artifact_id, "steps": [{"action": "run", "command": "echo hi"}]}
+    inherited = api.acme.post("/v1/templates/plan", json=body)
+    assert inherited.status_code == 200, inherited.text
+    plan = inherited.json()["build_plan"]
+    assert plan["start_cmd"] == "exec httpd -f -p 8080" and plan["readiness"] == readiness
+    assert plan["default_user"] == "app" and plan["default_workdir"] == "/srv"
+    # A child readiness probe alone keeps the parent's start command (and draws no "nothing starts" warning).
+    probe = {"kind": "tcp", "port": 9000, "timeout_secs": 5, "interval_ms": 100, "startup_grace_secs": 0}
+    own_probe = api.acme.post("/v1/templates/plan", json=body | {"runtime_config": {"readiness": probe}}).json()
+    assert own_probe["build_plan"]["start_cmd"] == "exec httpd -f -p 8080"
+    assert own_probe["build_plan"]["readiness"] == probe
+    assert not any("nothing starts" in w for w in own_probe["warnings"])
+    # The child's own start_cmd replaces the command and the probe.
+    own = api.acme.post("/v1/templates/plan", json=body | {"start_cmd": "sleep 100"}).json()["build_plan"]
+    assert own["start_cmd"] == "sleep 100" and own.get("readiness") is None
+
+
 def test_plan_and_validate(api: Api) -> None:
     body = {"name": "p", "base_image": BASE, "steps": [{"action": "run", "command": "echo hi"}],
             "start_cmd": "sleep 100"}

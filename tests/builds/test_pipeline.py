@@ -356,12 +356,39 @@ def test_build_on_a_template_base_inherits_its_disk_and_defaults(
     build, result = run_build(executor, data_dir, request, "tb_child", blob, base_template_artifact=parent.artifact_dir)
     assert isinstance(result, BuildArtifact), result
     assert result.runtime_defaults["default_workdir"] == "/srv"  # inherited from the parent template
+    # The child's own start_cmd replaces the parent's start command and its probe.
+    assert result.runtime_defaults["start_cmd"] == "exec httpd -f -p 8081 -h /srv"
+    assert result.runtime_defaults["readiness"]["kind"] == "http"
     assert "RUNTIME_ENV" in result.runtime_defaults["default_env_keys"]
     assert (None, CacheStatus.STORED, None) in build.cache(CacheKind.LAYER)  # the parent's chain, kept for reuse
     with restore(result.artifact_dir, data_dir=data_dir) as vm:
         assert vm.exec(["cat", "/child.txt"]).stdout == APP_TEXT + b"yes\n"
         assert vm.exec(["cat", "/home/app/made.txt"]).stdout == b"made-in-/srv\n"  # the parent's files
         vm.agent.tcp_probe(8081)
+
+
+def test_template_base_without_start_cmd_runs_the_parents_service(
+    cold: tuple[Build, BuildArtifact | BuildFailed], executor: NativeExecutor, data_dir: Path, blob: Path
+) -> None:
+    """As a Docker image's CMD and HEALTHCHECK: a child without start_cmd starts the parent's service again
+    (the child boots the parent's disk, not its memory) and waits for the parent's probe."""
+    parent = cold[1]
+    assert isinstance(parent, BuildArtifact)
+    request = {
+        "base_image": "tmpl_cold",
+        "build_config": {"vcpus": 1, "memory_mib": 256},
+        "steps": [{"action": "run", "command": "echo from-the-child > /srv/child.txt"}],
+    }
+    build, result = run_build(executor, data_dir, request, "tb_inherit", blob,
+                              base_template_artifact=parent.artifact_dir)  # fmt: skip
+    assert isinstance(result, BuildArtifact), result
+    assert result.runtime_defaults["start_cmd"] == parent.runtime_defaults["start_cmd"]
+    assert result.runtime_defaults["readiness"] == parent.runtime_defaults["readiness"]
+    assert LogPhase.STARTUP in build.phases() and LogPhase.READINESS in build.phases()
+    with restore(result.artifact_dir, data_dir=data_dir) as vm:
+        vm.agent.tcp_probe(8080)  # the parent's httpd, started again in the child's build VM
+        assert vm.agent.http_probe(8080, "/child.txt") == 200
+        assert vm.exec(["cat", "/dev/shm/state"]).stdout == b"started\n"  # tmpfs: written by this start
 
 
 def test_whole_build_skip_cache_bypasses_every_cache(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from amber.store import catalog, ids
 from amber.store.database import Database
@@ -27,6 +28,7 @@ def seed_template(
     *,
     visibility: str = "private",
     storage: Path | None = None,
+    runtime_defaults: dict[str, Any] | None = None,
 ) -> Seeded:
     """A ready build of ``namespace/name`` whose artifact carries ``tags`` (adds a new artifact if it exists)."""
     db = Database(database_url)
@@ -48,7 +50,8 @@ def seed_template(
             artifact_dir = storage / build.artifact_id if storage else Path("/nonexistent") / build.artifact_id
             artifact = Artifact(id=build.artifact_id, template_id=template.id, build_id=build.id,
                                 storage_dir=str(artifact_dir),
-                                runtime_defaults={"default_env_keys": ["A"], "start_cmd": "sleep 1"})
+                                runtime_defaults=runtime_defaults or {"default_env_keys": ["A"],
+                                                                      "start_cmd": "sleep 1"})
             session.add(artifact)
             session.flush()
             for tag in tags:

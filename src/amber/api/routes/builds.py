@@ -84,6 +84,24 @@ def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
     return exists
 
 
+def _template_runtime(state: AppState, caller: Caller) -> Callable[[str], dict[str, Any] | None]:
+    """The runtime defaults (TemplateRuntimeDefaults JSON) of the template a ``base_image`` names, for the
+    planner: a template base inherits its start command and readiness probe. Runs in a thread."""
+
+    def runtime(ref: str) -> dict[str, Any] | None:
+        query = catalog.base_template_query(ref)
+        if query is None:
+            return None
+        with state.db.read_session() as session:
+            try:
+                resolved = catalog.resolve_base_template(session, caller, query)
+            except NotFound:
+                return None
+            return catalog.safe_runtime_defaults(resolved.artifact.runtime_defaults) if resolved.artifact else None
+
+    return runtime
+
+
 async def _accept(request: Request, state: AppState, caller: Caller) -> dict[str, Any]:
     data = await with_context_dockerfile(await _read_body(request), state, caller)
     req = validate_create_request(data)
@@ -192,8 +210,8 @@ async def promote_template_build(build_id: str, body: PromoteTemplateBuildReques
 async def plan_template_build(request: Request, caller: Caller = Depends(current_caller),
                               state: AppState = Depends(app_state)) -> Response:
     data = await with_context_dockerfile(await _read_body(request), state, caller)
-    exists = _template_exists(state, caller)
-    return _json(await asyncio.to_thread(plan_json, data, template_exists=exists))
+    exists, runtime = _template_exists(state, caller), _template_runtime(state, caller)
+    return _json(await asyncio.to_thread(plan_json, data, template_exists=exists, template_runtime=runtime))
 
 
 @router.post("/validate", response_model=TemplateBuildValidationResponse, responses=_ERRORS,
@@ -212,6 +230,6 @@ async def validate_template_build(request: Request, caller: Caller = Depends(cur
             "build_context", "file_upload_error")
         return _json({"valid": False, "warnings": [], "errors": [
             {"code": code, "message": str(exc), "phase": "request", "field": field}]})
-    exists = _template_exists(state, caller)
-    result = await asyncio.to_thread(validate_request, data, template_exists=exists)
+    exists, runtime = _template_exists(state, caller), _template_runtime(state, caller)
+    result = await asyncio.to_thread(validate_request, data, template_exists=exists, template_runtime=runtime)
     return _json(result.to_json())

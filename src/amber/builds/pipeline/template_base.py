@@ -1,10 +1,12 @@
 """Building on an existing template (``base_image`` names a template, ``source_type`` ``template_base``).
 
 The child build boots the parent's *disk* (its whole chain, frozen at the parent's snapshot) with a fresh
-overlay; the parent's running processes are not carried over (the child's own start command runs). The
-parent's runtime defaults (user, workdir, env incl. ``default_envs`` values, R56) are the child's image
-defaults. The parent's disk files are hard-linked into the build cache on first use, keyed by the parent
-artifact's manifest, so cached child layers survive the parent's deletion.
+overlay; the parent's running processes are not carried over. The parent's runtime defaults (user, workdir,
+env incl. ``default_envs`` values, R56) are the child's image defaults, and its start command and readiness
+probe are the child's unless the child sets a ``start_cmd`` (as a Docker image's CMD and HEALTHCHECK), so
+the child's snapshot runs the parent's service again. The parent's disk files are hard-linked into the build
+cache on first use, keyed by the parent artifact's manifest, so cached child layers survive the parent's
+deletion.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision
 from amber.builds.planning.digests import digest_json
-from amber.builds.planning.runtime import ImageDefaults
+from amber.builds.planning.runtime import ImageDefaults, inherited_defaults
 from amber.vm.artifact import TemplateArtifact
 from amber.vm.errors import VMError
 
@@ -39,13 +41,7 @@ class TemplateBase:
 
 
 def _defaults(meta: dict[str, Any]) -> ImageDefaults:
-    runtime = meta.get("runtime_defaults") or {}
-    env = meta.get("runtime_env") or {}
-    return ImageDefaults(
-        user=runtime.get("default_user"),
-        env=tuple((str(k), str(v)) for k, v in env.items()),
-        workdir=runtime.get("default_workdir"),
-    )
+    return inherited_defaults(meta.get("runtime_defaults"), meta.get("runtime_env"))
 
 
 def _link_chain(chain: list[Path], target: Path) -> list[Path]:

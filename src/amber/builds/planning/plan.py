@@ -1,12 +1,14 @@
 """``plan`` and ``validate`` (templates-api.md § 5): a request → TemplateBuildPlanResponse / ValidationResponse.
 
 Pure; nothing is persisted and no executor runs. The service passes ``template_exists`` (its template lookup)
-to settle whether an ``ns/name`` base is a template; without it such refs count as OCI images.
+to settle whether an ``ns/name`` base is a template; without it such refs count as OCI images. With
+``template_runtime`` (a template ref → its TemplateRuntimeDefaults JSON) a template base's inherited start
+command, readiness probe, user and workdir show in the plan (``runtime.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from amber.api.schemas.plan import (
@@ -33,11 +35,12 @@ from amber.api.schemas.requests import (
 )
 from amber.builds.planning.digests import context_manifest, dockerfile_digest, plan_content_digest, source_digest
 from amber.builds.planning.dockerfile_source import DockerfileError, summarise_dockerfile
-from amber.builds.planning.runtime import ImageDefaults, runtime_defaults, step_state
+from amber.builds.planning.runtime import ImageDefaults, inherited_defaults, runtime_defaults, step_state
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import CopyOp, ShellOp, StepPlan, UserOp, WorkdirOp, plan_steps, render_dockerfile
 
 TemplateExists = Callable[[str], bool]
+TemplateRuntime = Callable[[str], Mapping[str, Any] | None]
 
 
 def _build_step_items(plans: list[StepPlan]) -> list[dict[str, Any]]:
@@ -65,7 +68,7 @@ def _build_step_items(plans: list[StepPlan]) -> list[dict[str, Any]]:
     return items
 
 
-def _warnings(req: CreateTemplateRequest) -> list[str]:
+def _warnings(req: CreateTemplateRequest, base: ImageDefaults) -> list[str]:
     out: list[str] = []
     if req.tags is not None and len(set(req.tags)) != len(req.tags):
         out.append("tags: duplicate tags were collapsed")
@@ -74,7 +77,7 @@ def _warnings(req: CreateTemplateRequest) -> list[str]:
     if any(s.action == "skip_cache" for s in req.step_list):
         out.append("steps: steps from the first skip_cache step on are rebuilt on every build")
     rc = req.runtime_config
-    if rc is not None and rc.readiness is not None and not req.start_cmd:
+    if rc is not None and rc.readiness is not None and not req.start_cmd and not base.start_cmd:
         out.append("runtime_config.readiness: set without start_cmd; the probe checks a service nothing starts")
     offline = req.build_config is not None and req.build_config.internet_access is False
     needs_net = (AptInstallStep, PipInstallStep, NpmInstallStep, BunInstallStep, GitCloneStep)
@@ -84,15 +87,21 @@ def _warnings(req: CreateTemplateRequest) -> list[str]:
 
 
 def plan_request(
-    req: CreateTemplateRequest, *, template_exists: TemplateExists | None = None
+    req: CreateTemplateRequest,
+    *,
+    template_exists: TemplateExists | None = None,
+    template_runtime: TemplateRuntime | None = None,
 ) -> TemplateBuildPlanResponse:
     """The plan of a request already checked by ``validate_create_request``. Raises ``InvalidRequest`` when an
     inline Dockerfile does not parse."""
     source = resolve_source(req, template_exists=template_exists)
+    base = ImageDefaults()
+    if source.base_is_template and template_runtime is not None:
+        base = inherited_defaults(template_runtime(source.base_ref))
     manifest = context_manifest(req.build_context.files, plan_content_digest) if req.build_context is not None else None
     context_digest = manifest.digest if manifest is not None else None
     build_envs = dict(req.build_envs or {})
-    warnings = _warnings(req)
+    warnings = _warnings(req, base)
     ignored: list[str] = []
     ignored_warnings: list[TemplateIgnoredInstruction] = []
     if req.dockerfile is not None:
@@ -117,7 +126,7 @@ def plan_request(
         run_steps = [op.command for p in plans for op in p.ops if isinstance(op, ShellOp)]
         build_steps = _build_step_items(plans)
         env_assignments = [[k, v] for k, v in build_envs.items()]
-    runtime = runtime_defaults(req, plans, ImageDefaults())
+    runtime = runtime_defaults(req, plans, base)
     rc = req.runtime_config
     build_plan = TemplateBuildPlan(
         base_template=base_template,
@@ -126,9 +135,11 @@ def plan_request(
         build_envs=build_envs,
         env_assignments=env_assignments,
         ignored_instructions=ignored,
-        start_cmd=req.start_cmd or None,
-        default_user=(rc.default_user if rc and rc.default_user else None) or _last_user(plans),
-        default_workdir=(rc.default_workdir if rc and rc.default_workdir else None) or _last_workdir(plans),
+        start_cmd=runtime.start_cmd,
+        default_user=(rc.default_user if rc and rc.default_user else None) or _last_user(plans) or base.user,
+        default_workdir=(rc.default_workdir if rc and rc.default_workdir else None)
+        or _last_workdir(plans, base)
+        or base.workdir,
         readiness=runtime.readiness.to_json() if runtime.readiness else None,
         ignored_instruction_warnings=ignored_warnings or None,
         dockerfile=text,
@@ -160,19 +171,23 @@ def _last_user(plans: list[StepPlan]) -> str | None:
     return users[-1] if users else None
 
 
-def _last_workdir(plans: list[StepPlan]) -> str | None:
+def _last_workdir(plans: list[StepPlan], base: ImageDefaults) -> str | None:
     if not any(isinstance(op, WorkdirOp) for p in plans for op in p.ops):
         return None
-    return step_state(plans, ImageDefaults())[1]
+    return step_state(plans, base)[1]
 
 
-def plan_json(data: Any, *, template_exists: TemplateExists | None = None) -> dict[str, Any]:
+def plan_json(
+    data: Any, *, template_exists: TemplateExists | None = None, template_runtime: TemplateRuntime | None = None
+) -> dict[str, Any]:
     """``POST /v1/templates/plan`` in one call: decoded JSON → response JSON. Raises ``InvalidRequest`` (→ 400)."""
     req = validate_create_request(data)
-    return plan_request(req, template_exists=template_exists).to_json()
+    return plan_request(req, template_exists=template_exists, template_runtime=template_runtime).to_json()
 
 
-def validate_request(data: Any, *, template_exists: TemplateExists | None = None) -> TemplateBuildValidationResponse:
+def validate_request(
+    data: Any, *, template_exists: TemplateExists | None = None, template_runtime: TemplateRuntime | None = None
+) -> TemplateBuildValidationResponse:
     """``POST /v1/templates/validate``: every problem reported as data (never raises for bad input)."""
     problems = structural_problems(data)
     warnings: list[str] = []
@@ -181,7 +196,9 @@ def validate_request(data: Any, *, template_exists: TemplateExists | None = None
         problems = request_problems(req)
         if not problems:
             try:
-                warnings = plan_request(req, template_exists=template_exists).warnings
+                warnings = plan_request(
+                    req, template_exists=template_exists, template_runtime=template_runtime
+                ).warnings
             except InvalidRequest as exc:
                 problems = [exc]
     return TemplateBuildValidationResponse(

@@ -3,6 +3,11 @@
 Pure. Precedence for user and workdir: ``runtime_config`` > the last ``user``/``workdir`` step > the image
 config > root and ``/``. Env: the image config's ``Env`` overlaid by ``runtime_config.default_envs``;
 ``build_envs`` never reach the start command (R53, R56). The API exposes env *keys* only (R55).
+
+A template base is the image: its runtime defaults (user, workdir, env) are the child's image config, and, as
+a Docker image's CMD and HEALTHCHECK, its start command and readiness probe are inherited while the child sets
+no ``start_cmd`` (a child ``runtime_config.readiness`` still replaces the probe); a child ``start_cmd``
+replaces both.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from amber.api.schemas.requests import (
@@ -36,6 +41,8 @@ class ImageDefaults:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None
     healthcheck: Mapping[str, Any] | None = None  # OCI Healthcheck: Test, Interval, Timeout, StartPeriod, Retries
+    start_cmd: str | None = None  # a parent template's start command (template bases only)
+    readiness: Readiness | None = None  # a parent template's readiness probe (template bases only)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,27 @@ class Readiness:
             "startup_grace_secs": self.startup_grace_secs,
         }
         return out
+
+
+def readiness_from_json(value: Any) -> Readiness | None:
+    """A stored ``Readiness.to_json()`` back (None when absent or not understood)."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("kind"), str):
+        return None
+    names = {f.name for f in fields(Readiness)}
+    return Readiness(**{k: v for k, v in value.items() if k in names})
+
+
+def inherited_defaults(runtime: Mapping[str, Any] | None, env: Mapping[str, Any] | None = None) -> ImageDefaults:
+    """A parent template's runtime defaults (its TemplateRuntimeDefaults JSON and, server-side, its env values)
+    as the image defaults of a child build."""
+    runtime = runtime or {}
+    return ImageDefaults(
+        user=runtime.get("default_user"),
+        env=tuple((str(k), str(v)) for k, v in (env or {}).items()),
+        workdir=runtime.get("default_workdir"),
+        start_cmd=runtime.get("start_cmd") or None,
+        readiness=readiness_from_json(runtime.get("readiness")),
+    )
 
 
 def normalise_readiness(probe: TcpReadiness | TimeoutReadiness | HttpReadiness | CommandReadiness) -> Readiness:
@@ -179,6 +207,7 @@ def runtime_defaults(req: CreateTemplateRequest, plans: Sequence[StepPlan], imag
     env = image_env(image)
     if rc is not None and rc.default_envs:
         env.update(rc.default_envs)
+    start_cmd = req.start_cmd or image.start_cmd or None
     readiness: Readiness | None = None
     mapped = False
     if rc is not None and rc.readiness is not None:
@@ -186,11 +215,13 @@ def runtime_defaults(req: CreateTemplateRequest, plans: Sequence[StepPlan], imag
     elif req.start_cmd:
         readiness = map_healthcheck(image.healthcheck)
         mapped = readiness is not None
+    elif start_cmd:  # the parent template's start command, with its probe
+        readiness = image.readiness
     return RuntimeDefaults(
         user=user,
         workdir=workdir,
         env=env,
-        start_cmd=req.start_cmd or None,
+        start_cmd=start_cmd,
         readiness=readiness,
         readiness_from_healthcheck=mapped,
     )
