@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,6 +35,19 @@ class Settings(BaseSettings):
     buildkit_cache_max_bytes: int = 10 * 1024**3  # BuildKit's own cache (Dockerfile builds), GC'd by dockerd; 0 = no GC
     rate_limit_per_sec: float = 100.0  # sustained requests per second per API key (0 = no limit); 429 beyond
     rate_limit_burst: int = 1000  # requests a key may make at once before the sustained rate applies
+    # Directories whose repositories ``git_clone`` may read by local path or file:// URL (after realpath);
+    # empty = none. Env: a JSON list or ``:``-separated paths.
+    git_local_roots: Annotated[list[Path], NoDecode] = []
+
+    @field_validator("git_local_roots", mode="before")
+    @classmethod
+    def _path_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part.strip()]
+        return value
 
     @property
     def blobs_dir(self) -> Path:

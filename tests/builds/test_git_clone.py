@@ -14,6 +14,7 @@ import pytest
 from amber.api.schemas.requests import GitCloneStep
 from amber.builds.pipeline.git_clone import (
     GitCloneError,
+    check_local_roots,
     clone_on_host,
     display_command,
     is_local_source,
@@ -71,7 +72,8 @@ def test_local_sources(url: str, local: bool) -> None:
 
 def test_clone_branch_and_tar(repo: Path, tmp_path: Path) -> None:
     lines: list[str] = []
-    tree = clone_on_host(GitCloneOp(str(repo), "/src", "feature"), tmp_path, network=False, on_line=lines.append)
+    tree = clone_on_host(GitCloneOp(str(repo), "/src", "feature"), tmp_path, network=False, on_line=lines.append,
+                         local_roots=[repo.parent])  # fmt: skip
     assert (tree / "FEATURE").read_text() == "feat\n" and (tree / ".git").is_dir()
     assert not any(str(tmp_path) in line for line in lines), "server paths must not reach the build log"
     with tarfile.open(fileobj=io.BytesIO(tar_tree(tree))) as tar:
@@ -83,13 +85,37 @@ def test_clone_branch_and_tar(repo: Path, tmp_path: Path) -> None:
 
 def test_clone_failures_are_step_errors(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(GitCloneError) as missing_branch:
-        clone_on_host(GitCloneOp(str(repo), "/src", "nope"), tmp_path, network=True, on_line=lambda _l: None)
+        clone_on_host(GitCloneOp(str(repo), "/src", "nope"), tmp_path, network=True, on_line=lambda _l: None,
+                      local_roots=[repo])  # fmt: skip
     assert "nope" in missing_branch.value.message
     assert missing_branch.value.command == f"git clone --branch nope {repo} /src"
     with pytest.raises(GitCloneError) as offline:
         clone_on_host(GitCloneOp("https://example.invalid/x.git", "/src"), tmp_path, network=False,
                       on_line=lambda _l: None)  # fmt: skip
     assert "internet_access" in offline.value.message
+
+
+def test_local_paths_need_a_configured_root(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "root").mkdir()
+    escape = tmp_path / "root" / "escape"
+    escape.symlink_to(repo)  # inside the root by name, elsewhere in fact
+    for url in (str(repo), f"file://{repo}"):
+        with pytest.raises(GitCloneError) as refused:
+            clone_on_host(GitCloneOp(url, "/src"), tmp_path / "s", network=True, on_line=lambda _l: None)
+        assert "AMBER_GIT_LOCAL_ROOTS" in refused.value.message and refused.value.command == f"git clone {url} /src"
+        assert str(repo) not in refused.value.message.replace(repr(url), "")  # names no server path of its own
+    roots = [tmp_path / "root", outside]
+    for url in (str(repo), str(escape), f"file://{escape}", f"{tmp_path}/root/../../{repo.name}", "relative/x"):
+        with pytest.raises(GitCloneError, match="not inside a directory of the server setting AMBER_GIT_LOCAL_ROOTS"):
+            check_local_roots(url, roots, cwd=tmp_path / "s")
+    for url in (str(repo), f"file://{repo}/", f"{repo}/../{repo.name}", "https://example.com/x.git",
+                "http://127.0.0.1:9/r.git", "git@example.com:a/b.git"):  # fmt: skip
+        check_local_roots(url, [repo.parent / "." / repo.name], cwd=tmp_path)  # inside, or no local path
+    tree = clone_on_host(GitCloneOp(f"file://{repo}", "/src"), tmp_path / "s", network=False, on_line=lambda _l: None,
+                         local_roots=[repo])  # fmt: skip
+    assert (tree / "README").read_text() == "hello\n"
 
 
 def test_unpack_script_refuses_a_non_empty_destination(tmp_path: Path) -> None:

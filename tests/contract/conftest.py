@@ -64,10 +64,19 @@ def registry() -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="module")
-def sdk(database_url: str, registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sdk]:
+def server_env() -> dict[str, str]:
+    """Extra ``AMBER_*`` settings for the module's server (a module overrides this fixture to add some)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def sdk(
+    database_url: str, registry: Registry, server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sdk]:
     data_dir = data_dir_with_guest(tmp_path_factory)
     base = push_busybox_image(registry)
-    with running_server(data_dir, database_url, workers=1, env={"AMBER_SSE_HEARTBEAT_SECS": "2"}) as server:
+    env = {"AMBER_SSE_HEARTBEAT_SECS": "2", **server_env}
+    with running_server(data_dir, database_url, workers=1, env=env) as server:
         yield Sdk(server, base, server.create_key("acme"), server.create_key("other"))
     sweep_stale(data_dir)
     assert not leftover_vms(data_dir), "VM run directories left behind"

@@ -44,10 +44,21 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def git_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("git")
+
+
+@pytest.fixture(scope="module")
+def server_env(git_root: Path) -> dict[str, str]:
+    """The server may clone repositories by path from ``git_root/work`` only (AMBER_GIT_LOCAL_ROOTS)."""
+    return {"AMBER_GIT_LOCAL_ROOTS": str(git_root / "work")}
+
+
+@pytest.fixture(scope="module")
+def repos(git_root: Path) -> Iterator[tuple[Path, str]]:
     """A work tree (cloned by path) and its bare copy served over dumb HTTP on loopback: (path, url)."""
     assert shutil.which("git"), "git is needed on the build server (and for this test)"
-    root = tmp_path_factory.mktemp("git")
+    root = git_root
     work = root / "work"
     work.mkdir()
     git("init", "-q", "-b", "main", cwd=work)
@@ -201,6 +212,15 @@ def test_failing_clone_is_a_build_step_failure(sdk: Sdk, repos: tuple[Path, str]
     assert detail.details["command"] == f"git clone --branch no-such-branch {work} /src"
     assert "no-such-branch" in str(error)
     assert entries[-1].phase == "step" and entries[-1].step_index == 2
+
+
+def test_clone_by_path_outside_the_local_roots_is_refused(sdk: Sdk, repos: tuple[Path, str]) -> None:
+    work, _url = repos
+    bare = work.parent / "repo.git"  # a repository on the server, outside AMBER_GIT_LOCAL_ROOTS
+    error, _entries = failure(sdk, Template.from_image(sdk.base_image).git_clone(f"file://{bare}", "/src"))
+    detail = detail_of(error)
+    assert detail.phase.value == "build_step" and detail.step_index == 1
+    assert "AMBER_GIT_LOCAL_ROOTS" in str(error) and detail.details["command"] == f"git clone file://{bare} /src"
 
 
 def test_from_template_shorthands_use_the_callers_template(sdk: Sdk) -> None:

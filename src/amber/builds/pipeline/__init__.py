@@ -17,7 +17,8 @@ from amber.settings import Settings
 def create_executor(settings: Settings) -> BuildExecutor:
     """The executor for ``settings.data_dir`` (guest files, caches, artifacts and work files live there)."""
     data_dir = settings.data_dir.resolve()
-    return NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir, accel=settings.accel))
+    return NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir, accel=settings.accel),
+                          git_local_roots=settings.git_local_roots)  # fmt: skip
 
 
 __all__ = ["NativeExecutor", "create_executor"]

@@ -2,10 +2,12 @@
 
 BuildKit clones ``ADD <git url>`` sources on the build host too; doing the same here means the image needs no
 git, and a loopback URL or a local path names the server's repository (as a loopback ``base_image`` names the
-server's registry). Git runs without the server's user or system configuration, never prompts for
-credentials, and is given a deadline. With ``internet_access=false`` only loopback URLs and local paths are
-allowed. The tree (``.git`` included, as ``git clone`` leaves it) is streamed as a tar into ``tar -x`` in the
-guest, run as the step's USER in its WORKDIR, so ownership is what ``RUN git clone`` would give.
+server's registry). Local paths and ``file://`` URLs read the server's filesystem, so they are refused unless
+their real path (symlinks and ``..`` resolved) lies inside one of ``AMBER_GIT_LOCAL_ROOTS``. Git runs without
+the server's user or system configuration, never prompts for credentials, and is given a deadline. With
+``internet_access=false`` only loopback URLs and local paths are allowed. The tree (``.git`` included, as
+``git clone`` leaves it) is streamed as a tar into ``tar -x`` in the guest, run as the step's USER in its
+WORKDIR, so ownership is what ``RUN git clone`` would give.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from amber.builds.planning.steps import GitCloneOp
 from amber.vm.agent import AgentClient
@@ -56,6 +58,37 @@ def is_local_source(url: str) -> bool:
         return False
 
 
+def filesystem_path(url: str) -> str | None:
+    """The server path a clone source reads directly (a local path or a ``file://`` URL), else None."""
+    if "://" not in url:
+        head = url.split("/", 1)[0]
+        return url if ":" not in head else None
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file":
+        return unquote(parts.path)
+    return None
+
+
+def check_local_roots(url: str, roots: Sequence[Path], *, cwd: Path) -> None:
+    """Refuse a local path or ``file://`` URL whose real path is not inside one of ``roots`` (realpath'd too);
+    relative paths resolve against ``cwd`` (where git runs). Raises ``GitCloneError`` without server paths."""
+    path = filesystem_path(url)
+    if path is None:
+        return
+    command = f"git clone {url}"
+    if not roots:
+        raise GitCloneError(f"git_clone of {url!r} would read the build server's filesystem; local paths and "
+                            "file:// URLs are refused unless the server setting AMBER_GIT_LOCAL_ROOTS lists a "
+                            "directory holding the repository", command)  # fmt: skip
+    resolved = Path(os.path.realpath(cwd / path))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if resolved == real_root or resolved.is_relative_to(real_root):
+            return
+    raise GitCloneError(f"git_clone of {url!r} is refused: the path is not inside a directory of the server "
+                        "setting AMBER_GIT_LOCAL_ROOTS", command)  # fmt: skip
+
+
 def clone_command(op: GitCloneOp, dest: str) -> list[str]:
     argv = ["git", "clone", "--no-recurse-submodules"]
     if op.branch:
@@ -89,8 +122,16 @@ def _git_env(home: Path) -> dict[str, str]:
     }
 
 
-def clone_on_host(op: GitCloneOp, scratch: Path, *, network: bool, on_line: Callable[[str], None]) -> Path:
-    """Clone into a fresh directory under ``scratch``; returns the working tree. Raises ``GitCloneError``."""
+def clone_on_host(
+    op: GitCloneOp,
+    scratch: Path,
+    *,
+    network: bool,
+    on_line: Callable[[str], None],
+    local_roots: Sequence[Path] = (),
+) -> Path:
+    """Clone into a fresh directory under ``scratch``; returns the working tree. Raises ``GitCloneError``.
+    ``local_roots``: the directories local paths and ``file://`` URLs may name (empty: none)."""
     shown = display_command(op)
     if not network and not is_local_source(op.url):
         raise GitCloneError(f"git_clone of {op.url!r} needs network access, but internet_access is false "
@@ -100,6 +141,11 @@ def clone_on_host(op: GitCloneOp, scratch: Path, *, network: bool, on_line: Call
         raise GitCloneError("git_clone: git is not installed on the build server", shown)
     scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="git-", dir=scratch))
+    try:
+        check_local_roots(op.url, local_roots, cwd=work)  # relative paths: from where git runs
+    except GitCloneError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise GitCloneError(exc.message, shown) from None
     home = work / "home"
     home.mkdir()
     tree = work / "tree"

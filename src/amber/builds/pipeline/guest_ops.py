@@ -14,7 +14,7 @@ import posixpath
 import shlex
 import shutil
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,13 +181,15 @@ def apply_ops(
     step_index: int,
     scratch: Path | None = None,
     network: bool = True,
+    git_local_roots: Sequence[Path] = (),
 ) -> None:
     """Run one step's ops in order, updating ``state``. ``scratch`` is a host directory for ``git_clone``
-    checkouts; ``network`` is the build's ``internet_access``."""
+    checkouts; ``network`` is the build's ``internet_access``; ``git_local_roots`` the directories a
+    ``git_clone`` may name by local path or file:// URL."""
     for op in ops:
         if isinstance(op, GitCloneOp):
             _git_clone(agent, op, state=state, env=env, on_line=on_line, step_index=step_index,
-                       scratch=scratch, network=network)  # fmt: skip
+                       scratch=scratch, network=network, local_roots=git_local_roots)  # fmt: skip
             continue
         if isinstance(op, ShellOp):
             run_shell(
@@ -226,11 +228,12 @@ def _git_clone(
     step_index: int,
     scratch: Path | None,
     network: bool,
+    local_roots: Sequence[Path],
 ) -> None:
     if scratch is None:
         raise ValueError("git_clone needs a scratch directory")
     try:
-        tree = clone_on_host(op, scratch, network=network, on_line=on_line)
+        tree = clone_on_host(op, scratch, network=network, on_line=on_line, local_roots=local_roots)
     except GitCloneError as exc:
         raise StepError(f"step {step_index}: {exc.message}", command=exc.command) from None
     try:

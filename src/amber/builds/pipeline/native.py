@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +148,9 @@ class NativeExecutor:
     ``<data_dir>/builds/<build_id>`` (removed when the attempt ends).
     """
 
-    def __init__(self, *, data_dir: Path, vm: VmBackend) -> None:
+    def __init__(self, *, data_dir: Path, vm: VmBackend, git_local_roots: Sequence[Path] = ()) -> None:
         self.data_dir = data_dir
+        self.git_local_roots = tuple(git_local_roots)  # AMBER_GIT_LOCAL_ROOTS: where git_clone may read paths
         self.cache = CacheStore(data_dir / "cache" / "build")
         self.layer_cache = data_dir / "cache" / "layers"
         self.vm = vm
@@ -415,6 +416,7 @@ class NativeExecutor:
                 await asyncio.to_thread(
                     apply_ops, machine.agent, step.ops, context=plan.context, state=state, env=plan.step_env,
                     on_line=pump.line, step_index=step.index, scratch=attempt.work_dir / "git", network=plan.network,
+                    git_local_roots=self.git_local_roots,
                 )  # fmt: skip
             except StepError as exc:
                 raise BuildFailed(exc.message, phase=FailurePhase.BUILD_STEP, step_index=step.index,
