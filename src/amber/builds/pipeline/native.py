@@ -633,6 +633,12 @@ def _with_mapped_readiness(metadata: dict[str, Any] | None, defaults: ImageDefau
     return {**metadata, "healthcheck": health}
 
 
+def _start_failed(outcome: str, when: str) -> str:
+    """'exited with code 4; last output:\n…' → 'the start command exited with code 4 <when>; last output:\n…'."""
+    how, sep, rest = outcome.partition(";")
+    return f"the start command {how} {when}{sep}{rest}"
+
+
 def _settle(future: asyncio.Future[str], outcome: str) -> None:
     if not future.done():
         future.set_result(outcome)
@@ -648,12 +654,6 @@ def _walk_files(root: Path) -> Iterator[Path]:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             yield Path(dirpath) / name
-def _start_failed(outcome: str, when: str) -> str:
-    """'exited with code 4; last output:\n…' → 'the start command exited with code 4 <when>; last output:\n…'."""
-    how, sep, rest = outcome.partition(";")
-    return f"the start command {how} {when}{sep}{rest}"
-
-
 
 
 def _tree_size(root: Path) -> int:
