@@ -28,6 +28,7 @@ class Run:
     @property
     def tree(self) -> Path:
         assert self.result is not None, self.error
+        assert self.result.tree is not None  # no want_tree: the tree is always exported
         return self.result.tree
 
     def messages(self) -> list[str]:
@@ -294,6 +295,7 @@ def test_concurrent_builds_keep_their_own_secrets(dockerd: ManagedDockerd, image
 
     results = asyncio.run(main())
     for value, result in zip(values, results, strict=True):
+        assert result.tree is not None
         assert (result.tree / "k.sha").read_text().split()[0] == hashlib.sha256(value.encode()).hexdigest()
 
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nullspace import BuildError, Template, TemplateBuildLogEntry, wait_for_file
+from nullspace import BuildError, Template, TemplateBuild, TemplateBuildLogEntry, wait_for_file, wait_for_port
 from nullspace.template import CommandReadinessProbe
 
+from amber.vm.artifact import restore
 from tests.buildkit.conftest import Images, scan_for
 from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
 from tests.support.server import AmberServer, running_server
@@ -200,6 +201,141 @@ def test_private_bases_and_a_second_tenant(server: AmberServer, keys: dict[str, 
             **conn(server, keys, "other"),
         )
     assert refused.value.phase is not None and refused.value.phase.value == "auth"
+
+
+CACHED_DOCKERFILE = """\
+FROM {base}
+COPY site/ /srv/
+ARG FLAVOUR=plain
+RUN echo "$FLAVOUR" > /srv/flavour
+WORKDIR /srv
+"""
+SERVE = "exec httpd -f -p 8080 -h /srv"
+
+
+def cached_template(base: str, page: str, root: Path) -> Template:
+    """A Dockerfile template whose start command serves ``page``; the context lives in ``root``."""
+    (root / "site").mkdir(parents=True, exist_ok=True)
+    (root / "site" / "index.html").write_text(page)
+    (root / "Dockerfile").write_text(CACHED_DOCKERFILE.format(base=base))
+    return Template.from_dockerfile(str(root / "Dockerfile"), file_context_path=str(root)).set_start_cmd(
+        SERVE, wait_for_port(8080, timeout_secs=30)
+    )
+
+
+def cache_events(entries: list[TemplateBuildLogEntry]) -> dict[str, list[tuple[str, str | None]]]:
+    """Amber's own cache entries (the base disk and the final artifact; BuildKit's per-instruction hits aside):
+    kind -> [(status, reason)]."""
+    found: dict[str, list[tuple[str, str | None]]] = {"base": [], "final": []}
+    for e in entries:
+        if e.phase != "cache" or not e.cache_status:
+            continue
+        reason = e.cache_reason.value if e.cache_reason else None
+        if e.cache_kind and e.cache_kind.value == "final_artifact":
+            found["final"].append((e.cache_status.value, reason))
+        elif str(e.cache_subject or "").startswith("Dockerfile image sha256:"):
+            found["base"].append((e.cache_status.value, reason))
+    return found
+
+
+def cache_files(data_dir: Path) -> set[str]:
+    root = data_dir / "cache" / "build"
+    return {p.relative_to(root).as_posix() for sub in ("base", "final") for p in (root / sub).glob("*")}
+
+
+def test_identical_dockerfile_build_is_a_full_cache_hit(
+    server: AmberServer, keys: dict[str, str], images: Images, tmp_path: Path
+) -> None:
+    template = cached_template(images.public, "cached page\n", tmp_path / "ctx")
+    first: list[TemplateBuildLogEntry] = []
+    before = cache_files(server.data_dir)
+    built = Template.build(template, unique("cached"), on_log_entry=first.append, **conn(server, keys))
+    assert built.status.value == "ready"
+    miss = ("miss", "missing_or_incompatible")
+    assert cache_events(first) == {"base": [miss, ("stored", None)], "final": [miss, ("stored", None)]}
+    stored = {p for p in cache_files(server.data_dir) - before if p.endswith(".ok")}
+    assert {p.split("/")[0] for p in stored} == {"base", "final"} and len(stored) == 2, stored
+    second: list[TemplateBuildLogEntry] = []
+    again = Template.build(template, unique("cached"), on_log_entry=second.append, **conn(server, keys))
+    assert again.status.value == "ready"
+    assert cache_events(second) == {"base": [("hit", None)], "final": [("hit", None)]}
+    phases = {e.phase for e in second if e.phase}
+    assert "vm_create" not in phases and "snapshot" not in phases  # nothing booted
+    assert "preparing" in phases  # BuildKit still solved the Dockerfile (that is what the key is made of)
+    assert again.runtime_defaults is not None and again.runtime_defaults.default_workdir == "/srv"
+    assert again.runtime_defaults.start_cmd == SERVE
+    artifact = server.data_dir / "artifacts" / again.build_id
+    assert artifact.is_dir()
+    with restore(artifact, data_dir=server.data_dir) as vm:  # the cached snapshot restores, still serving
+        vm.agent.tcp_probe(8080)
+        assert vm.exec(["wget", "-q", "-O", "-", "http://127.0.0.1:8080/index.html"]).stdout == b"cached page\n"
+        assert vm.exec(["cat", "/srv/flavour"]).stdout == b"plain\n"
+    built.close()
+    again.close()
+
+    # A changed context file is another image: the base disk and the final artifact miss.
+    changed: list[TemplateBuildLogEntry] = []
+    other = cached_template(images.public, "another page\n", tmp_path / "ctx2")
+    rebuilt = Template.build(other, unique("cached"), on_log_entry=changed.append, **conn(server, keys))
+    assert rebuilt.status.value == "ready"
+    assert cache_events(changed) == {"base": [miss, ("stored", None)], "final": [miss, ("stored", None)]}
+    assert "vm_create" in {e.phase for e in changed}
+    rebuilt.close()
+
+    # So is a changed build arg (raw HTTP: the SDK's builder sends no build_args).
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    body = {
+        "name": unique("cached-arg"),
+        "dockerfile": CACHED_DOCKERFILE.format(base=images.public),
+        "build_args": {"FLAVOUR": "spicy"},
+        "build_context": {
+            "files": [{"path": "site/index.html", "entry_type": "file", "content_base64": b64("cached page\n")}]
+        },
+        "start_cmd": SERVE,
+        "runtime_config": {"readiness": wait_for_port(8080, timeout_secs=30).to_payload()},
+    }
+    with server.client(keys["acme"], timeout=600) as client:
+        response = client.post("/v1/templates/builds", json=body)
+        assert response.status_code == 202, response.text
+        build_id = response.json()["build_id"]
+    arg_entries: list[TemplateBuildLogEntry] = []
+    done = TemplateBuild.connect(build_id, **conn(server, keys)).wait_until_terminal(on_log_entry=arg_entries.append)
+    assert done.build.status.value == "ready"
+    assert cache_events(arg_entries) == {"base": [miss, ("stored", None)], "final": [miss, ("stored", None)]}
+
+
+def test_dockerfile_builds_with_secrets_or_skip_cache_bypass_the_cache(
+    server: AmberServer, keys: dict[str, str], images: Images, tmp_path: Path
+) -> None:
+    template = cached_template(images.public, "cached page\n", tmp_path / "ctx")
+    warm = Template.build(template, unique("warm"), **conn(server, keys))  # cached by the test above (or now)
+    warm.close()
+    before = cache_files(server.data_dir)
+    assert any(p.endswith(".raw.ok") for p in before) and before
+
+    # The same Dockerfile with a secret: never a hit, nothing stored (its image differs only by the nonce).
+    secret_entries: list[TemplateBuildLogEntry] = []
+    secret_build = Template.build(
+        cached_template(images.public, "cached page\n", tmp_path / "ctx").add_build_secret("token", SECRET),
+        unique("secret"), on_log_entry=secret_entries.append, **conn(server, keys),
+    )  # fmt: skip
+    assert secret_build.status.value == "ready"
+    bypass = ("bypass", "whole_build_skip_cache")
+    assert cache_events(secret_entries) == {"base": [bypass], "final": [bypass]}
+    assert "vm_create" in {e.phase for e in secret_entries}
+    assert cache_files(server.data_dir) == before
+    secret_build.close()
+
+    skipped: list[TemplateBuildLogEntry] = []
+    skip = Template.build(template, unique("skip"), skip_cache=True, on_log_entry=skipped.append,
+                          **conn(server, keys))  # fmt: skip
+    assert skip.status.value == "ready"
+    assert cache_events(skipped) == {"base": [bypass], "final": [bypass]}
+    assert "vm_create" in {e.phase for e in skipped}
+    assert cache_files(server.data_dir) == before
+    skip.close()
 
 
 def test_no_secret_anywhere_in_the_data_dir(server: AmberServer, images: Images) -> None:

@@ -7,8 +7,10 @@
 - a build with secrets (or ``skip_cache``) runs with ``nocache`` and a per-build nonce ARG in every stage,
   so it neither reuses BuildKit's cache nor leaves entries another build could ever match;
 - ``internet_access=False`` → network mode ``none`` (else ``host``: dockerd runs without a bridge);
-- the filesystem of the target stage streams as a tar over the session straight into the safe unpacker;
-  the image config comes from a second, cached solve exported as an untagged image that is deleted again;
+- the target stage is solved as an untagged image first (deleted again at the end): its ID names the tree
+  (the config digest covers every layer's diff_id) and its config is the template's image config; then, unless
+  the caller has that tree already (``want_tree``), the same solve again (from this build's cache) streams the
+  filesystem as a tar over the session straight into the safe unpacker;
 - ``cancel`` set → the build is cancelled in dockerd and ``asyncio.CancelledError`` raised.
 User-facing failures raise ``BuildFailed`` (phase ``auth``, ``prepare`` or ``build_step``).
 """
@@ -43,7 +45,7 @@ from amber.buildkit.dockerfile_rules import (
     check_dockerfile_request,
 )
 from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
-from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace
+from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, is_from
 from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.builds.executor import (
     BuildFailed,
@@ -64,6 +66,7 @@ _TAR_DRAIN_TIMEOUT_S = 30.0
 _TAIL_CHARS = 2000
 
 TreeUnpacker = Callable[[BinaryIO, Path], None]
+TreeWanted = Callable[[str, BuiltImageConfig], Awaitable[bool]]  # (image ID, config) -> export the tree?
 AccessCheck = Callable[[str, RegistryCredential | None], Awaitable[None]]
 
 
@@ -84,7 +87,9 @@ class DockerfileBuildRequest:
 
 @dataclass(frozen=True)
 class DockerfileBuildResult:
-    tree: Path
+    tree: Path | None  # None when ``want_tree`` declined the export
+    image_id: str  # the built image's config digest (covers every layer's diff_id): equal ID, equal tree
+    tree_is_image: bool  # the exported tree comes from exactly that solve (its export re-ran no instruction)
     image_config: BuiltImageConfig
     dockerfile_digest: str  # sha256 of the Dockerfile as given (before any nonce)
     context_digest: str  # sha256 of the context tar sent to BuildKit
@@ -367,8 +372,13 @@ async def build_dockerfile_rootfs(
     base_image_credential: RegistryCredential | None = None,
     unpacker: TreeUnpacker | None = None,
     access_check: AccessCheck = verify_pull_access,
+    want_tree: TreeWanted | None = None,
 ) -> DockerfileBuildResult:
     """Build the Dockerfile's target stage into ``target_dir`` (must be empty or absent).
+
+    The target is solved as an image first; ``want_tree(image ID, image config)`` is then asked whether to
+    export its tree (None: always); a caller that has the tree for that image ID cached says no and saves the
+    export.
 
     ``staging_dir`` holds the context tar; the caller removes it. ``registry_credentials``
     maps registry host → credential; ``base_image_credential`` is the resolved ``base_image_auth`` and applies
@@ -455,7 +465,6 @@ async def build_dockerfile_rootfs(
     except DockerdError as error:
         raise BuildFailed(f"the BuildKit daemon is unavailable: {error}", phase=FailurePhase.PREPARE,
                           code="internal_error") from None  # fmt: skip
-    target_dir.mkdir(parents=True, exist_ok=True)
     pipe = _TarPipe()
     unpack_error: list[BaseException] = []
 
@@ -471,8 +480,8 @@ async def build_dockerfile_rootfs(
         total_steps=total, step_offsets=analysis.step_offsets(request.build_target), redact=redact
     )
     unpacker_thread = threading.Thread(target=unpack_thread, name="amber-bk-unpack", daemon=True)
-    unpacker_thread.start()
     image_id: str | None = None
+    exported = tree_is_image = False
     try:
         async with (
             BuildSession(
@@ -483,7 +492,8 @@ async def build_dockerfile_rootfs(
             ) as session,
             dockerd.client(timeout=None) as api,
         ):
-            # 4. The real build: the target stage's filesystem as a tar over the session.
+            # 4. The real build, as an untagged image: its ID (the config digest, which covers every layer's
+            # diff_id) names the tree, and its config is the template's image config.
             step_lines = analysis.step_lines(request.build_target)
             stream = _BuildStream(translator, emit, redact, quiet=False, step_lines=step_lines)
             params = _build_params(
@@ -493,38 +503,61 @@ async def build_dockerfile_rootfs(
                 request=request,
                 build_args=build_args,
                 nocache=bypass_cache,
-                tar_output=True,
+                tar_output=False,
             )
             try:
                 await _run_build(api, params, context.path, stream, cancel)
-                await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
             except httpx.HTTPError as error:
                 raise BuildFailed(f"lost the connection to dockerd during the build: {type(error).__name__}",
                                   phase=FailurePhase.BUILD_STEP, code="internal_error") from None  # fmt: skip
-            except BuildFailed:
-                # An export that failed because the unpacker refused the tree: the unpacker's reason is the
-                # one the user can act on (e.g. a device node the rootfs rules reject), not "aborted".
-                pipe.close_writer()
-                await asyncio.to_thread(unpacker_thread.join, 30)
-                if unpack_error and stream.export_started:
-                    raise _unpack_failure(unpack_error[0], redact) from None
-                raise
-            pipe.close_writer()
-            await asyncio.to_thread(unpacker_thread.join)
-            if unpack_error:
-                raise _unpack_failure(unpack_error[0], redact)
-            # 5. Same solve again, exported as an image only to read its config (served from this build's cache).
-            meta_stream = _BuildStream(ProgressTranslator(redact=redact), emit, redact, quiet=True)
-            meta_params = dict(params, buildid=f"amber-{secrets_module.token_hex(8)}")
-            meta_params.pop("outputs")
-            meta_params.pop("nocache", None)
-            await _run_build(api, meta_params, context.path, meta_stream, cancel)
-            image_id = meta_stream.image_id
+            image_id = stream.image_id
             if image_id is None:
                 raise BuildFailed("BuildKit reported no image for the target stage", phase=FailurePhase.BUILD_STEP)
             inspect = await api.get(f"/images/{image_id}/json")
             inspect.raise_for_status()
             image_config = image_config_from_engine(inspect.json().get("Config"))
+            if want_tree is not None and not await want_tree(image_id, image_config):
+                await emit(LogEvent(LogKind.MESSAGE, f"image {image_id}: tree export skipped", LogLevel.DEBUG,
+                                    LogPhase.PREPARING))  # fmt: skip
+            else:
+                # 5. Same solve again (served from this build's cache), its filesystem as a tar over the session
+                # straight into the unpacker.
+                target_dir.mkdir(parents=True, exist_ok=True)
+                unpacker_thread.start()
+                tar_stream = _BuildStream(ProgressTranslator(redact=redact), emit, redact, quiet=True)
+                tar_params = _build_params(
+                    session_id=session.session_id,
+                    build_id=f"amber-{secrets_module.token_hex(8)}",
+                    dockerfile_name=context.dockerfile_name,
+                    request=request,
+                    build_args=build_args,
+                    nocache=False,  # the nonce (if any) keeps this build's keys its own
+                    tar_output=True,
+                )
+                try:
+                    await _run_build(api, tar_params, context.path, tar_stream, cancel)
+                    await asyncio.to_thread(session.tar_finished.wait, _TAR_DRAIN_TIMEOUT_S)
+                except httpx.HTTPError as error:
+                    raise BuildFailed(f"lost the connection to dockerd during the export: {type(error).__name__}",
+                                      phase=FailurePhase.BUILD_STEP, code="internal_error") from None  # fmt: skip
+                except BuildFailed:
+                    # An export that failed because the unpacker refused the tree: the unpacker's reason is the
+                    # one the user can act on (e.g. a device node the rootfs rules reject), not "aborted".
+                    pipe.close_writer()
+                    await asyncio.to_thread(unpacker_thread.join, 30)
+                    if unpack_error and tar_stream.export_started:
+                        raise _unpack_failure(unpack_error[0], redact) from None
+                    raise
+                pipe.close_writer()
+                await asyncio.to_thread(unpacker_thread.join)
+                if unpack_error:
+                    raise _unpack_failure(unpack_error[0], redact)
+                exported = True
+                # Nothing ran again but the very image sources the image solve used (same resolved digests):
+                # the tree is that image's (a base tag moved in between would show here).
+                tree_is_image = not {
+                    name for name in tar_stream.translator.ran if not (is_from(name) and name in translator.seen)
+                }
     except SessionError as error:
         raise BuildFailed(str(error), phase=FailurePhase.PREPARE, code="internal_error") from None
     except httpx.HTTPError as error:
@@ -534,14 +567,19 @@ async def build_dockerfile_rootfs(
         pipe.close_writer()
         if unpacker_thread.is_alive():
             await asyncio.to_thread(unpacker_thread.join, 30)
+        if unpacker_thread.ident is None:  # never started: its end of the pipe is still ours
+            pipe.reader.close()
         if image_id is not None:
             async with dockerd.client() as api:
                 with contextlib.suppress(httpx.HTTPError):
                     await api.delete(f"/images/{image_id}", params={"force": "1"})
         secrets.clear()
         credentials.clear()
+    assert image_id is not None  # else BuildFailed was raised
     return DockerfileBuildResult(
-        tree=target_dir,
+        tree=target_dir if exported else None,
+        image_id=image_id,
+        tree_is_image=tree_is_image,
         image_config=image_config,
         dockerfile_digest=dockerfile_digest,
         context_digest=context_digest,

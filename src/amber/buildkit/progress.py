@@ -67,6 +67,12 @@ def is_instruction(name: str) -> bool:
     return _STEP_NAME.match(name) is not None
 
 
+def is_from(name: str) -> bool:
+    """``[stage k/n] FROM <image>@<digest>``: BuildKit reports an image source as run even when nothing changed."""
+    match = _STEP_NAME.match(name)
+    return match is not None and match.group("instruction").startswith("FROM ")
+
+
 @dataclass
 class _VertexState:
     step_index: int | None
@@ -116,6 +122,8 @@ class ProgressTranslator:
         self._next_index = 1
         self.cache_hits = 0
         self.cache_misses = 0
+        self.seen: set[str] = set()  # names of every instruction vertex (a FROM's name carries its resolved digest)
+        self.ran: set[str] = set()  # names of instruction vertices that completed without coming from the cache
         self.failed: FailedInstruction | None = None  # the first instruction whose vertex reported an error
 
     @property
@@ -163,6 +171,10 @@ class ProgressTranslator:
             name = self._names.get(vertex.digest, vertex.name)
             state = self._state(vertex.digest, name)
             instruction = state.step_index is not None
+            if instruction:
+                self.seen.add(name)
+                if vertex.completed and not vertex.cached and not vertex.error:
+                    self.ran.add(name)
             if vertex.cached and instruction and not state.cached_reported:
                 state.cached_reported = state.announced = True
                 self.cache_hits += 1

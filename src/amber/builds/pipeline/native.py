@@ -48,7 +48,7 @@ from amber.builds.executor import (
 from amber.builds.pipeline.base import image_defaults, prepare_oci_base
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.credentials import base_image_credentials
-from amber.builds.pipeline.dockerfile import build_dockerfile_disk, built_image_defaults
+from amber.builds.pipeline.dockerfile import build_dockerfile_disk, built_image_defaults, dockerfile_cache_decision
 from amber.builds.pipeline.events import BuildLog, OutputPump
 from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
@@ -90,6 +90,7 @@ class BaseImage:
     key: str  # cache key of the disk (for the step chain)
     oci_metadata: dict[str, Any] | None = None
     cacheable: bool = True  # False: neither step layers nor the final artifact are looked up or stored
+    uncacheable_reason: CacheReason = CacheReason.BUILDER_CACHE_BOUNDARY  # why, when not cacheable
     entry: EntryHold | None = None  # the held base cache entry; None: the base is private (layers not cached)
 
 
@@ -258,13 +259,18 @@ class NativeExecutor:
         OCI image cached by manifest digest)."""
         source = resolve_source(req)
         if source.source_type == "dockerfile":
-            disk, built = await build_dockerfile_disk(
+            decision = dockerfile_cache_decision(req, decision, job.secrets)
+            built = await build_dockerfile_disk(
                 req, data_dir=self.data_dir, work_dir=attempt.work_dir, blob_paths=job.blob_paths,
                 secrets=job.secrets, registry_credentials=job.registry_credentials,
                 base_image_credentials=job.base_image_credentials, emit=log.forward, log=log, cancel=cancel,
+                store=self.cache, decision=decision, claims=attempt.claims, guest_fingerprint=fingerprint,
             )  # fmt: skip
-            metadata = built.oci_metadata()
-            return BaseImage((disk,), built_image_defaults(built), f"dockerfile:{job.build_id}", metadata, False)
+            return BaseImage(
+                (built.disk,), built_image_defaults(built.image_config), built.key or f"dockerfile:{job.build_id}",
+                built.image_config.oci_metadata(), cacheable=decision.lookup, entry=built.entry,
+                uncacheable_reason=decision.reason or CacheReason.BUILDER_CACHE_BOUNDARY,
+            )  # fmt: skip
         if source.base_is_template or job.base_template_artifact is not None:
             await log.info(LogPhase.PREPARING, f"preparing base template {source.base_ref}")
             template = await prepare_template_base(
@@ -336,8 +342,8 @@ class NativeExecutor:
             guest_fingerprint=fingerprint,
         )  # fmt: skip
         if not base.cacheable:
-            decisions = [CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY) for _ in plans]
-        final = final_decision(req, decisions) if base.cacheable else CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY)
+            decisions = [CacheDecision(base.uncacheable_reason) for _ in plans]
+        final = final_decision(req, decisions) if base.cacheable else CacheDecision(base.uncacheable_reason)
         manifest = context_manifest(files, digest_of) if files else None
         source = resolve_source(req)
         dockerfile = req.dockerfile

@@ -3,7 +3,8 @@
 Keys form a chain:
 
 * base layer: ``H(format, manifest digest, root-disk parameters, guest fingerprint)`` — the image *manifest
-  digest*, never its tag, so a moved tag is a miss;
+  digest*, never its tag, so a moved tag is a miss; for a ``dockerfile`` source ``H("dockerfile", format, image
+  ID BuildKit built, root-disk parameters, guest fingerprint)``;
 * step ``i``: ``H(parent key, normalised instruction and ops, content digests of the copied context entries,
   build envs)`` — the parent key carries everything before it;
 * final artifact: ``H(last layer key, start command, readiness, runtime defaults, VM shape, guest fingerprint)``
@@ -36,6 +37,17 @@ def base_layer_key(manifest_digest: str, *, disk_mb: int | None, guest_fingerpri
         raise ValueError(f"base layers are keyed by manifest digest, got {manifest_digest!r}")
     return digest_json(
         {"kind": "base", "format": LAYER_FORMAT, "manifest": manifest_digest, "disk_mb": disk_mb,
+         "guest": guest_fingerprint}
+    )  # fmt: skip
+
+
+def dockerfile_base_key(image_id: str, *, disk_mb: int | None, guest_fingerprint: str) -> str:
+    """The root disk of a ``dockerfile`` source: keyed by the image BuildKit built (its config digest covers every
+    layer's diff_id, so equal IDs mean equal trees), never by the Dockerfile text (``RUN date``)."""
+    if not image_id.startswith("sha256:"):
+        raise ValueError(f"Dockerfile base disks are keyed by image ID, got {image_id!r}")
+    return digest_json(
+        {"kind": "dockerfile", "format": LAYER_FORMAT, "image": image_id, "disk_mb": disk_mb,
          "guest": guest_fingerprint}
     )  # fmt: skip
 
