@@ -23,7 +23,7 @@ from amber.buildkit.dockerfile_rules import (
     reference_host,
 )
 from amber.buildkit.imageconfig import image_config_from_engine
-from amber.buildkit.progress import ProgressTranslator, decode_trace
+from amber.buildkit.progress import ProgressTranslator, TraceUpdate, Vertex, decode_trace, rerun_instructions
 from amber.buildkit.session import credential_host_key
 from amber.builds.executor import CacheStatus, LogKind, LogPhase
 from tests.buildkit.conftest import ContextFile
@@ -369,3 +369,27 @@ def test_inline_dockerfile_keeps_the_users_dockerignore(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_credential_host_keys(host: str, key: str) -> None:
     assert credential_host_key(host) == key
+
+
+def _solve(*vertices: tuple[str, bool]) -> ProgressTranslator:
+    """A translator fed one solve's vertices as BuildKit reports them: (name, cached), each started and done."""
+    translator = ProgressTranslator(total_steps=4, step_offsets={"": 0})
+    for name, cached in vertices:
+        translator.feed(TraceUpdate([Vertex(name, name)]))
+        translator.feed(TraceUpdate([Vertex(name, name, cached=cached, started=True, completed=True)]))
+    return translator
+
+
+def test_rerun_instructions_tell_whether_the_export_is_the_solved_image() -> None:
+    base = "[1/3] FROM 127.0.0.1:5000/team/busybox:latest@sha256:" + "a" * 64
+    steps = ["[2/3] COPY site/ /srv/", '[3/3] RUN echo "plain" > /srv/flavour']
+    image = _solve(("copy /context /", False), (base, False), *((s, False) for s in steps))
+    # The export of the same build: the image source is reported as run (same digest), everything else cached.
+    same = _solve(("copy /context /", True), (base, False), *((s, True) for s in steps))
+    assert rerun_instructions(image, same) == set()
+    # The base tag moved in between: another digest, and the steps over it ran again.
+    moved = base.replace("a" * 64, "b" * 64)
+    other = _solve((moved, False), *((s, False) for s in steps))
+    assert rerun_instructions(image, other) == {moved, *steps}
+    # A step evicted from BuildKit's cache in between and run again.
+    assert rerun_instructions(image, _solve((base, False), (steps[0], True), (steps[1], False))) == {steps[1]}

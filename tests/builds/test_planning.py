@@ -23,6 +23,7 @@ from amber.builds.planning import plan_json, plan_request, validate_request
 from amber.builds.planning.cache import (
     base_layer_key,
     copied_entries,
+    dockerfile_base_key,
     final_artifact_key,
     final_decision,
     layer_decisions,
@@ -160,6 +161,17 @@ def test_base_key_needs_a_manifest_digest() -> None:
     assert base_layer_key(DIGEST, disk_mb=None, guest_fingerprint="g") != base_layer_key(
         "sha256:" + "b" * 64, disk_mb=None, guest_fingerprint="g"
     )
+
+
+def test_dockerfile_base_key_is_the_built_image_id_disk_and_guest() -> None:
+    with pytest.raises(ValueError, match="image ID"):
+        dockerfile_base_key("amber-build:latest", disk_mb=None, guest_fingerprint="g")
+    key = dockerfile_base_key(DIGEST, disk_mb=None, guest_fingerprint="g")
+    assert key == dockerfile_base_key(DIGEST, disk_mb=None, guest_fingerprint="g")
+    assert key != base_layer_key(DIGEST, disk_mb=None, guest_fingerprint="g")  # never an OCI import's disk
+    assert key != dockerfile_base_key("sha256:" + "b" * 64, disk_mb=None, guest_fingerprint="g")
+    assert key != dockerfile_base_key(DIGEST, disk_mb=2048, guest_fingerprint="g")
+    assert key != dockerfile_base_key(DIGEST, disk_mb=None, guest_fingerprint="other-kernel")
 
 
 def _keys(steps: list[dict[str, Any]], envs: dict[str, str], files: list[dict[str, Any]] | None = None) -> list[str]:

@@ -45,7 +45,7 @@ from amber.buildkit.dockerfile_rules import (
     check_dockerfile_request,
 )
 from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
-from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, is_from
+from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, rerun_instructions
 from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.builds.executor import (
     BuildFailed,
@@ -555,9 +555,7 @@ async def build_dockerfile_rootfs(
                 exported = True
                 # Nothing ran again but the very image sources the image solve used (same resolved digests):
                 # the tree is that image's (a base tag moved in between would show here).
-                tree_is_image = not {
-                    name for name in tar_stream.translator.ran if not (is_from(name) and name in translator.seen)
-                }
+                tree_is_image = not rerun_instructions(translator, tar_stream.translator)
     except SessionError as error:
         raise BuildFailed(str(error), phase=FailurePhase.PREPARE, code="internal_error") from None
     except httpx.HTTPError as error:

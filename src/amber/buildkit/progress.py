@@ -73,6 +73,13 @@ def is_from(name: str) -> bool:
     return match is not None and match.group("instruction").startswith("FROM ")
 
 
+def rerun_instructions(first: ProgressTranslator, again: ProgressTranslator) -> set[str]:
+    """Instructions the second solve of the same build ran instead of taking them from the first solve's cache.
+    An image source counts only if the first solve did not use it: its name carries the resolved digest, so a
+    base tag that moved in between shows up here."""
+    return {name for name in again.ran if not (is_from(name) and name in first.seen)}
+
+
 @dataclass
 class _VertexState:
     step_index: int | None

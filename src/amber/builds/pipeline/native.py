@@ -5,7 +5,8 @@ lookup with hit/miss/bypass and reason), ``preparing`` (resolve, import), ``vm_c
 ``step_index``/``total_steps``), ``sync``, ``startup``, ``readiness``, ``snapshot``, ``finalize``, ``cleanup``.
 
 Guarantees:
-- the base disk is cached by image *manifest digest*; each step's disk layer by its chain key; the finished
+- the base disk is cached by image *manifest digest* (a Dockerfile's by the image ID BuildKit built,
+  ``pipeline/dockerfile.py``); each step's disk layer by its chain key; the finished
   artifact by a key over the last layer, start command, readiness and runtime defaults — a fully cached
   rebuild boots nothing and only links the cached artifact into a new artifact directory;
 - on failure or cancellation the VM is stopped, the build's work directory and artifact directory removed,
