@@ -271,6 +271,48 @@ def test_device_node_in_the_result_is_rejected_by_name(dockerd: ManagedDockerd, 
     assert "could not be unpacked" in run.error.message and "opt-null" in run.error.message
 
 
+def test_identical_concurrent_builds_share_one_image_id_and_leave_no_image(
+    dockerd: ManagedDockerd, images: Images, tmp_path: Path
+) -> None:
+    """Equal inputs, equal image ID (the key of Amber's Dockerfile base-disk cache); each build tags the image for
+    itself, so one finishing first does not delete it under the other; ``want_tree`` False skips the export."""
+    dockerfile = f"FROM {images.public}\nRUN echo same > /same\nENV MODE=concurrent\n"
+    asked: list[str] = []
+
+    async def main() -> list[DockerfileBuildResult]:
+        async def emit(event: LogEvent) -> None:
+            pass
+
+        async def no_tree(image_id: str, config: object) -> bool:
+            asked.append(image_id)
+            return False
+
+        async def one(index: int) -> DockerfileBuildResult:
+            work = tmp_path / f"same{index}"
+            return await build_dockerfile_rootfs(
+                DockerfileBuildRequest(dockerfile=dockerfile), dockerd=dockerd, target_dir=work / "tree",
+                staging_dir=work / "staging", emit=emit, cancel=asyncio.Event(),
+                want_tree=no_tree if index == 2 else None,
+            )  # fmt: skip
+
+        results = list(await asyncio.gather(*(one(i) for i in range(2))))
+        return [*results, await one(2)]
+
+    first, second, skipped = asyncio.run(main())
+    assert first.image_id == second.image_id == skipped.image_id == asked[0]
+    assert first.image_id.startswith("sha256:") and first.tree_is_image and second.tree_is_image
+    assert first.tree is not None and (first.tree / "same").read_text() == "same\n"
+    assert skipped.tree is None and not (tmp_path / "same2" / "tree").exists()
+    assert "MODE=concurrent" in skipped.image_config.env
+
+    async def amber_images() -> list[object]:
+        async with dockerd.client() as api:
+            listed = (await api.get("/images/json", params={"all": "1"})).json()
+        return [i for i in listed if any(t.startswith("amber-build/") for t in i.get("RepoTags") or [])]
+
+    assert asyncio.run(amber_images()) == []
+
+
 def test_concurrent_builds_keep_their_own_secrets(dockerd: ManagedDockerd, images: Images, tmp_path: Path) -> None:
     dockerfile = f"FROM {images.public}\nRUN --mount=type=secret,id=k cat /run/secrets/k | sha256sum > /k.sha\n"
     values = ["concurrent-one", "concurrent-two", "concurrent-three"]

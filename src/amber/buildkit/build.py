@@ -7,7 +7,7 @@
 - a build with secrets (or ``skip_cache``) runs with ``nocache`` and a per-build nonce ARG in every stage,
   so it neither reuses BuildKit's cache nor leaves entries another build could ever match;
 - ``internet_access=False`` → network mode ``none`` (else ``host``: dockerd runs without a bridge);
-- the target stage is solved as an untagged image first (deleted again at the end): its ID names the tree
+- the target stage is solved as an image first (tagged for this build only, untagged at the end): its ID names the tree
   (the config digest covers every layer's diff_id) and its config is the template's image config; then, unless
   the caller has that tree already (``want_tree``), the same solve again (from this build's cache) streams the
   filesystem as a tar over the session straight into the safe unpacker;
@@ -481,6 +481,7 @@ async def build_dockerfile_rootfs(
     )
     unpacker_thread = threading.Thread(target=unpack_thread, name="amber-bk-unpack", daemon=True)
     image_id: str | None = None
+    image_tag = f"amber-build/{secrets_module.token_hex(8)}:latest"
     exported = tree_is_image = False
     try:
         async with (
@@ -492,8 +493,9 @@ async def build_dockerfile_rootfs(
             ) as session,
             dockerd.client(timeout=None) as api,
         ):
-            # 4. The real build, as an untagged image: its ID (the config digest, which covers every layer's
-            # diff_id) names the tree, and its config is the template's image config.
+            # 4. The real build, as an image under a tag of this build's own: its ID (the config digest, which
+            # covers every layer's diff_id) names the tree, and its config is the template's image config. The tag
+            # (removed at the end) keeps a concurrent build of the same image from deleting it under this one.
             step_lines = analysis.step_lines(request.build_target)
             stream = _BuildStream(translator, emit, redact, quiet=False, step_lines=step_lines)
             params = _build_params(
@@ -505,6 +507,7 @@ async def build_dockerfile_rootfs(
                 nocache=bypass_cache,
                 tar_output=False,
             )
+            params["t"] = image_tag
             try:
                 await _run_build(api, params, context.path, stream, cancel)
             except httpx.HTTPError as error:
@@ -567,10 +570,9 @@ async def build_dockerfile_rootfs(
             await asyncio.to_thread(unpacker_thread.join, 30)
         if unpacker_thread.ident is None:  # never started: its end of the pipe is still ours
             pipe.reader.close()
-        if image_id is not None:
-            async with dockerd.client() as api:
-                with contextlib.suppress(httpx.HTTPError):
-                    await api.delete(f"/images/{image_id}", params={"force": "1"})
+        async with dockerd.client() as api:  # untags; the image goes with its last tag
+            with contextlib.suppress(httpx.HTTPError):
+                await api.delete(f"/images/{image_tag}")
         secrets.clear()
         credentials.clear()
     assert image_id is not None  # else BuildFailed was raised

@@ -104,6 +104,7 @@ class ManagedDockerd:
         self.storage_driver = storage_driver
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = asyncio.Lock()
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.restarts = 0
 
     @property
@@ -126,9 +127,17 @@ class ManagedDockerd:
         except httpx.HTTPError:
             return False
 
+    def _loop_lock(self) -> asyncio.Lock:
+        """The start/stop lock of the running event loop (an asyncio.Lock that once waited is bound to its loop;
+        one object may be used from several ``asyncio.run`` calls, e.g. CLI commands and tests)."""
+        loop = asyncio.get_running_loop()
+        if self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
     async def ensure_running(self) -> None:
         """Start the daemon if it is not running, or restart it if it died or stopped answering."""
-        async with self._lock:
+        async with self._loop_lock():
             if self.pid is not None and await self.healthy():
                 return
             if self._process is not None:
@@ -140,7 +149,7 @@ class ManagedDockerd:
     async def stop(self) -> None:
         """Stop the daemon Amber started (SIGTERM, then SIGKILL after a grace period) and remove its empty
         exec root (never entering anything still mounted)."""
-        async with self._lock:
+        async with self._loop_lock():
             await asyncio.to_thread(self._terminate)
             await asyncio.to_thread(self._stop_stale_from_pidfile)
             await asyncio.to_thread(_remove_exec_root, self.layout.exec_root)
