@@ -59,6 +59,16 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def check_new_name(name: str, field: str = "name") -> str:
+    """A name a template may take (rename, claim): like a build's ``name``, never ``tmpl_…`` (it would read as an
+    artifact id) nor ``tb_…``."""
+    check_name(name, field)
+    if name.startswith((ARTIFACT_PREFIX, BUILD_PREFIX)):
+        raise InvalidRef(f"{field} {name!r} is reserved: names may not start with {ARTIFACT_PREFIX!r} or "
+                         f"{BUILD_PREFIX!r}")
+    return name
+
+
 def check_tag(tag: str, field: str = "tag") -> str:
     if not TAG_RE.fullmatch(tag) or tag.startswith(BUILD_PREFIX):
         raise InvalidRef(

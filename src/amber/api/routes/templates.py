@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from amber.api.deps import AppState, app_state, current_caller
-from amber.api.refs import InvalidRef, TemplateRef, check_name, check_tag, parse_ref
+from amber.api.refs import InvalidRef, TemplateRef, check_new_name, check_tag, parse_ref
 from amber.api.schemas.requests import InvalidRequest
 from amber.api.schemas.responses import (
     AssignTagsRequest,
@@ -127,7 +127,7 @@ async def _delete(state: AppState, caller: Caller, text: str) -> Response:
 async def _rename(state: AppState, caller: Caller, text: str, body: RenameTemplateRequest) -> Response:
     ref = parse_ref(text)
     try:
-        check_name(body.new_name, "new_name")
+        check_new_name(body.new_name, "new_name")
     except InvalidRef as exc:
         raise InvalidRequest("new_name", str(exc)) from None
 
@@ -243,7 +243,7 @@ async def reserve_template_name(body: ReserveTemplateNameRequest, caller: Caller
     if ":" in name:
         raise InvalidRequest("template_ref", "a claim names a template, not a tag: use 'name' or 'namespace/name'")
     try:
-        check_name(name, "template_ref")
+        check_new_name(name, "template_ref")
     except InvalidRef as exc:
         raise InvalidRequest("template_ref", str(exc)) from None
     ttl = state.settings.claim_ttl_secs
