@@ -6,7 +6,8 @@ on ``/`` before percent-decoding, picks the reading R8 prescribes, and hands the
 ref (and a tag/alias argument) is one percent-encoded segment; handlers decode it with ``unquote``.
 The ``{id}`` family (R9) gets the same treatment when its id segment holds an encoded ``/`` (``%2F``): such an
 id is a namespaced ref, so ``/v1/templates/acme%2Fapp%3Astable/tags`` is served as the refs route it names
-instead of falling apart into path segments after decoding.
+instead of falling apart into path segments after decoding; likewise ``{id}/aliases/{alias}`` whose alias is a
+listed ``namespace/name`` (``/v1/templates/tmpl_x/aliases/acme%2Fold``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from amber.store.ids import request_id
 TEMPLATES_PREFIX = "/v1/templates/"
 
 RefExists = Callable[[str, str], Awaitable[bool]]  # (ref, Authorization header) -> names a readable template
+
+
+def _encoded_alias_arg(segments: list[str]) -> bool:
+    """``{id}/aliases/{alias}`` with the alias as listed (``acme%2Fold``): an encoded ``/`` the router would split."""
+    return len(segments) == 3 and segments[1] == "aliases" and "%2f" in segments[2]
 
 
 class RequestIdMiddleware:
@@ -57,7 +63,8 @@ class RefsRoutingMiddleware:
                 scope = await self._rewrite(scope, raw_path[len(REFS_PREFIX):])
             elif raw_path.startswith(TEMPLATES_PREFIX):
                 rest = raw_path[len(TEMPLATES_PREFIX):]
-                if "%2f" in rest.split("/", 1)[0].lower():  # an {id} that is a namespaced ref (R9)
+                segments = rest.lower().split("/")
+                if "%2f" in segments[0] or _encoded_alias_arg(segments):
                     scope = await self._rewrite(scope, rest)
         await self.app(scope, receive, send)
 
