@@ -118,6 +118,12 @@ def caller_for_key(session: Session, key: str) -> Caller | None:
     return Caller(key_id=row[0], namespace_id=row[1], namespace_slug=row[2])
 
 
+def has_public_template(session: Session, namespace_id: str) -> bool:
+    """Another caller may see this namespace's metadata: a public template already shows its slug."""
+    return session.scalar(select(Template.id).where(Template.namespace_id == namespace_id,
+                                                    Template.visibility == "public").limit(1)) is not None
+
+
 def namespace_by_ref(session: Session, text: str) -> Namespace | None:
     """A namespace by slug or (legacy) owner UUID."""
     return session.scalar(select(Namespace).where(or_(Namespace.slug == text, Namespace.id == text)))

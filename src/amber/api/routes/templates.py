@@ -264,7 +264,8 @@ async def get_template_namespace(slug: str, caller: Caller = Depends(current_cal
                                  state: AppState = Depends(app_state)) -> Response:
     def read(session: Session) -> dict[str, Any]:
         ns = session.scalar(select(Namespace).where(Namespace.slug == slug))
-        if ns is None or (ns.kind == "user" and ns.id != caller.namespace_id):
+        if ns is None or (ns.kind == "user" and ns.id != caller.namespace_id
+                          and not catalog.has_public_template(session, ns.id)):
             raise NotFound(f"namespace {slug!r} not found", code="not_found")
         return {"slug": ns.slug, "kind": ns.kind, "is_default": ns.id == caller.namespace_id}
 
