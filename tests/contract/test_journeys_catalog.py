@@ -5,6 +5,7 @@ One SQLite server for the module; two builds shared by every test."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any, cast
@@ -93,3 +94,14 @@ def test_namespace_of_a_public_template_is_visible_to_another_key(sdk: Sdk, base
         Template.set_visibility(f"acme/{base.name}", "private", **sdk.acme)
     with pytest.raises(NotFoundError):
         Template.get_namespace("acme", **sdk.other)
+
+
+def test_legacy_owner_uuid_refs_in_either_case(sdk: Sdk, base: TemplateBuild, database_url: str) -> None:
+    """R7's legacy ``<owner-uuid>/name:tag`` refs and claims: a UUID is the same in upper case."""
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as db:
+        owner = db.execute("SELECT id FROM namespaces WHERE slug = 'acme'").fetchone()[0]
+    for form in (owner, owner.upper()):
+        assert Template.get(f"{form}/{base.name}:v1", fields=["id"], **sdk.acme) == {"id": base.template_id}
+    claim = Template.reserve_name(f"{owner.upper()}/{unique('uuid-claim')}", **sdk.acme)
+    assert claim.canonical_ref.startswith("acme/")
+    Template.release_name_claim(claim.claim_token, **sdk.acme)

@@ -125,8 +125,8 @@ def has_public_template(session: Session, namespace_id: str) -> bool:
 
 
 def namespace_by_ref(session: Session, text: str) -> Namespace | None:
-    """A namespace by slug or (legacy) owner UUID."""
-    return session.scalar(select(Namespace).where(or_(Namespace.slug == text, Namespace.id == text)))
+    """A namespace by slug or (legacy) owner UUID, the UUID in either case (ids are stored lower-case)."""
+    return session.scalar(select(Namespace).where(or_(Namespace.slug == text, Namespace.id == text.lower())))
 
 
 # -- resolution -------------------------------------------------------------------------------------------------

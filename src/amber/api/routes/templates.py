@@ -237,7 +237,7 @@ async def reserve_template_name(body: ReserveTemplateNameRequest, caller: Caller
                                 state: AppState = Depends(app_state)) -> Response:
     text = body.template_ref
     namespace, slash, name = text.rpartition("/")
-    if slash and namespace not in (caller.namespace_slug, caller.namespace_id):  # slug or legacy owner UUID
+    if slash and namespace != caller.namespace_slug and namespace.lower() != caller.namespace_id:  # slug or UUID
         raise InvalidRequest("template_ref", f"claims cover your default namespace {caller.namespace_slug!r}, "
                                              f"not {namespace!r}")
     if ":" in name:
