@@ -69,6 +69,14 @@ def build_not_found(build_id: str) -> NotFound:
     return NotFound(f"template build {build_id!r} not found", code="template_build_not_found")
 
 
+_MAX_STORED_OFFSET = 2**63 - 1  # offsets are 64-bit signed integers in the database
+
+
+def stored_offset(offset: int) -> int:
+    """A requested log offset as a database value: any larger offset names no stored entry either."""
+    return min(offset, _MAX_STORED_OFFSET)
+
+
 @dataclass
 class MemoryInputs:
     """What a build needs that is never persisted: the full request (secrets, credentials, inline bytes)."""
@@ -204,7 +212,7 @@ class BuildService:
         def read(session: Session) -> tuple[list[Published], str | None]:
             rows = session.execute(
                 select(BuildLogEntry.offset, BuildLogEntry.kind, BuildLogEntry.entry_json)
-                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= offset)
+                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= stored_offset(offset))
                 .order_by(BuildLogEntry.offset)
                 .limit(limit)
             ).all()
@@ -247,7 +255,7 @@ class BuildService:
             view = build_view(row[0], row[1], row[2], artifact_exists=row[3] is not None)
             rows = session.execute(
                 select(BuildLogEntry.offset, BuildLogEntry.entry_json)
-                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= offset)
+                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= stored_offset(offset))
                 .order_by(BuildLogEntry.offset)
                 .limit(MAX_SNAPSHOT_ENTRIES)
             ).all()
