@@ -10,7 +10,7 @@ from typing import cast
 
 import httpx
 import pytest
-from nullspace import Template, TemplateBuild, TemplateTagInfo
+from nullspace import MachineError, Template, TemplateBuild, TemplateTagInfo
 
 from tests.contract.conftest import Sdk
 
@@ -84,3 +84,13 @@ def test_cancel_queued_retry_and_cancel_after_ready(sdk: Sdk) -> None:
                                                                 (queued.build_id, "cancelled")]
     for h in (busy, queued, retried):
         h.close()
+
+
+def test_missing_template_in_a_known_namespace(sdk: Sdk) -> None:
+    """``from_template("acme/missing:stable")`` is a template ref (acme is a namespace here), not a Docker Hub
+    image: the build is refused up front naming the template, as for any other unknown template base."""
+    for ref in ("acme/does-not-exist:stable", "other/does-not-exist"):
+        with pytest.raises(MachineError) as refused:
+            Template.build(Template.from_template(ref), unique("orphan"), **sdk.acme)
+        assert refused.value.code == "invalid_request" and "not found" in str(refused.value)
+        assert "docker.io" not in str(refused.value)

@@ -77,6 +77,15 @@ def stored_offset(offset: int) -> int:
     return min(offset, _MAX_STORED_OFFSET)
 
 
+def _is_namespace(session: Session, namespace: str | None) -> bool:
+    """Does a ref's first segment name a namespace of this server? Then ``ns/name[:tag]`` means a template there
+    (a Docker Hub image of the same name can still be used as ``docker.io/ns/name``)."""
+    if namespace is None:
+        return False
+    found = session.scalar(select(Namespace.id).where((Namespace.slug == namespace) | (Namespace.id == namespace)))
+    return found is not None
+
+
 @dataclass
 class MemoryInputs:
     """What a build needs that is never persisted: the full request (secrets, credentials, inline bytes)."""
@@ -407,7 +416,7 @@ class BuildService:
         try:
             resolved = catalog.resolve_base_template(session, caller, ref)
         except NotFound:
-            if kind == "ambiguous":
+            if kind == "ambiguous" and not _is_namespace(session, ref.namespace):
                 return None  # ``ns/name`` that is no template: an OCI image on Docker Hub
             raise Invalid(f"base_image: template {base!r} not found (or not visible to this API key)",
                           field="base_image") from None
