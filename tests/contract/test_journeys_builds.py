@@ -10,7 +10,7 @@ from typing import cast
 
 import httpx
 import pytest
-from nullspace import MachineError, Template, TemplateBuild, TemplateTagInfo
+from nullspace import BuildError, MachineError, Template, TemplateBuild, TemplateTagInfo
 
 from tests.contract.conftest import Sdk
 
@@ -82,6 +82,17 @@ def test_cancel_queued_retry_and_cancel_after_ready(sdk: Sdk) -> None:
     history = Template.list_builds(name, **sdk.acme).builds
     assert [(b.build_id, b.status.value) for b in history] == [(retried.build_id, "ready"),
                                                                 (queued.build_id, "cancelled")]
+    # A later attempt that reuses the cached step, then fails: its record still shows what it reused.
+    failing = Template.from_image(sdk.base_image).run_cmd(f"echo {name} > /q").run_cmd("echo broken; exit 3")
+    with pytest.raises(BuildError) as failed:
+        Template.build(failing, f"{name}:v1", **sdk.acme)
+    assert failed.value.phase is not None and failed.value.phase.value == "build_step"
+    assert failed.value.step_index == 2 and "broken" in str(failed.value)
+    record = Template.list_builds(name, status="error", **sdk.acme).builds[0]
+    assert record.cache_summary is not None and record.cache_summary.layer_hits >= 1
+    assert TemplateBuild.connect(record.build_id, **sdk.acme).cache_summary == record.cache_summary
+    assert {t.tag: t.build_id for t in cast(list[TemplateTagInfo], Template.get_tags(name, **sdk.acme))} == {
+        "v1": retried.build_id}  # the failure moved no tag
     for h in (busy, queued, retried):
         h.close()
 

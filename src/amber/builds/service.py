@@ -17,6 +17,7 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
+from json import loads
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from amber.api.schemas.requests import CreateTemplateRequest, persistable_request, validate_create_request
 from amber.blobs.records import resolve_for_build
 from amber.blobs.store import BlobStore
-from amber.builds.executor import BuildArtifact, FailurePhase, LogEvent
+from amber.builds.executor import BuildArtifact, CacheKind, CacheStatus, FailurePhase, LogEvent
 from amber.builds.logbus import LogBus, Published
 from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
@@ -84,6 +85,26 @@ def _is_namespace(session: Session, namespace: str | None) -> bool:
         return False
     found = session.scalar(select(Namespace.id).where((Namespace.slug == namespace) | (Namespace.id == namespace)))
     return found is not None
+
+
+def _cache_summary_so_far(session: Session, build_id: str) -> dict[str, int] | None:
+    """TemplateBuildCacheSummary of the cache entries a build logged before it failed or was cancelled (None when
+    it logged none): history shows what a failed attempt reused, as it does for a successful one."""
+    counts: dict[str, int] = {f"{k.value}_{_CACHE_PLURAL[s]}": 0 for k in CacheKind for s in CacheStatus}
+    seen = False
+    for (entry_json,) in session.execute(select(BuildLogEntry.entry_json).where(
+            BuildLogEntry.build_id == build_id, BuildLogEntry.kind == "cache")):
+        entry = loads(entry_json)
+        kind, status = entry.get("cache_kind"), entry.get("cache_status")
+        if kind in _CACHE_KINDS and status in _CACHE_PLURAL:
+            counts[f"{kind}_{_CACHE_PLURAL[status]}"] += 1
+            seen = True
+    return counts if seen else None
+
+
+_CACHE_KINDS = {k.value for k in CacheKind}
+_CACHE_PLURAL = {CacheStatus.HIT.value: "hits", CacheStatus.MISS.value: "misses", CacheStatus.STORED.value: "stores",
+                 CacheStatus.BYPASS.value: "bypasses"}
 
 
 @dataclass
@@ -443,6 +464,7 @@ class BuildService:
                     "cancel_requested_by": caller.key_id,
                     "cancellation_reason": reason,
                     "finished_at": now,
+                    "cache_summary": _cache_summary_so_far(session, build_id),
                     "pinned_worker": None,
                 },
             )
@@ -617,6 +639,7 @@ class BuildService:
                 new_status="error",
                 status_values={
                     "finished_at": utcnow(),
+                    "cache_summary": _cache_summary_so_far(session, build_id),
                     "error": message,
                     "error_detail": detail,
                     "failure_phase": phase,
