@@ -3,6 +3,7 @@ busybox image from a loopback ``docker-registry``), once on SQLite and once on P
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,3 +81,8 @@ def sdk(
         yield Sdk(server, base, server.create_key("acme"), server.create_key("other"))
     sweep_stale(data_dir)
     assert not leftover_vms(data_dir), "VM run directories left behind"
+
+
+def unique(prefix: str) -> str:
+    """A template name no other test of the session uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"

@@ -5,27 +5,18 @@ finished build, and a rebuild that moves the tag while the old artifact stays re
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import cast
 
 import httpx
 import pytest
 from nullspace import BuildError, MachineError, Template, TemplateBuild, TemplateTagInfo
 
-from tests.contract.conftest import Sdk
+from tests.contract.conftest import Sdk, unique
 
-pytestmark = pytest.mark.vm
+# One SQLite server for the module (the PostgreSQL variant of the shared flows runs in test_sdk.py).
+pytestmark = [pytest.mark.vm, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True, scope="module")]
 
 HUGE_OFFSET = 2**64  # larger than any 64-bit database integer
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'amber.db'}"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def test_log_offsets_past_the_end(sdk: Sdk) -> None:

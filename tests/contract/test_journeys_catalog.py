@@ -6,7 +6,6 @@ One SQLite server for the module; two builds shared by every test."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -14,18 +13,10 @@ import httpx
 import pytest
 from nullspace import MachineError, NotFoundError, Template, TemplateAliasInfo, TemplateBuild, TemplateInfo
 
-from tests.contract.conftest import Conn, Sdk
+from tests.contract.conftest import Conn, Sdk, unique
 
-pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'amber.db'}"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+# One SQLite server for the module (the PostgreSQL variant of the shared flows runs in test_sdk.py).
+pytestmark = [pytest.mark.vm, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True, scope="module")]
 
 
 def rename(ref: str, new_name: str, conn: Conn) -> TemplateInfo:

@@ -5,7 +5,6 @@ namespaces, bad input, unknown refs, caller scoping and wrong keys."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -27,13 +26,9 @@ from nullspace import (
     wait_for_port,
 )
 
-from tests.contract.conftest import Conn, Sdk, leftover_vms
+from tests.contract.conftest import Conn, Sdk, leftover_vms, unique
 
 pytestmark = pytest.mark.vm
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def get_info(ref: str, conn: Conn) -> TemplateInfo:

@@ -10,7 +10,6 @@ import functools
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,18 +18,10 @@ from typing import Any, cast
 import pytest
 from nullspace import BuildError, Template, TemplateBuildLogEntry, wait_for_file, wait_for_port
 
-from tests.contract.conftest import Sdk
+from tests.contract.conftest import Sdk, unique
 
-pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'amber.db'}"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+# One SQLite server for the module (the PostgreSQL variant of the shared flows runs in test_sdk.py).
+pytestmark = [pytest.mark.vm, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True, scope="module")]
 
 
 def git(*args: str, cwd: Path) -> None:
