@@ -35,10 +35,11 @@ sys.path.insert(0, str(_HERE.parent))
 from tests.support.images import push_busybox_image  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
 
-from amber.api.schemas.requests import validate_create_request  # noqa: E402
-from amber.builds.executor import BuildArtifact, BuildJob, CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
+from amber.builds.executor import BuildArtifact, BuildJob  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
 from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
+from amber.contract.logs import CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
+from amber.contract.validation import validate_create_request  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
 from amber.vm.microvm import resolve_accel  # noqa: E402

@@ -45,12 +45,13 @@ sys.path.insert(0, str(_HERE.parent))
 from tests.support.images import Layer, build_image, push_image  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
 
-from amber.api.schemas.requests import validate_create_request  # noqa: E402
 from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs  # noqa: E402
 from amber.buildkit.daemon import ManagedDockerd, managed_dockerd, stop_managed_dockerds  # noqa: E402
-from amber.builds.executor import BuildArtifact, BuildJob, LogEvent  # noqa: E402
+from amber.builds.executor import BuildArtifact, BuildJob  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
 from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
+from amber.contract.logs import LogEvent  # noqa: E402
+from amber.contract.validation import validate_create_request  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from amber.buildkit.build import DockerfileBuildRequest, DockerfileBuildResult, build_dockerfile_rootfs
 from amber.buildkit.daemon import ManagedDockerd
 from amber.buildkit.session import RegistryCredential
-from amber.builds.executor import BuildFailed, CacheStatus, FailurePhase, LogEvent, LogKind, LogPhase
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheStatus, LogEvent, LogKind, LogPhase
 from tests.buildkit.conftest import ContextFile, Images, scan_for
 
 

@@ -75,7 +75,8 @@ def test_stale_daemon_from_pidfile_is_replaced(tmp_path: Path) -> None:
 
 def test_missing_dockerd_is_a_clear_build_failure(tmp_path: Path) -> None:
     from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
-    from amber.builds.executor import BuildFailed, FailurePhase, LogEvent
+    from amber.contract.failures import BuildFailed, FailurePhase
+    from amber.contract.logs import LogEvent
 
     daemon = ManagedDockerd(tmp_path / "dockerd", dockerd=tmp_path / "no-such-dockerd")
 

@@ -1,5 +1,6 @@
-"""The Dockerfile rules as the API applies them (``amber.api.schemas.requests`` calls amber.buildkit's rules):
-each rejection names the field and the reason; SDK-shaped Dockerfile payloads with base_image_auth pass."""
+"""The Dockerfile rules as the API applies them (``amber.contract.validation`` applies the rules of
+``amber.contract.dockerfile``): each rejection names the field and the reason; SDK-shaped Dockerfile payloads
+with base_image_auth pass."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 import pytest
 from nullspace.template import Template, _build_template_payload
 
-from amber.api.schemas.requests import InvalidRequest, validate_create_request
+from amber.contract.errors import InvalidRequest
+from amber.contract.validation import validate_create_request
 
 R = "127.0.0.1:5000"
 BASIC = {"kind": "basic", "username": "u", "password": "p"}

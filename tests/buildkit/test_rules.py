@@ -12,7 +12,10 @@ from amber.buildkit import wire
 from amber.buildkit.build import NONCE_ARG, inject_nonce
 from amber.buildkit.context import context_entries, write_context_tar
 from amber.buildkit.daemon import DockerdLayout, dockerd_command
-from amber.buildkit.dockerfile_rules import (
+from amber.buildkit.imageconfig import image_config_from_engine
+from amber.buildkit.progress import ProgressTranslator, TraceUpdate, Vertex, decode_trace, rerun_instructions
+from amber.buildkit.session import credential_host_key
+from amber.contract.dockerfile import (
     DockerfileProblem,
     DockerfileRequestError,
     analyse_dockerfile,
@@ -20,12 +23,9 @@ from amber.buildkit.dockerfile_rules import (
     check_dockerfile_request,
     dockerfile_request_problems,
     expand_variables,
-    reference_host,
 )
-from amber.buildkit.imageconfig import image_config_from_engine
-from amber.buildkit.progress import ProgressTranslator, TraceUpdate, Vertex, decode_trace, rerun_instructions
-from amber.buildkit.session import credential_host_key
-from amber.builds.executor import CacheStatus, LogKind, LogPhase
+from amber.contract.images import registry_host
+from amber.contract.logs import CacheStatus, LogKind, LogPhase
 from tests.buildkit.conftest import ContextFile
 
 R = "127.0.0.1:5000"
@@ -48,7 +48,7 @@ def fields_of(problems: Sequence[DockerfileProblem]) -> list[tuple[str, str]]:
     ],
 )
 def test_reference_host(reference: str, host: str) -> None:
-    assert reference_host(reference) == host
+    assert registry_host(reference) == host
 
 
 @pytest.mark.parametrize(

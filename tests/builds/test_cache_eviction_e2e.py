@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from amber.builds.executor import BuildArtifact, CacheKind, CacheStatus
+from amber.builds.executor import BuildArtifact
 from amber.builds.pipeline import NativeExecutor
 from amber.builds.pipeline.prune import scan, usage
 from amber.cli import app
+from amber.contract.logs import CacheKind, CacheStatus
 from amber.vm.artifact import TemplateArtifact, restore
 from tests.builds.test_pipeline import (  # noqa: F401 - module fixtures, shared by name
     APP_TEXT,

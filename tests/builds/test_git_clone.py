@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from amber.api.schemas.requests import GitCloneStep
 from amber.builds.pipeline.git_clone import (
     GitCloneError,
     check_local_roots,
@@ -23,6 +22,7 @@ from amber.builds.pipeline.git_clone import (
 )
 from amber.builds.pipeline.native import _start_failed
 from amber.builds.planning.steps import GitCloneOp, plan_step
+from amber.contract.steps import GitCloneStep
 
 
 def git(*args: str, cwd: Path) -> None:

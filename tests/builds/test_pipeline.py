@@ -15,22 +15,13 @@ from typing import Any
 
 import pytest
 
-from amber.api.schemas.requests import validate_create_request
 from amber.buildkit.daemon import managed_dockerd
-from amber.builds.executor import (
-    BuildArtifact,
-    BuildFailed,
-    BuildJob,
-    CacheKind,
-    CacheReason,
-    CacheStatus,
-    FailurePhase,
-    LogEvent,
-    LogKind,
-    LogPhase,
-)
+from amber.builds.executor import BuildArtifact, BuildJob
 from amber.builds.pipeline import NativeExecutor
 from amber.builds.pipeline.machine import MicroVmBackend
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogEvent, LogKind, LogPhase
+from amber.contract.validation import validate_create_request
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
 from amber.vm.artifact import restore

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from amber.api.schemas.requests import BuildContextFile, parse_create_request
 from amber.builds.pipeline.context import BuildContextFiles, ContextError, GuestDir, GuestFile, copy_operations
 from amber.builds.pipeline.credentials import base_image_credentials, to_registry_credentials
 from amber.builds.pipeline.guest_ops import LineSplitter, agent_user
@@ -19,6 +18,8 @@ from amber.builds.pipeline.readiness import NotReady, wait_until_ready
 from amber.builds.pipeline.store import CacheStore
 from amber.builds.planning.runtime import Readiness
 from amber.builds.planning.steps import CopyOp
+from amber.contract.request import parse_create_request
+from amber.contract.sources import BuildContextFile
 from amber.oci.credentials import BasicCredentials
 
 # --- cache store ------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ from nullspace.template import (
     _template_build_validation_response_from_payload,
 )
 
-from amber.api.schemas.requests import BuildContextFile, parse_create_request, validate_create_request
-from amber.builds.executor import CacheReason
 from amber.builds.planning import plan_json, plan_request, validate_request
 from amber.builds.planning.cache import (
     base_layer_key,
@@ -40,6 +38,10 @@ from amber.builds.planning.steps import (
     render_dockerfile,
     resolve_workdir,
 )
+from amber.contract.logs import CacheReason
+from amber.contract.request import parse_create_request
+from amber.contract.sources import BuildContextFile
+from amber.contract.validation import validate_create_request
 from tests.builds.test_request_schema import every_step_builder, sdk_payload
 
 BASE = "127.0.0.1:5000/busybox:latest"

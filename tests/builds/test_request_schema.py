@@ -10,19 +10,10 @@ import pytest
 from nullspace import Template
 from nullspace.template import _build_inspection_payload, wait_for_port, wait_for_url
 
-from amber.api.schemas.requests import (
-    CopyItemsStep,
-    CopyStep,
-    InvalidRequest,
-    RunStep,
-    SkipCacheStep,
-    parse_create_request,
-    persistable_request,
-    request_from_definition,
-    request_problems,
-    structural_problems,
-    validate_create_request,
-)
+from amber.contract.errors import InvalidRequest
+from amber.contract.request import parse_create_request, persistable_request, structural_problems
+from amber.contract.steps import CopyItemsStep, CopyStep, RunStep, SkipCacheStep
+from amber.contract.validation import request_from_definition, request_problems, validate_create_request
 
 
 def sdk_payload(builder: Template, **kw: Any) -> dict[str, Any]:

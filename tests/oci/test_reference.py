@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from amber.oci.errors import InvalidReferenceError
-from amber.oci.reference import ImageReference, parse_reference
+from amber.contract.errors import InvalidReferenceError
+from amber.contract.images import ImageReference, canonical_host, explicit_registry, parse_reference, registry_host
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -104,3 +104,52 @@ def test_docker_hub_aliases_normalise_identically(path: list[str], tag: str | No
     assert len(refs) == 1
     (ref,) = refs
     assert ref.registry == "docker.io" and ref.api_host == "registry-1.docker.io"
+
+
+# The one registry-host rule agrees with the parser: upper-case first components, ports, localhost, IPv6 literals
+# and every Docker Hub alias (in any case) name the same registry through both.
+_any_host = st.one_of(
+    st.sampled_from(["docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com",
+                     "Docker.IO", "INDEX.docker.io", "localhost", "localhost:5000", "[::1]:5000"]),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,8}(?:\.[A-Za-z]{2,4})?(?::[1-9][0-9]{0,4})?", fullmatch=True).filter(
+        lambda h: "." in h or ":" in h or h.lower() != h or h == "localhost"),
+)
+
+
+@given(st.none() | _any_host, st.lists(_component, min_size=1, max_size=3), st.none() | _tag, st.none() | _digest)
+def test_registry_host_agrees_with_the_parser(
+    host: str | None, path: list[str], tag: str | None, digest: str | None
+) -> None:
+    assume(host is not None or "." not in path[0])  # else the first component is itself a host
+    text = (f"{host}/" if host else "") + "/".join(path) + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+    ref = parse_reference(text)
+    assert registry_host(text) == canonical_host(ref.registry)
+    assert registry_host(text) == (canonical_host(host) if host else "docker.io")
+    assert (explicit_registry(text) is None) == (host is None)
+
+
+@given(st.text(max_size=60))
+def test_registry_host_agrees_with_the_parser_on_any_accepted_text(text: str) -> None:
+    try:
+        ref = parse_reference(text)
+    except InvalidReferenceError:
+        return
+    assert registry_host(text) == canonical_host(ref.registry)
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [
+        ("Foo/bar", "foo"),  # an upper-case first component can only be a host: repositories are lower-case
+        ("foo/bar", "docker.io"),
+        ("localhost/app", "localhost"),
+        ("localhost:5000/app:1", "localhost:5000"),
+        ("127.0.0.1:5000/team/app", "127.0.0.1:5000"),
+        ("registry-1.docker.io/library/ubuntu", "docker.io"),
+        ("Index.Docker.io/x/y", "docker.io"),
+        ("ubuntu@" + DIGEST, "docker.io"),
+    ],
+)
+def test_registry_host_examples(text: str, host: str) -> None:
+    assert registry_host(text) == host
+    assert canonical_host(parse_reference(text).registry) == host

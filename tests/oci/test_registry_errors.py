@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from amber.contract.images import parse_reference
 from amber.oci import BasicCredentials, pull, resolve
 from amber.oci.errors import (
     DigestMismatchError,
@@ -19,7 +20,6 @@ from amber.oci.errors import (
     RepositoryNotFoundError,
     TruncatedDownloadError,
 )
-from amber.oci.reference import parse_reference
 from amber.oci.registry import Challenge, RegistryClient, is_loopback_host, parse_challenge, registry_scheme
 from tests.support.images import (
     Compression,

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import inspect, select
 
 from amber.blobs.store import BlobStore
-from amber.builds.executor import LogEvent, LogKind, LogPhase
 from amber.builds.logbus import LogBus
 from amber.builds.queue import WorkerIdentity, claim_next, renew_lease
 from amber.builds.service import BuildService
+from amber.contract.logs import LogEvent, LogKind, LogPhase
 from amber.settings import Settings
 from amber.store import catalog, ids
 from amber.store.database import Database, migrate

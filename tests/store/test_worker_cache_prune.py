@@ -13,12 +13,14 @@ from pathlib import Path
 from sqlalchemy import select
 
 from amber.blobs.store import BlobStore
-from amber.builds.executor import BuildArtifact, BuildFailed, BuildJob, Emit, FailurePhase
+from amber.builds.executor import BuildArtifact, BuildJob
 from amber.builds.logbus import LogBus
 from amber.builds.pipeline.prune import scan
 from amber.builds.pipeline.store import CacheStore
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import Emit
 from amber.settings import Settings
 from amber.store.database import Database, migrate
 from amber.store.models import Build

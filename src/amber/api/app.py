@@ -20,12 +20,12 @@ from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
 from amber.api.refs import InvalidRef, parse_ref
 from amber.api.routes import blobs, builds, templates
-from amber.api.schemas.requests import CreateTemplateRequest
 from amber.blobs.store import BlobStore
 from amber.buildkit.daemon import stop_managed_dockerds
 from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
+from amber.contract.request import CreateTemplateRequest
 from amber.settings import Settings
 from amber.store.database import Database
 from amber.store.models import Alias, Namespace, Template

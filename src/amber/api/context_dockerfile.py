@@ -14,8 +14,8 @@ import posixpath
 from typing import Any
 
 from amber.api.deps import AppState
-from amber.api.schemas.requests import InvalidRequest
 from amber.blobs.records import resolve_for_build
+from amber.contract.errors import InvalidRequest
 from amber.store.catalog import Caller
 
 MAX_DOCKERFILE_BYTES = 1024 * 1024

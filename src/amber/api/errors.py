@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amber.api.refs import InvalidRef
-from amber.api.schemas.requests import InvalidRequest
 from amber.blobs.records import BlobProblem
 from amber.blobs.store import UploadRejected
+from amber.contract.errors import InvalidRequest
 from amber.store.errors import StoreError
 
 log = logging.getLogger("amber.api")

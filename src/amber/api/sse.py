@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from amber.builds.logbus import Published
 from amber.builds.service import BuildService
-from amber.builds.views import TERMINAL_STATUSES
+from amber.contract.status import TERMINAL_STATUSES
 
 _PAGE = 500
 KEEPALIVE = b": keepalive\n\n"

@@ -9,9 +9,10 @@ registry's reason, never a password. Plain HTTP only for loopback hosts (the cli
 
 from __future__ import annotations
 
+from amber.contract.errors import InvalidReferenceError
+from amber.contract.images import parse_reference
 from amber.oci.credentials import BasicCredentials
 from amber.oci.errors import ImageImportError
-from amber.oci.reference import parse_reference
 from amber.oci.registry import RegistryClient
 
 
@@ -30,5 +31,5 @@ async def verify_pull_access(reference: str, credential: BasicCredentials | None
         parsed = parse_reference(reference)
         async with RegistryClient(parsed.registry, api_host=parsed.api_host, credentials=credential) as client:
             await client.get_manifest(parsed.repository, parsed.manifest_reference)
-    except ImageImportError as error:
+    except (ImageImportError, InvalidReferenceError) as error:
         raise ImageAccessDenied(reference, str(error)) from None

@@ -37,28 +37,18 @@ import httpx
 from amber.buildkit.access import ImageAccessDenied, verify_pull_access
 from amber.buildkit.context import ContextFileLike, context_entries, write_context_tar
 from amber.buildkit.daemon import DockerdError, ManagedDockerd
-from amber.buildkit.dockerfile_rules import (
+from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
+from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, rerun_instructions
+from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
+from amber.contract.dockerfile import (
     DockerfileAnalysis,
     DockerfileProblem,
     DockerfileRequestError,
     base_image_auth_host,
     check_dockerfile_request,
 )
-from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
-from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, rerun_instructions
-from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
-from amber.builds.executor import (
-    BuildFailed,
-    CacheKind,
-    CacheReason,
-    CacheStatus,
-    Emit,
-    FailurePhase,
-    LogEvent,
-    LogKind,
-    LogLevel,
-    LogPhase,
-)
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogEvent, LogKind, LogLevel, LogPhase
 
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from amber.buildkit.dockerfile_rules import DockerfileProblem, DockerfileRequestError
+from amber.contract.dockerfile import DockerfileProblem, DockerfileRequestError
 
 CONTEXT_MTIME = 946684800  # 2000-01-01: fixed for reproducible context bytes, old enough to never look "new"
 _CHUNK = 1 << 20

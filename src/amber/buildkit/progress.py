@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from amber.buildkit import wire
-from amber.builds.executor import CacheKind, CacheStatus, LogEvent, LogKind, LogLevel, LogPhase
+from amber.contract.logs import CacheKind, CacheStatus, LogEvent, LogKind, LogLevel, LogPhase
 
 _STEP_NAME = re.compile(r"^\[(?:(?P<stage>[^\]\s]+) )?(?P<index>\d+)/(?P<count>\d+)\] (?P<instruction>.*)$", re.S)
 _MAX_LINE = 4096

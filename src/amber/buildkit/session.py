@@ -29,7 +29,7 @@ import grpc
 
 from amber.buildkit import wire
 from amber.buildkit.daemon import ENGINE_API_VERSION
-from amber.buildkit.dockerfile_rules import canonical_host
+from amber.contract.images import canonical_host
 from amber.oci.credentials import BasicCredentials
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

@@ -9,115 +9,12 @@ disks and VMs. Secrets and registry credentials travel only inside the ``BuildJo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-
-class LogKind(StrEnum):
-    START = "start"
-    MESSAGE = "message"
-    CACHE = "cache"
-    RETRY = "retry"
-    WARNING = "warning"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-    END = "end"
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARN = "warn"
-    ERROR = "error"
-
-
-class LogPhase(StrEnum):
-    """The contract's documented log ``phase`` values."""
-
-    CACHE = "cache"
-    PREPARING = "preparing"
-    VM_CREATE = "vm_create"
-    STEP = "step"
-    SYNC = "sync"
-    STARTUP = "startup"
-    READINESS = "readiness"
-    SNAPSHOT = "snapshot"
-    FINALIZE = "finalize"
-    CLEANUP = "cleanup"
-    RETRY = "retry"
-
-
-class FailurePhase(StrEnum):
-    """TemplateFailurePhase: where a build failed (a different vocabulary from LogPhase)."""
-
-    AUTH = "auth"
-    PREFLIGHT = "preflight"
-    BLOB_UPLOAD = "blob_upload"
-    PREPARE = "prepare"
-    BUILD_STEP = "build_step"
-    READINESS = "readiness"
-    SNAPSHOT = "snapshot"
-    FINALIZE = "finalize"
-    INTERRUPTED = "interrupted"
-
-
-class CacheKind(StrEnum):
-    FILE_BLOB = "file_blob"
-    LAYER = "layer"
-    FINAL_ARTIFACT = "final_artifact"
-
-
-class CacheStatus(StrEnum):
-    HIT = "hit"
-    MISS = "miss"
-    STORED = "stored"
-    BYPASS = "bypass"
-
-
-class CacheReason(StrEnum):
-    WHOLE_BUILD_SKIP_CACHE = "whole_build_skip_cache"
-    BUILDER_CACHE_BOUNDARY = "builder_cache_boundary"
-    FORCE_UPLOAD = "force_upload"
-    MISSING_OR_INCOMPATIBLE = "missing_or_incompatible"
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    """One build log line as the pipeline reports it; the service adds build_id, offset and timestamp."""
-
-    kind: LogKind
-    message: str
-    level: LogLevel = LogLevel.INFO
-    phase: LogPhase | None = None
-    step_index: int | None = None  # 1-based
-    total_steps: int | None = None
-    cache_kind: CacheKind | None = None
-    cache_status: CacheStatus | None = None
-    cache_reason: CacheReason | None = None
-    cache_subject: str | None = None
-
-
-class BuildFailed(Exception):
-    """A build failure the user can act on. ``code`` is the contract's failure code (normally build_error)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        phase: FailurePhase,
-        code: str = "build_error",
-        step_index: int | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.phase = phase
-        self.code = code
-        self.step_index = step_index
-        self.details = details  # phase-specific ``error_detail.details`` keys (e.g. ``command``), never secrets
+from amber.contract.logs import Emit
 
 
 @dataclass
@@ -126,7 +23,7 @@ class BuildJob:
 
     build_id: str
     template_id: str
-    request: Any  # amber.api.schemas.requests.CreateTemplateRequest (validated)
+    request: Any  # amber.contract.request.CreateTemplateRequest (validated)
     data_dir: Path
     secrets: Mapping[str, str] = field(default_factory=dict)  # build_secrets id -> value
     registry_credentials: Mapping[str, Any] = field(default_factory=dict)  # host -> credentials
@@ -149,7 +46,6 @@ class BuildArtifact:
     size_bytes: int = 0
 
 
-Emit = Callable[[LogEvent], Awaitable[None]]
 
 
 class BuildExecutor(Protocol):

@@ -24,14 +24,18 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from amber.api.schemas.requests import CreateTemplateRequest, persistable_request, validate_create_request
 from amber.blobs.records import resolve_for_build
 from amber.blobs.store import BlobStore
-from amber.builds.executor import BuildArtifact, CacheKind, CacheStatus, FailurePhase, LogEvent
+from amber.builds.executor import BuildArtifact
 from amber.builds.logbus import LogBus, Published
 from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
-from amber.builds.views import ACTIVE_STATUSES, build_summary, build_view, dumps, ts
+from amber.builds.views import build_summary, build_view, dumps, ts
+from amber.contract.failures import FAILURE_LOG_PHASES, FailurePhase, failure_detail
+from amber.contract.logs import CACHE_SUMMARY_KEYS, CacheKind, CacheStatus, LogEvent, cache_summary_key
+from amber.contract.request import CreateTemplateRequest, persistable_request
+from amber.contract.status import ACTIVE_STATUSES
+from amber.contract.validation import validate_create_request
 from amber.settings import Settings
 from amber.store import catalog, ids
 from amber.store.catalog import Caller, Resolved, base_template_query
@@ -40,29 +44,6 @@ from amber.store.errors import Conflict, Invalid, NotFound
 from amber.store.models import Artifact, Build, BuildLogEntry, Namespace, Template, utcnow
 from amber.vm.process import sweep_stale
 
-SUGGESTED_ACTIONS: dict[str, str] = {
-    "auth": "Check the registry credentials (base_image_auth / registry_auth) and retry with fresh ones.",
-    "preflight": "Run the blob preflight again and upload every missing file before building.",
-    "blob_upload": "Upload the build-context files again (preflight, then PUT each missing blob) and rebuild.",
-    "prepare": "Check base_image, the build request and the server's disk space, then retry.",
-    "build_step": "Fix the failing step (its last output lines are in the message) and build again.",
-    "readiness": "Make sure start_cmd starts the service and the readiness probe matches it, then rebuild.",
-    "snapshot": "Retry the build; if it keeps failing, check the server's disk space and logs.",
-    "finalize": "Retry the build; if it keeps failing, check the server's disk space and logs.",
-    "interrupted": "Retry the build (TemplateBuild.retry); the server stopped while it was running.",
-}
-# The log ``phase`` of the terminal ``error`` entry for each failure phase (two vocabularies, R60/R64).
-FAILURE_LOG_PHASES: dict[str, str] = {
-    "auth": "preparing",
-    "preflight": "preparing",
-    "blob_upload": "preparing",
-    "prepare": "preparing",
-    "build_step": "step",
-    "readiness": "readiness",
-    "snapshot": "snapshot",
-    "finalize": "finalize",
-}
-RETRYABLE_PHASES = {"auth", "prepare", "snapshot", "finalize", "interrupted", "blob_upload"}
 MAX_SNAPSHOT_ENTRIES = 1000
 
 
@@ -90,21 +71,20 @@ def _is_namespace(session: Session, namespace: str | None) -> bool:
 def _cache_summary_so_far(session: Session, build_id: str) -> dict[str, int] | None:
     """TemplateBuildCacheSummary of the cache entries a build logged before it failed or was cancelled (None when
     it logged none): history shows what a failed attempt reused, as it does for a successful one."""
-    counts: dict[str, int] = {f"{k.value}_{_CACHE_PLURAL[s]}": 0 for k in CacheKind for s in CacheStatus}
+    counts = dict.fromkeys(CACHE_SUMMARY_KEYS, 0)
     seen = False
     for (entry_json,) in session.execute(select(BuildLogEntry.entry_json).where(
             BuildLogEntry.build_id == build_id, BuildLogEntry.kind == "cache")):
         entry = loads(entry_json)
         kind, status = entry.get("cache_kind"), entry.get("cache_status")
-        if kind in _CACHE_KINDS and status in _CACHE_PLURAL:
-            counts[f"{kind}_{_CACHE_PLURAL[status]}"] += 1
+        if kind in _CACHE_KINDS and status in _CACHE_STATUSES:
+            counts[cache_summary_key(CacheKind(kind), CacheStatus(status))] += 1
             seen = True
     return counts if seen else None
 
 
 _CACHE_KINDS = {k.value for k in CacheKind}
-_CACHE_PLURAL = {CacheStatus.HIT.value: "hits", CacheStatus.MISS.value: "misses", CacheStatus.STORED.value: "stores",
-                 CacheStatus.BYPASS.value: "bypasses"}
+_CACHE_STATUSES = {s.value for s in CacheStatus}
 
 
 @dataclass
@@ -112,36 +92,6 @@ class MemoryInputs:
     """What a build needs that is never persisted: the full request (secrets, credentials, inline bytes)."""
 
     request: CreateTemplateRequest
-
-
-def failure_detail(
-    *,
-    code: str,
-    message: str,
-    phase: str,
-    build_id: str,
-    attempt: int,
-    reason: str,
-    step_index: int | None = None,
-    request_id: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A TemplateFailureDetail with exactly the SDK's key set."""
-    detail: dict[str, Any] = {
-        "code": code,
-        "message": message,
-        "phase": phase,
-        "retryable": phase in RETRYABLE_PHASES,
-        "suggested_action": SUGGESTED_ACTIONS.get(phase, "Retry the build."),
-        "attempt": attempt,
-        "build_id": build_id,
-        "details": {"reason": reason, **(extra or {})},
-    }
-    if step_index is not None:
-        detail["step_index"] = step_index
-    if request_id is not None:
-        detail["request_id"] = request_id
-    return detail
 
 
 def classify(req: CreateTemplateRequest, *, base_is_template: bool) -> tuple[str, str]:

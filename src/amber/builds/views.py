@@ -9,11 +9,9 @@ import json
 from datetime import datetime
 from typing import Any
 
+from amber.contract.status import TERMINAL_STATUSES
 from amber.store.catalog import canonical_ref, safe_runtime_defaults
 from amber.store.models import Build, Namespace, Template
-
-ACTIVE_STATUSES = ("waiting", "building")
-TERMINAL_STATUSES = ("ready", "error", "cancelled")
 
 
 def ts(value: datetime) -> str:

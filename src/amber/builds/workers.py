@@ -18,30 +18,20 @@ from typing import Any
 
 from sqlalchemy import select
 
-from amber.api.schemas.requests import CreateTemplateRequest, validate_create_request
 from amber.blobs.records import resolve_for_build
-from amber.builds.executor import BuildExecutor, BuildFailed, BuildJob, FailurePhase, LogEvent, LogPhase
+from amber.builds.executor import BuildExecutor, BuildJob
 from amber.builds.pipeline.prune import prune
 from amber.builds.queue import claim_next, renew_lease
 from amber.builds.service import BuildService
+from amber.contract.failures import LOG_PHASE_FAILURES, BuildFailed, FailurePhase, failure_reason
+from amber.contract.logs import LogEvent, LogPhase
+from amber.contract.request import CreateTemplateRequest
+from amber.contract.validation import validate_create_request
 from amber.store.models import Artifact, Build
 
 log = logging.getLogger("amber.workers")
 
 _CANCEL_GRACE_SECS = 30.0  # how long the pipeline gets to clean up after cancel before its task is cancelled
-_PHASE_TO_FAILURE = {
-    LogPhase.CACHE: FailurePhase.PREPARE,
-    LogPhase.PREPARING: FailurePhase.PREPARE,
-    LogPhase.VM_CREATE: FailurePhase.PREPARE,
-    LogPhase.STEP: FailurePhase.BUILD_STEP,
-    LogPhase.SYNC: FailurePhase.BUILD_STEP,
-    LogPhase.STARTUP: FailurePhase.READINESS,
-    LogPhase.READINESS: FailurePhase.READINESS,
-    LogPhase.SNAPSHOT: FailurePhase.SNAPSHOT,
-    LogPhase.FINALIZE: FailurePhase.FINALIZE,
-    LogPhase.CLEANUP: FailurePhase.FINALIZE,
-    LogPhase.RETRY: FailurePhase.PREPARE,
-}
 
 
 def load_executor(settings: Any) -> BuildExecutor | None:
@@ -75,7 +65,7 @@ class _Progress:
 
     @property
     def failure_phase(self) -> FailurePhase:
-        return _PHASE_TO_FAILURE.get(self.phase, FailurePhase.PREPARE) if self.phase else FailurePhase.PREPARE
+        return LOG_PHASE_FAILURES.get(self.phase, FailurePhase.PREPARE) if self.phase else FailurePhase.PREPARE
 
 
 class WorkerPool:
@@ -279,7 +269,7 @@ class WorkerPool:
                                phase=timed_out[0].value, reason="timeout", step_index=timed_out[1])
         elif isinstance(error, BuildFailed):
             await service.fail(build.id, code=error.code, message=error.message, phase=error.phase.value,
-                               reason=_reason_for(error.phase), step_index=error.step_index, extra=error.details)
+                               reason=failure_reason(error.phase), step_index=error.step_index, extra=error.details)
         elif isinstance(error, asyncio.CancelledError) or cancel.is_set():
             # Cancelled through the API (already terminal) or by shutdown: shutdown ends it as interrupted.
             await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,
@@ -291,10 +281,3 @@ class WorkerPool:
                                f"{type(error).__name__}: {error}", phase=progress.failure_phase.value,
                                reason="internal_error", step_index=progress.step_index)
 
-
-def _reason_for(phase: FailurePhase) -> str:
-    return {
-        FailurePhase.BUILD_STEP: "step_failed",
-        FailurePhase.READINESS: "readiness_failed",
-        FailurePhase.AUTH: "registry_auth_failed",
-    }.get(phase, f"{phase.value}_failed")

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from amber.contract.errors import InvalidReferenceError
 from amber.oci.cache import layer_cache_dir
 from amber.oci.credentials import BasicCredentials
 from amber.oci.errors import ImageImportError
@@ -120,7 +121,7 @@ def import_command(
                     disk_cache_dir=data / "cache" / "disks" if disk_cache else None,
                 )
             )
-    except ImageImportError as exc:
+    except (ImageImportError, InvalidReferenceError) as exc:
         err.print(f"error: {exc.message}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     typer.echo(result.summary())

@@ -1,8 +1,9 @@
 """OCI images from registries: references, credentials, manifests and platform choice, verified layer pulls.
 
-Public API (see docs/oci.md)::
+Public API (see docs/oci.md); references are the contract's (``amber.contract.images``)::
 
-    from amber.oci import parse_reference, resolve, pull, LayerCache, BasicCredentials, ImageImportError
+    from amber.contract.images import parse_reference
+    from amber.oci import resolve, pull, LayerCache, BasicCredentials, ImageImportError
     ref = parse_reference("127.0.0.1:5000/team/app:1.0")
     image = await pull(ref, cache=layer_cache_dir(data_dir), credentials=BasicCredentials("u", "p"))
     image.resolved.manifest_digest  # the cache key
@@ -24,7 +25,6 @@ from amber.oci.errors import (
     ImageImportError,
     ImageNotFoundError,
     InsecureRegistryError,
-    InvalidReferenceError,
     LayerRejectedError,
     ManifestNotFoundError,
     PlatformError,
@@ -40,7 +40,6 @@ from amber.oci.errors import (
 from amber.oci.platform import Platform, parse_platform
 from amber.oci.progress import ImportProgress
 from amber.oci.pull import LayerFile, PulledImage, PullSession, ResolvedImage, pull, pulling, resolve
-from amber.oci.reference import ImageReference, parse_reference
 
 __all__ = [
     "AwsEcrCredentials",
@@ -51,10 +50,8 @@ __all__ = [
     "ImageConfigError",
     "ImageImportError",
     "ImageNotFoundError",
-    "ImageReference",
     "ImportProgress",
     "InsecureRegistryError",
-    "InvalidReferenceError",
     "LayerCache",
     "LayerFile",
     "LayerRejectedError",
@@ -77,7 +74,6 @@ __all__ = [
     "exchange_credentials",
     "layer_cache_dir",
     "parse_platform",
-    "parse_reference",
     "pull",
     "pulling",
     "resolve",

@@ -14,10 +14,6 @@ class ImageImportError(Exception):
         self.message = message
 
 
-class InvalidReferenceError(ImageImportError, ValueError):
-    """The image reference text is malformed."""
-
-
 class RegistryAuthError(ImageImportError):
     """The registry refused the credentials (or needs some and none were given)."""
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from amber.contract.images import ImageReference, parse_reference
 from amber.oci import cache_locks
 from amber.oci.cache import LayerCache
 from amber.oci.credentials import RegistryCredentials, exchange_credentials
@@ -23,7 +24,6 @@ from amber.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_mani
 from amber.oci.media_types import Compression, layer_compression
 from amber.oci.platform import Platform, check_image_platform, choose_platform, parse_platform
 from amber.oci.progress import ImportProgress
-from amber.oci.reference import ImageReference, parse_reference
 from amber.oci.registry import RegistryClient
 from amber.rootfs.config import ImageConfig
 

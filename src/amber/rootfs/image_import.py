@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from amber.contract.images import ImageReference
 from amber.oci import cache_locks
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
 from amber.oci.platform import Platform
 from amber.oci.progress import ImportProgress
 from amber.oci.pull import LayerFile, PulledImage, ResolvedImage, pulling
-from amber.oci.reference import ImageReference
 from amber.rootfs.config import ImageConfig
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, copy_disk, make_ext4
 from amber.rootfs.unpack import StagingFullError, UnpackStats, apply_dir_mtimes, unpack_layer, unpack_layers

@@ -15,8 +15,6 @@ from amber.api.context_dockerfile import with_context_dockerfile
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
 from amber.api.refs import InvalidRef, check_tag
-from amber.api.schemas.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
-from amber.api.schemas.requests import InvalidRequest, validate_create_request
 from amber.api.schemas.responses import (
     CancelTemplateBuildRequest,
     ErrorResponse,
@@ -29,6 +27,9 @@ from amber.api.schemas.responses import (
 from amber.api.sse import sse_stream, wait_terminal
 from amber.blobs.records import BlobProblem
 from amber.builds.planning import plan_json, validate_request
+from amber.contract.errors import InvalidRequest
+from amber.contract.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
+from amber.contract.validation import validate_create_request
 from amber.store import catalog
 from amber.store.catalog import Caller
 from amber.store.errors import NotFound

@@ -17,11 +17,9 @@ from sqlalchemy.orm import Session
 
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.refs import InvalidRef, TemplateRef, check_new_name, check_tag, parse_ref
-from amber.api.schemas.requests import InvalidRequest
 from amber.api.schemas.responses import (
     AssignTagsRequest,
     BuildBackend,
-    BuildStatus,
     ErrorResponse,
     RenameTemplateRequest,
     ReserveTemplateNameRequest,
@@ -34,7 +32,9 @@ from amber.api.schemas.responses import (
     TemplateTagInfo,
     UpdateTemplateVisibilityRequest,
 )
-from amber.builds.views import ACTIVE_STATUSES, ts
+from amber.builds.views import ts
+from amber.contract.errors import InvalidRequest
+from amber.contract.status import ACTIVE_STATUSES, BuildStatus
 from amber.store import catalog
 from amber.store.catalog import Caller
 from amber.store.errors import NotFound

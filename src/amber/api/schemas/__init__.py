@@ -1,1 +1,1 @@
-"""Contract schemas (pydantic) for the template API."""
+"""HTTP response and small request-body models of the template API; the request contract is ``amber.contract``."""

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
-from amber.builds.executor import FailurePhase
+from amber.contract.failures import FailurePhase
+from amber.contract.status import BuildStatus
 
 
 def format_timestamp(value: datetime) -> str:
@@ -26,18 +27,6 @@ class _Model(BaseModel):
     @field_serializer("*", when_used="json")
     def _timestamps(self, value: Any) -> Any:
         return format_timestamp(value) if isinstance(value, datetime) else value
-
-
-class BuildStatus(StrEnum):
-    WAITING = "waiting"
-    BUILDING = "building"
-    READY = "ready"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (BuildStatus.READY, BuildStatus.ERROR, BuildStatus.CANCELLED)
 
 
 class BuildBackend(StrEnum):

@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amber.builds.executor import BuildFailed, CacheKind, CacheReason, CacheStatus, FailurePhase, LogPhase
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision, base_layer_key
 from amber.builds.planning.runtime import ImageDefaults
+from amber.contract.errors import InvalidReferenceError
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogPhase
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import CredentialsError, ImageImportError, RegistryAuthError
 from amber.oci.pull import ResolvedImage, resolve
@@ -46,7 +48,7 @@ async def resolve_base(reference: str, credentials: RegistryCredentials | None) 
         return await resolve(reference, credentials=credentials)
     except (RegistryAuthError, CredentialsError) as exc:
         raise BuildFailed(f"base image {reference}: {exc}", phase=FailurePhase.AUTH) from None
-    except ImageImportError as exc:
+    except (ImageImportError, InvalidReferenceError) as exc:
         raise BuildFailed(f"base image {reference}: {exc.message}", phase=FailurePhase.PREPARE) from None
 
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from amber.api.schemas.requests import BuildContextFile
 from amber.builds.planning.steps import CopyOp, copy_destination
+from amber.contract.sources import BuildContextFile
 
 DEFAULT_FILE_MODE = 0o644
 DEFAULT_DIR_MODE = 0o755

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from amber.api.schemas.requests import registry_host
+from amber.contract.images import canonical_host, registry_host
 from amber.oci.credentials import (
     AwsEcrCredentials,
     BasicCredentials,
@@ -54,9 +54,9 @@ def base_image_credentials(
             return to_registry_credentials(candidate)
     host = registry_host(base_image)
     for key, value in registry_credentials.items():
-        if registry_host(f"{key}/x") == host:
+        if canonical_host(key) == host:
             return to_registry_credentials(value)
     for entry in request_registry or []:
-        if registry_host(f"{entry.registry}/x") == host:
+        if canonical_host(entry.registry) == host:
             return to_registry_credentials(entry.auth)
     return None

@@ -25,16 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amber.api.schemas.requests import CreateTemplateRequest
 from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
 from amber.buildkit.daemon import managed_dockerd
 from amber.buildkit.imageconfig import BuiltImageConfig
-from amber.builds.executor import BuildFailed, CacheKind, CacheReason, CacheStatus, Emit, FailurePhase, LogPhase
 from amber.builds.pipeline.credentials import to_registry_credentials
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.builds.planning.cache import CacheDecision, dockerfile_base_key
 from amber.builds.planning.runtime import ImageDefaults
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogPhase
+from amber.contract.request import CreateTemplateRequest
 from amber.oci.credentials import BasicCredentials, exchange_credentials
 from amber.oci.errors import ImageImportError
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, make_ext4

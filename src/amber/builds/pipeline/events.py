@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from amber.builds.executor import (
+from amber.contract.logs import (
+    CACHE_SUMMARY_KEYS,
     CacheKind,
     CacheReason,
     CacheStatus,
@@ -17,6 +18,7 @@ from amber.builds.executor import (
     LogKind,
     LogLevel,
     LogPhase,
+    cache_summary_key,
 )
 
 
@@ -57,7 +59,7 @@ class BuildLog:
         reason: CacheReason | None = None,
         step: int | None = None,
     ) -> None:
-        self.cache_counts[f"{kind.value}_{_plural(status)}"] += 1
+        self.cache_counts[cache_summary_key(kind, status)] += 1
         await self._emit(
             LogEvent(
                 LogKind.CACHE,
@@ -76,22 +78,12 @@ class BuildLog:
     async def forward(self, event: LogEvent) -> None:
         """Pass on an event made elsewhere (BuildKit), counting it if it is a cache outcome."""
         if event.kind == LogKind.CACHE and event.cache_kind is not None and event.cache_status is not None:
-            self.cache_counts[f"{event.cache_kind.value}_{_plural(event.cache_status)}"] += 1
+            self.cache_counts[cache_summary_key(event.cache_kind, event.cache_status)] += 1
         await self._emit(event)
 
     def cache_summary(self) -> dict[str, int]:
         """TemplateBuildCacheSummary: every counter present (zero when nothing happened)."""
-        keys = [f"{k.value}_{_plural(s)}" for k in CacheKind for s in CacheStatus]
-        return {key: self.cache_counts.get(key, 0) for key in keys}
-
-
-def _plural(status: CacheStatus) -> str:
-    return {
-        CacheStatus.HIT: "hits",
-        CacheStatus.MISS: "misses",
-        CacheStatus.STORED: "stores",
-        CacheStatus.BYPASS: "bypasses",
-    }[status]
+        return {key: self.cache_counts.get(key, 0) for key in CACHE_SUMMARY_KEYS}
 
 
 class OutputPump:

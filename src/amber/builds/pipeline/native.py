@@ -29,23 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amber.api.schemas.requests import (
-    BuildContextFile,
-    CreateTemplateRequest,
-    InvalidRequest,
-    validate_create_request,
-)
-from amber.builds.executor import (
-    BuildArtifact,
-    BuildFailed,
-    BuildJob,
-    CacheKind,
-    CacheReason,
-    CacheStatus,
-    Emit,
-    FailurePhase,
-    LogPhase,
-)
+from amber.builds.executor import BuildArtifact, BuildJob
 from amber.builds.pipeline.base import image_defaults, prepare_oci_base
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.credentials import base_image_credentials
@@ -75,10 +59,14 @@ from amber.builds.planning.runtime import (
 )
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import StepPlan, plan_steps, render_dockerfile
+from amber.contract.errors import InvalidRequest
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogPhase
+from amber.contract.request import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, CreateTemplateRequest
+from amber.contract.sources import BuildContextFile
+from amber.contract.validation import validate_create_request
 from amber.oci.errors import ImageImportError
 
-DEFAULT_VCPUS = 1
-DEFAULT_MEMORY_MIB = 512
 BOOT_WAIT_SECS = 180.0  # longer than the VM driver's own boot timeout
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amber.builds.executor import BuildFailed, CacheKind, CacheReason, CacheStatus, FailurePhase
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision
 from amber.builds.planning.digests import digest_json
 from amber.builds.planning.runtime import ImageDefaults, inherited_defaults
+from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus
 from amber.vm.artifact import TemplateArtifact
 from amber.vm.errors import VMError
 

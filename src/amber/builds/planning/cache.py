@@ -23,11 +23,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from amber.api.schemas.requests import BuildContextFile, CreateTemplateRequest
-from amber.builds.executor import CacheReason
 from amber.builds.planning.digests import ContentDigest, context_entry, digest_json
 from amber.builds.planning.runtime import RuntimeDefaults
 from amber.builds.planning.steps import CopyOp, StepPlan
+from amber.contract.logs import CacheReason
+from amber.contract.request import CreateTemplateRequest
+from amber.contract.sources import BuildContextFile
 
 LAYER_FORMAT = "amber-layer-v1"  # bump when the on-disk layout of layers or artifacts changes
 

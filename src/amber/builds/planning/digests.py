@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from amber.api.schemas.requests import BuildContextFile, CreateTemplateRequest
+from amber.contract.request import CreateTemplateRequest
+from amber.contract.sources import BuildContextFile
 
 
 def sha256_hex(data: bytes) -> str:

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from amber.api.schemas.plan import (
+from amber.builds.planning.digests import context_manifest, dockerfile_digest, plan_content_digest, source_digest
+from amber.builds.planning.dockerfile_source import DockerfileError, summarise_dockerfile
+from amber.builds.planning.runtime import ImageDefaults, inherited_defaults, runtime_defaults, step_state
+from amber.builds.planning.source import resolve_source
+from amber.builds.planning.steps import CopyOp, ShellOp, StepPlan, UserOp, WorkdirOp, plan_steps, render_dockerfile
+from amber.contract.errors import InvalidRequest
+from amber.contract.images import canonical_host, registry_host
+from amber.contract.plan import (
     TemplateBuildContextManifestSummary,
     TemplateBuildPlan,
     TemplateBuildPlanResponse,
@@ -19,25 +26,9 @@ from amber.api.schemas.plan import (
     TemplateBuildValidationResponse,
     TemplateIgnoredInstruction,
 )
-from amber.api.schemas.requests import (
-    AptInstallStep,
-    BunInstallStep,
-    CreateTemplateRequest,
-    GitCloneStep,
-    InvalidRequest,
-    NpmInstallStep,
-    PipInstallStep,
-    parse_create_request,
-    registry_host,
-    request_problems,
-    structural_problems,
-    validate_create_request,
-)
-from amber.builds.planning.digests import context_manifest, dockerfile_digest, plan_content_digest, source_digest
-from amber.builds.planning.dockerfile_source import DockerfileError, summarise_dockerfile
-from amber.builds.planning.runtime import ImageDefaults, inherited_defaults, runtime_defaults, step_state
-from amber.builds.planning.source import resolve_source
-from amber.builds.planning.steps import CopyOp, ShellOp, StepPlan, UserOp, WorkdirOp, plan_steps, render_dockerfile
+from amber.contract.request import CreateTemplateRequest, parse_create_request, structural_problems
+from amber.contract.steps import AptInstallStep, BunInstallStep, GitCloneStep, NpmInstallStep, PipInstallStep
+from amber.contract.validation import request_problems, validate_create_request
 
 TemplateExists = Callable[[str], bool]
 TemplateRuntime = Callable[[str], Mapping[str, Any] | None]
@@ -146,7 +137,7 @@ def plan_request(
     )
     base_host = registry_host(req.base_image) if req.base_image is not None else None
     requires_auth = req.base_image_auth is not None or any(
-        registry_host(f"{r.registry}/x") == base_host for r in req.registry_auth or []
+        canonical_host(r.registry) == base_host for r in req.registry_auth or []
     )
     return TemplateBuildPlanResponse(
         build_backend=source.backend,

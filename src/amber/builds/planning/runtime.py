@@ -18,17 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from amber.api.schemas.requests import (
+from amber.builds.planning.steps import StepPlan, UserOp, WorkdirOp, resolve_workdir
+from amber.contract.request import CreateTemplateRequest
+from amber.contract.runtime import (
     DEFAULT_READINESS_INTERVAL_MS,
     DEFAULT_READINESS_STARTUP_GRACE_SECS,
     DEFAULT_READINESS_TIMEOUT_SECS,
     CommandReadiness,
-    CreateTemplateRequest,
     HttpReadiness,
     TcpReadiness,
     TimeoutReadiness,
 )
-from amber.builds.planning.steps import StepPlan, UserOp, WorkdirOp, resolve_workdir
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from amber.api.schemas.requests import CreateTemplateRequest, dockerfile_from_images, registry_host
+from amber.contract.images import explicit_registry, registry_host
+from amber.contract.request import CreateTemplateRequest
+from amber.contract.sources import Backend, SourceType, dockerfile_from_images
 
-SourceType = Literal["declarative", "dockerfile", "oci_import", "template_base"]
-Backend = Literal["buildkit", "native"]
 BaseRefKind = Literal["template", "oci", "ambiguous"]
 
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -21,9 +21,9 @@ def classify_base_ref(ref: str) -> BaseRefKind:
     """Does ``base_image`` name a template or an OCI image?
 
     ``tmpl_…``, ``nullspace/…`` and exact-build refs ``name:tb_…`` are templates; a first segment that is a
-    registry host (has '.' or ':' or is ``localhost``) and bare Docker Hub names are images; ``ns/name[:tag]``
-    with a namespace-shaped first segment is *ambiguous* (``acme/app`` is also a Docker Hub repository) and
-    needs the caller's template lookup.
+    registry host (``amber.contract.images.explicit_registry``) and bare Docker Hub names are images;
+    ``ns/name[:tag]`` with a namespace-shaped first segment is *ambiguous* (``acme/app`` is also a Docker Hub
+    repository) and needs the caller's template lookup.
     """
     if ref.startswith("tmpl_") or ref.startswith("nullspace/"):
         return "template"
@@ -31,7 +31,7 @@ def classify_base_ref(ref: str) -> BaseRefKind:
     if not slash:
         _, colon, tag = ref.partition(":")
         return "template" if colon and tag.startswith("tb_") else "oci"
-    if "." in first or ":" in first or first == "localhost":
+    if explicit_registry(ref) is not None:
         return "oci"
     if "/" in rest or "@" in rest:
         return "oci"

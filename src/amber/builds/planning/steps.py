@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from amber.api.schemas.requests import (
+from amber.contract.steps import (
     AptInstallStep,
     BunInstallStep,
     CopyItem,

@@ -1,9 +1,11 @@
-"""Image references: ``[registry[:port]/]repository[:tag][@digest]`` with Docker Hub normalisation.
+"""Image references: ``[registry[:port]/]repository[:tag][@digest]`` with Docker Hub normalisation. Pure.
 
-Pure functions only. The grammar is distribution's ``reference`` package: the first path component is a
-registry when it contains ``.`` or ``:``, is ``localhost``, or has upper-case letters; otherwise the image is on
-Docker Hub (``docker.io``), where single-component names live under ``library/``. ``index.docker.io`` is an
-alias of ``docker.io``. A reference without tag or digest means tag ``latest``.
+The grammar is distribution's ``reference`` package (what Docker and BuildKit parse): the first path component
+is a registry when it contains ``.`` or ``:``, is ``localhost``, or has upper-case letters; otherwise the image is
+on Docker Hub (``docker.io``), where single-component names live under ``library/``. ``index.docker.io``,
+``registry-1.docker.io`` and ``registry.hub.docker.com`` are aliases of ``docker.io``. A reference without tag or
+digest means tag ``latest``. ``registry_host`` is the one function that answers "which registry does this
+reference pull from" (request rules, Dockerfile analysis, credentials, BuildKit sessions all use it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from amber.oci.errors import InvalidReferenceError
+from amber.contract.errors import InvalidReferenceError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -65,11 +67,41 @@ class ImageReference:
         return text
 
 
-def _split_domain(name: str) -> tuple[str, str]:
-    first, sep, rest = name.partition("/")
+def explicit_registry(reference: str) -> str | None:
+    """The registry host a reference names, as written, or None when it names none (Docker Hub).
+
+    The grammar's rule (distribution ``splitDockerDomain``): the first ``/``-separated component is a host when it
+    contains ``.`` or ``:``, is ``localhost``, or has an upper-case letter (repository components are lower-case
+    only, so ``Foo/bar`` can only mean host ``Foo``). A reference without ``/`` names no host.
+    """
+    first, sep, _rest = reference.partition("@")[0].partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
-        return first, rest
-    return DOCKER_HUB, name
+        return first
+    return None
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    host = explicit_registry(name)
+    return (host, name[len(host) + 1 :]) if host is not None else (DOCKER_HUB, name)
+
+
+def canonical_host(host: str) -> str:
+    """A registry host as credentials and rules compare it: lower case (DNS names are case-insensitive), no
+    scheme, path or trailing ``/``, and Docker Hub's several names (``index.docker.io``, ``registry-1.docker.io``
+    — what BuildKit asks for — ``registry.hub.docker.com``) as ``docker.io``."""
+    host = host.strip().lower().rstrip("/")
+    for prefix in ("https://", "http://"):
+        host = host.removeprefix(prefix)
+    host = host.split("/", 1)[0]
+    return DOCKER_HUB if host in _HUB_ALIASES else host
+
+
+def registry_host(reference: str) -> str:
+    """The registry host an image reference pulls from, as ``canonical_host`` spells it (``explicit_registry``'s
+    rule, else Docker Hub); never raises. For every reference ``parse_reference`` accepts,
+    ``registry_host(text) == canonical_host(parse_reference(text).registry)`` (a property test holds it to that).
+    """
+    return canonical_host(explicit_registry(reference) or DOCKER_HUB)
 
 
 def parse_reference(text: str) -> ImageReference:

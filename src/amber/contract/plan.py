@@ -6,12 +6,11 @@ Optional fields are omitted when unset: serialise with ``model.model_dump(mode="
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SourceType = Literal["declarative", "dockerfile", "oci_import", "template_base"]
-Backend = Literal["buildkit", "native"]
+from amber.contract.sources import Backend, SourceType
 
 
 class _Open(BaseModel):

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import dockerfile as dockerfile_parser
 
-from amber.oci.errors import InvalidReferenceError
-from amber.oci.reference import parse_reference
+from amber.contract.errors import InvalidReferenceError
+from amber.contract.images import canonical_host, parse_reference, registry_host
 
 # Automatic platform ARGs BuildKit defines in the global scope (this host builds linux/amd64 only).
 PLATFORM_ARGS: dict[str, str] = {
@@ -35,8 +35,6 @@ PLATFORM_ARGS: dict[str, str] = {
     "BUILDARCH": "amd64",
     "BUILDVARIANT": "",
 }
-DOCKER_HUB = "docker.io"
-_DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 _STEP_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD", "WORKDIR"})  # the rest only change the image config
 _VARIABLE = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-+])?(?P<word>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
@@ -76,7 +74,7 @@ class ImageUse:
 
     @property
     def host(self) -> str:
-        return reference_host(self.resolved)
+        return registry_host(self.resolved)
 
 
 @dataclass
@@ -165,24 +163,6 @@ class DockerfileAnalysis:
                 lines[total + position] = line
             total += stage.step_count
         return lines
-
-
-def canonical_host(host: str) -> str:
-    host = host.lower().rstrip("/")
-    for prefix in ("https://", "http://"):
-        if host.startswith(prefix):
-            host = host[len(prefix) :]
-    host = host.split("/", 1)[0]
-    return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
-
-
-def reference_host(reference: str) -> str:
-    """The registry host of an image reference, Docker's rule: a first component with '.' or ':', upper-case
-    letters or ``localhost`` is a host, anything else lives on Docker Hub."""
-    first, sep, _rest = reference.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
-        return canonical_host(first)
-    return DOCKER_HUB
 
 
 def expand_variables(word: str, values: Mapping[str, str]) -> str:

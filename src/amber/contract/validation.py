@@ -1,492 +1,44 @@
-"""CreateTemplateRequest and every model it reaches (templates-models.md § 3), and the request rules.
+"""The content rules of a request (templates-api.md R1-R3, R29, R30, R39-R42, R52-R59 …) that need no database.
 
-Two layers, both pure:
-
-* ``parse_create_request(data)`` turns decoded JSON into a typed ``CreateTemplateRequest``. Types are strict
-  (``"2"`` is not an integer, ``true`` is not an integer), open models keep unknown keys, closed models (the 15
-  steps, ``TemplateCopyItem``, ``TemplateRegistryAuth``, ``TemplateBuildSecret``) drop them as the SDK does.
-* ``request_problems(req)`` / ``validate_create_request(data)`` apply the content rules of templates-api.md
-  (R2, R3, R29, R30, R40, R42, R52, R54, R58, R59 …) that need no database. Rules needing the store (claim tokens,
-  blob existence, template-base lookup, name ownership) belong to the service.
-
-Every failure is an ``InvalidRequest`` naming the field (``steps[2].command``) and the reason, so the service can
-answer the contract's 400 ``invalid_request`` body. Credential and secret values are ``SecretStr`` (or hidden from
-``repr``) so they cannot leak through logs or error messages; ``persistable_request`` gives the sanitised
-definition that may be stored.
+``request_problems(req)`` lists every violation of a parsed request in field order; ``validate_create_request``
+parses and raises the first. Rules needing the store (claim tokens, blob existence, template-base lookup, name
+ownership) belong to the build service. Messages never echo credential or secret values.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, ValidationError
-
-from amber.buildkit.dockerfile_rules import analyse_dockerfile, dockerfile_request_problems
-
-# ---------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class InvalidRequest(ValueError):
-    """A request rule was broken. ``field`` is a JSON path into the request (``steps[2].command``, ``tags``)."""
-
-    code = "invalid_request"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.message = message
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, InvalidRequest) and (self.field, self.message) == (other.field, other.message)
-
-    def __hash__(self) -> int:
-        return hash((self.field, self.message))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Small value validators (PlainValidator keeps pydantic's union member names out of error locations)
-
-
-def _mode_value(value: Any) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError('must be an octal string such as "0755" or an integer mode')
-    if isinstance(value, int):
-        if not 0 <= value <= 0o7777:
-            raise ValueError("must be between 0 and 0o7777")
-        return value
-    if not re.fullmatch(r"[0-7]{1,4}", value.strip()):
-        raise ValueError(f'{value!r} is not an octal mode such as "0755"')
-    return value
-
-
-def _service_account_json(value: Any) -> dict[str, Any] | str:
-    if isinstance(value, str):
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            raise ValueError("must be a service-account JSON object or a string holding one") from None
-        if not isinstance(decoded, dict) or not decoded:
-            raise ValueError("must hold a non-empty JSON object")
-        return value
-    if isinstance(value, dict) and value:
-        return value
-    raise ValueError("must be a non-empty service-account JSON object (or a string holding one)")
-
-
-OctalMode = Annotated[int | str, PlainValidator(_mode_value)]
-ServiceAccountJson = Annotated[dict[str, Any] | str, PlainValidator(_service_account_json)]
-
-
-def mode_bits(mode: int | str) -> int:
-    """The permission bits of a validated ``mode`` (``"0755"`` → 0o755, 493 → 0o755)."""
-    return mode if isinstance(mode, int) else int(mode.strip(), 8)
-
-
-def mode_string(mode: int | str) -> str:
-    """The SDK's canonical 4-digit octal form of a mode (``template.py`` ``_normalize_mode_value``)."""
-    return format(mode_bits(mode) & 0o7777, "04o")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Base classes
-
-
-class _Closed(BaseModel):
-    """A closed contract model: unknown keys are dropped, as the SDK's generated model drops them."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-
-class _Open(BaseModel):
-    """An open contract model: unknown keys are kept (and re-emitted)."""
-
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.2 steps (closed, discriminated by ``action``)
-
-
-class AptInstallStep(_Closed):
-    action: Literal["apt_install"]
-    packages: list[str]
-
-
-class PipInstallStep(_Closed):
-    action: Literal["pip_install"]
-    packages: list[str]
-    g: bool | None = None  # system-wide by default; false = per-user install
-
-
-class NpmInstallStep(_Closed):
-    action: Literal["npm_install"]
-    packages: list[str]
-    g: bool | None = None  # true = global install
-
-
-class BunInstallStep(_Closed):
-    action: Literal["bun_install"]
-    packages: list[str]
-    g: bool | None = None  # true = global install
-
-
-class RunStep(_Closed):
-    action: Literal["run"]
-    command: str
-    user: str | None = None
-
-
-class WorkdirStep(_Closed):
-    action: Literal["workdir"]
-    path: str
-
-
-class UserStep(_Closed):
-    action: Literal["user"]
-    user: str
-
-
-class CopyItem(_Closed):
-    """TemplateCopyItem: one source list → destination copy inside a ``copy_items`` step."""
-
-    sources: list[str]
-    dst: str
-    user: str | None = None
-    mode: OctalMode | None = None
-    force_upload: bool | None = None
-
-
-class CopyStep(_Closed):
-    action: Literal["copy"]
-    sources: list[str]
-    dst: str
-    user: str | None = None
-    mode: OctalMode | None = None
-    force_upload: bool | None = None
-
-
-class CopyItemsStep(_Closed):
-    action: Literal["copy_items"]
-    items: list[CopyItem]
-
-
-class RemoveStep(_Closed):
-    action: Literal["remove"]
-    path: str
-    recursive: bool | None = None
-    force: bool | None = None
-
-
-class RenameStep(_Closed):
-    action: Literal["rename"]
-    src: str
-    dst: str
-    force: bool | None = None
-
-
-class MakeDirStep(_Closed):
-    action: Literal["make_dir"]
-    path: str
-    mode: OctalMode | None = None
-
-
-class MakeSymlinkStep(_Closed):
-    action: Literal["make_symlink"]
-    target: str
-    path: str
-
-
-class GitCloneStep(_Closed):
-    action: Literal["git_clone"]
-    url: str
-    path: str | None = None  # the SDK always sends it; default /workspace
-    branch: str | None = None
-    depth: int | None = None
-
-
-class SkipCacheStep(_Closed):
-    """A cache boundary: this step and every later one rebuild (R46)."""
-
-    action: Literal["skip_cache"]
-
-
-Step = Annotated[
-    AptInstallStep
-    | PipInstallStep
-    | NpmInstallStep
-    | BunInstallStep
-    | RunStep
-    | WorkdirStep
-    | UserStep
-    | CopyStep
-    | CopyItemsStep
-    | RemoveStep
-    | RenameStep
-    | MakeDirStep
-    | MakeSymlinkStep
-    | GitCloneStep
-    | SkipCacheStep,
-    Field(discriminator="action"),
-]
-
-STEP_ACTIONS: tuple[str, ...] = (
-    "apt_install",
-    "pip_install",
-    "npm_install",
-    "bun_install",
-    "run",
-    "workdir",
-    "user",
-    "copy",
-    "copy_items",
-    "remove",
-    "rename",
-    "make_dir",
-    "make_symlink",
-    "git_clone",
-    "skip_cache",
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from amber.contract.credentials import BaseImageAuthAwsEcr, BaseImageAuthBasic, BaseImageAuthGcpArtifactRegistry
+from amber.contract.dockerfile import analyse_dockerfile, dockerfile_request_problems
+from amber.contract.errors import InvalidRequest
+from amber.contract.images import canonical_host, registry_host
+from amber.contract.request import CreateTemplateRequest, parse_create_request
+from amber.contract.runtime import CommandReadiness, HttpReadiness, TcpReadiness, TimeoutReadiness
+from amber.contract.steps import (
+    AptInstallStep,
+    BunInstallStep,
+    CopyItemsStep,
+    CopyStep,
+    GitCloneStep,
+    MakeDirStep,
+    MakeSymlinkStep,
+    NpmInstallStep,
+    PipInstallStep,
+    RemoveStep,
+    RenameStep,
+    RunStep,
+    SkipCacheStep,
+    Step,
+    UserStep,
+    WorkdirStep,
 )
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.4 build context (open)
-
-
-class BuildContextFile(_Open):
-    path: str
-    entry_type: Literal["dir", "file"]
-    content_base64: str | None = Field(default=None, repr=False)
-    blob_id: str | None = None
-    mode: str | None = None
-
-
-class BuildContext(_Open):
-    files: list[BuildContextFile]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.5 build config (open)
-
-DEFAULT_VCPUS = 1
-DEFAULT_MEMORY_MIB = 512
-
-
-class BuildConfig(_Open):
-    vcpus: int | None = None
-    memory_mib: int | None = None
-    internet_access: bool | None = None
-    disk_mb: int | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.6 runtime config and readiness probes (open, discriminated by ``kind``)
-
-DEFAULT_READINESS_TIMEOUT_SECS = 30
-DEFAULT_READINESS_INTERVAL_MS = 500
-DEFAULT_READINESS_STARTUP_GRACE_SECS = 2
-
-
-class TcpReadiness(_Open):
-    kind: Literal["tcp"]
-    port: int
-    timeout_secs: int | None = None
-    interval_ms: int | None = None
-    startup_grace_secs: int | None = None
-
-
-class TimeoutReadiness(_Open):
-    kind: Literal["timeout"]
-    timeout_ms: int
-
-
-class HttpReadiness(_Open):
-    kind: Literal["http"]
-    port: int
-    path: str
-    timeout_secs: int | None = None
-    interval_ms: int | None = None
-    startup_grace_secs: int | None = None
-
-
-class CommandReadiness(_Open):
-    kind: Literal["command"]
-    command: str
-    timeout_secs: int | None = None
-    interval_ms: int | None = None
-    startup_grace_secs: int | None = None
-
-
-ReadinessProbe = Annotated[
-    TcpReadiness | TimeoutReadiness | HttpReadiness | CommandReadiness, Field(discriminator="kind")
-]
-
-
-class RuntimeConfig(_Open):
-    default_user: str | None = None
-    default_workdir: str | None = None
-    default_envs: dict[str, str] | None = Field(default=None, repr=False)  # values never leave the server
-    readiness: ReadinessProbe | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.7-3.9 credentials and secrets (memory only)
-
-
-class BaseImageAuthBasic(_Open):
-    kind: Literal["basic"]
-    username: str
-    password: SecretStr
-
-
-class BaseImageAuthAwsEcr(_Open):
-    kind: Literal["aws_ecr"]
-    access_key_id: str
-    secret_access_key: SecretStr
-    region: str
-    session_token: SecretStr | None = None
-
-
-class BaseImageAuthGcpArtifactRegistry(_Open):
-    kind: Literal["gcp_artifact_registry"]
-    service_account_json: ServiceAccountJson = Field(repr=False)
-
-    def service_account_info(self) -> dict[str, Any]:
-        """The service-account key as an object, whichever form it was sent in."""
-        value = self.service_account_json
-        decoded: dict[str, Any] = json.loads(value) if isinstance(value, str) else value
-        return decoded
-
-
-BaseImageAuth = Annotated[
-    BaseImageAuthBasic | BaseImageAuthAwsEcr | BaseImageAuthGcpArtifactRegistry, Field(discriminator="kind")
-]
-
-
-class RegistryAuth(_Closed):
-    registry: str
-    auth: BaseImageAuth
-
-
-class BuildSecret(_Closed):
-    id: str
-    value: SecretStr
-    source: Literal["value", "env", "file"] | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# § 3.1 the request
-
-
-class CreateTemplateRequest(_Open):
-    """Body of POST /v1/templates, /build, /builds, /plan and /validate. Every field is optional."""
-
-    name: str | None = None
-    dockerfile: str | None = None
-    base_image: str | None = None
-    alias: str | None = None
-    tags: list[str] | None = None
-    steps: list[Step] | None = None
-    build_envs: dict[str, str] | None = Field(default=None, repr=False)
-    start_cmd: str | None = None
-    build_context: BuildContext | None = None
-    build_config: BuildConfig | None = None
-    build_backend: Literal["buildkit", "native"] | None = None
-    dockerfile_path: str | None = None
-    build_args: dict[str, str] | None = None
-    build_target: str | None = None
-    runtime_config: RuntimeConfig | None = None
-    base_image_auth: BaseImageAuth | None = None
-    registry_auth: list[RegistryAuth] | None = None
-    build_secrets: list[BuildSecret] | None = None
-    skip_cache: bool | None = None
-    claim_token: str | None = None
-
-    @property
-    def effective_tags(self) -> list[str]:
-        """Tags the artifact receives: absent → ``["default"]`` (R3); duplicates collapse, order kept."""
-        if self.tags is None:
-            return ["default"]
-        return list(dict.fromkeys(self.tags))
-
-    @property
-    def effective_backend(self) -> Literal["buildkit", "native"]:
-        """R29: Dockerfile input defaults to ``buildkit``; everything else to ``native``."""
-        if self.build_backend is not None:
-            return self.build_backend
-        return "buildkit" if self.dockerfile is not None else "native"
-
-    @property
-    def step_list(self) -> list[Step]:
-        return list(self.steps or [])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Parsing
-
-_UNION_FIELDS = {"readiness", "base_image_auth", "auth"}
-_TAGS = set(STEP_ACTIONS) | {"tcp", "timeout", "http", "command", "basic", "aws_ecr", "gcp_artifact_registry"}
-
-
-def _field_path(loc: Sequence[int | str]) -> str:
-    """``('steps', 0, 'run', 'command')`` → ``steps[0].command`` (drops pydantic's discriminator segment)."""
-    out = ""
-    prev: int | str | None = None
-    for item in loc:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        elif item in _TAGS and (isinstance(prev, int) or prev in _UNION_FIELDS):
-            pass
-        else:
-            out += f".{item}" if out else item
-        prev = item
-    return out
-
-
-def _message(error: Any) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        return "is required"
-    if kind == "union_tag_invalid":
-        ctx = error.get("ctx", {})
-        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {ctx.get('tag')!r}; expected one of " + str(
-            ctx.get("expected_tags", "")
-        )
-    if kind == "union_tag_not_found":
-        ctx = error.get("ctx", {})
-        return f"is missing its {ctx.get('discriminator', 'kind').strip(chr(39))!r} discriminator"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-def parse_create_request(data: Any) -> CreateTemplateRequest:
-    """Decoded JSON → ``CreateTemplateRequest``. Raises ``InvalidRequest`` for the first structural error."""
-    if not isinstance(data, dict):
-        raise InvalidRequest("", "request body must be a JSON object")
-    try:
-        return CreateTemplateRequest.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise InvalidRequest(_field_path(first["loc"]) or "body", _message(first)) from None
-
-
-def structural_problems(data: Any) -> list[InvalidRequest]:
-    """Every structural error of ``data`` (for the validate endpoint, which reports them all)."""
-    if not isinstance(data, dict):
-        return [InvalidRequest("", "request body must be a JSON object")]
-    try:
-        CreateTemplateRequest.model_validate(data)
-    except ValidationError as exc:
-        return [InvalidRequest(_field_path(e["loc"]) or "body", _message(e)) for e in exc.errors(include_url=False)]
-    return []
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Content rules
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -684,39 +236,6 @@ def _problems_image_ref(field: str, ref: str) -> Iterable[InvalidRequest]:
         yield InvalidRequest(field, f"{ref!r} is not an image or template reference")
 
 
-def registry_host(ref: str) -> str:
-    """The registry host an image reference pulls from (Docker's rule: a first segment with '.', ':' or
-    ``localhost`` is a host; otherwise Docker Hub, ``docker.io``)."""
-    first, slash, _ = ref.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return _canonical_host(first)
-    return "docker.io"
-
-
-def _canonical_host(host: str) -> str:
-    host = host.lower()
-    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com") else host
-
-
-def dockerfile_from_images(dockerfile: str) -> list[str]:
-    """Image references named by ``FROM`` lines (stage names and ``$ARG`` forms are skipped)."""
-    images: list[str] = []
-    stages: set[str] = set()
-    for raw in dockerfile.splitlines():
-        words = raw.strip().split()
-        if len(words) < 2 or words[0].upper() != "FROM":
-            continue
-        args = [w for w in words[1:] if not w.startswith("--")]
-        if not args:
-            continue
-        image = args[0]
-        if len(args) >= 3 and args[1].upper() == "AS":
-            stages.add(args[2].lower())
-        if "$" in image or image.lower() in stages or image == "scratch":
-            continue
-        images.append(image)
-    return images
-
 
 def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
     """Every content-rule violation of a parsed request, in field order. Empty list = acceptable."""
@@ -883,7 +402,7 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
             if not _HOST_RE.fullmatch(host):
                 out.append(InvalidRequest(f"{f}.registry", f"{reg.registry!r} is not a registry host"))
                 continue
-            canon = _canonical_host(host)
+            canon = canonical_host(host)
             if canon in seen_hosts:
                 out.append(InvalidRequest(f"{f}.registry", f"{reg.registry!r} is listed twice"))
             seen_hosts.add(canon)
@@ -919,27 +438,6 @@ def validate_create_request(data: Any) -> CreateTemplateRequest:
     if problems:
         raise problems[0]
     return req
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Persistence
-
-
-def persistable_request(req: CreateTemplateRequest, *, keep_inline_content: bool = False) -> dict[str, Any]:
-    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values and (unless asked)
-    inline context bytes removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id`` and ``source``;
-    ``registry_auth`` keeps ``registry`` and the auth ``kind``."""
-    data = req.model_dump(mode="json", exclude_none=True)
-    if req.base_image_auth is not None:
-        data["base_image_auth"] = {"kind": req.base_image_auth.kind}
-    if req.registry_auth is not None:
-        data["registry_auth"] = [{"registry": r.registry, "auth": {"kind": r.auth.kind}} for r in req.registry_auth]
-    if req.build_secrets is not None:
-        data["build_secrets"] = [{"id": s.id, **({"source": s.source} if s.source else {})} for s in req.build_secrets]
-    if not keep_inline_content and "build_context" in data:
-        for entry in data["build_context"]["files"]:
-            entry.pop("content_base64", None)
-    return data
 
 
 def request_from_definition(
