@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 from tests.support.images import ImageConfig, Layer, build_image, push_image
 from tests.support.registry import RegistryMode, running_registry
 
+from amber.builds.image_import import import_image
 from amber.rootfs.ext4 import disk_size_bytes, measure_tree
-from amber.rootfs.image_import import import_image
 
 BENCH_DIR = Path(os.environ.get("AMBER_BENCH_DIR", "/var/cache/amber-bench/oci-import"))
 TREE = BENCH_DIR / "rootfs"

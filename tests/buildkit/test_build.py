@@ -125,9 +125,9 @@ def test_multi_stage_target_args_copy_and_secret(dockerd: ManagedDockerd, images
     config = run.result.image_config  # type: ignore[union-attr]
     assert config.user == "1000:1000" and config.working_dir == "/app"
     assert config.env_map["MODE"] == "production"
-    assert config.exposed_ports == ["8080/tcp"] and config.volumes == ["/data"]
+    assert config.exposed_ports == ("8080/tcp",) and config.volumes == ("/data",)
     assert config.labels == {"org.example.team": "amber"}
-    assert config.healthcheck is not None and config.healthcheck.test == ["CMD-SHELL", "test -f /app/hello.txt"]
+    assert config.healthcheck is not None and config.healthcheck.test == ("CMD-SHELL", "test -f /app/hello.txt")
     assert config.healthcheck.interval_ns == 5_000_000_000 and config.healthcheck.retries == 2
     assert run.result.used_cache is False  # type: ignore[union-attr]
     steps = [e for e in run.events if e.phase is LogPhase.STEP and e.kind is LogKind.MESSAGE]

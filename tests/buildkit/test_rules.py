@@ -12,9 +12,9 @@ from amber.buildkit import wire
 from amber.buildkit.build import NONCE_ARG, inject_nonce
 from amber.buildkit.context import context_entries, write_context_tar
 from amber.buildkit.daemon import DockerdLayout, dockerd_command
-from amber.buildkit.imageconfig import image_config_from_engine
 from amber.buildkit.progress import ProgressTranslator, TraceUpdate, Vertex, decode_trace, rerun_instructions
 from amber.buildkit.session import credential_host_key
+from amber.builds.planning.runtime import image_defaults, map_healthcheck
 from amber.contract.dockerfile import (
     DockerfileProblem,
     DockerfileRequestError,
@@ -26,6 +26,7 @@ from amber.contract.dockerfile import (
 )
 from amber.contract.images import registry_host
 from amber.contract.logs import CacheStatus, LogKind, LogPhase
+from amber.oci.config import ImageConfig
 from tests.buildkit.conftest import ContextFile
 
 R = "127.0.0.1:5000"
@@ -293,18 +294,24 @@ def test_progress_translation_steps_lines_cache_and_redaction() -> None:
 
 
 def test_image_config_mapping() -> None:
-    config = image_config_from_engine(
+    config = ImageConfig.from_engine(
         {
-            "User": "app",
-            "Env": ["PATH=/bin", "A=b=c"],
-            "WorkingDir": "/srv",
-            "Cmd": ["/bin/sh"],
-            "ExposedPorts": {"8080/tcp": {}, "53/udp": {}},
-            "Volumes": {"/data": {}},
-            "Labels": {"k": "v"},
-            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 3},
+            "Os": "linux",
+            "Architecture": "amd64",
+            "Config": {
+                "User": "app",
+                "Env": ["PATH=/bin", "A=b=c"],
+                "WorkingDir": "/srv",
+                "Cmd": ["/bin/sh"],
+                "ExposedPorts": {"8080/tcp": {}, "53/udp": {}},
+                "Volumes": {"/data": {}},
+                "Labels": {"k": "v"},
+                "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 3},
+            },
+            "RootFS": {"Type": "layers", "Layers": ["sha256:" + "1" * 64]},
         }
     )
+    assert str(config.platform) == "linux/amd64" and config.diff_ids == ("sha256:" + "1" * 64,)
     assert config.env_map == {"PATH": "/bin", "A": "b=c"}
     assert config.oci_metadata() == {
         "labels": {"k": "v"},
@@ -312,7 +319,9 @@ def test_image_config_mapping() -> None:
         "volumes": ["/data"],
         "healthcheck": {"test": ["CMD-SHELL", "true"], "interval_ns": 5_000_000_000, "retries": 3},
     }
-    assert image_config_from_engine({"Healthcheck": {"Test": ["NONE"]}}).healthcheck is None
+    disabled = ImageConfig.from_engine({"Config": {"Healthcheck": {"Test": ["NONE"]}}})
+    assert disabled.healthcheck is not None and disabled.healthcheck.test == ("NONE",)  # kept, as from_json keeps it
+    assert map_healthcheck(image_defaults(disabled).healthcheck) is None  # … and maps to no probe
 
 
 def test_dockerd_command_is_isolated(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from amber.builds.image_import import disk_lock_path
 from amber.builds.pipeline.prune import prune, scan, usage
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.cli import app
 from amber.oci import cache_locks
 from amber.oci.cache import LayerCache
-from amber.rootfs.image_import import disk_lock_path
 
 KIB = 1024
 OLD = time.time() - 10 * 86400

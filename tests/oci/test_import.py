@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from amber.builds import image_import
+from amber.builds.image_import import import_image
 from amber.oci import BasicCredentials
 from amber.oci.errors import DigestMismatchError, RegistryAuthError
 from amber.oci.progress import ImportProgress
-from amber.rootfs import image_import
-from amber.rootfs.image_import import import_image
 from tests.rootfs import fidelity
 from tests.rootfs.treecmp import diff, fsck_clean, mounted_ro, snapshot
 from tests.support.busybox import make_busybox_tree

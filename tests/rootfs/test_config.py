@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from amber.builds.planning.runtime import image_defaults, map_healthcheck
+from amber.oci.config import ImageConfig
 from amber.oci.errors import ImageConfigError
-from amber.rootfs.config import ImageConfig, ResolvedUser, UserSpec, parse_user_spec, resolve_user, resolve_user_in_tree
+from amber.rootfs.users import ResolvedUser, UserSpec, parse_user_spec, resolve_user, resolve_user_in_tree
 from tests.support.busybox import GROUP, PASSWD, make_busybox_tree
 
 
@@ -92,15 +94,20 @@ def test_config_fields_and_metadata() -> None:
         "healthcheck": {
             "test": ["CMD-SHELL", "curl -f localhost:8080"], "interval_ns": 2_000_000_000,
             "timeout_ns": 1_000_000_000, "start_period_ns": 5_000_000_000, "retries": 3,
-            "mapped_readiness": {"kind": "command", "command": "curl -f localhost:8080", "timeout_secs": 3,
-                                 "interval_ms": 2000, "startup_grace_secs": 5},
         },
+    }
+    # The probe a healthcheck becomes is the build's one mapping (R38 mapped_readiness), not the config's.
+    mapped = map_healthcheck(image_defaults(config).healthcheck)
+    assert mapped is not None and mapped.to_json() == {
+        "kind": "command", "command": "curl -f localhost:8080", "timeout_secs": 30, "interval_ms": 2000,
+        "startup_grace_secs": 0,
     }
 
 
 def test_healthcheck_none_maps_to_nothing() -> None:
     config = ImageConfig.from_json(json.dumps({"config": {"Healthcheck": {"Test": ["NONE"]}}}))
-    assert config.healthcheck is not None and config.healthcheck.mapped_readiness() is None
+    assert config.healthcheck is not None and config.healthcheck.test == ("NONE",)
+    assert map_healthcheck(image_defaults(config).healthcheck) is None
 
 
 @pytest.mark.parametrize(

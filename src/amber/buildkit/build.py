@@ -37,7 +37,6 @@ import httpx
 from amber.buildkit.access import ImageAccessDenied, verify_pull_access
 from amber.buildkit.context import ContextFileLike, context_entries, write_context_tar
 from amber.buildkit.daemon import DockerdError, ManagedDockerd
-from amber.buildkit.imageconfig import BuiltImageConfig, image_config_from_engine
 from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, rerun_instructions
 from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.contract.dockerfile import (
@@ -49,6 +48,7 @@ from amber.contract.dockerfile import (
 )
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogEvent, LogKind, LogLevel, LogPhase
+from amber.oci.config import ImageConfig
 
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20
@@ -56,7 +56,7 @@ _TAR_DRAIN_TIMEOUT_S = 30.0
 _TAIL_CHARS = 2000
 
 TreeUnpacker = Callable[[BinaryIO, Path], None]
-TreeWanted = Callable[[str, BuiltImageConfig], Awaitable[bool]]  # (image ID, config) -> export the tree?
+TreeWanted = Callable[[str, ImageConfig], Awaitable[bool]]  # (image ID, config) -> export the tree?
 AccessCheck = Callable[[str, RegistryCredential | None], Awaitable[None]]
 
 
@@ -80,7 +80,7 @@ class DockerfileBuildResult:
     tree: Path | None  # None when ``want_tree`` declined the export
     image_id: str  # the built image's config digest (covers every layer's diff_id): equal ID, equal tree
     tree_is_image: bool  # the exported tree comes from exactly that solve (its export re-ran no instruction)
-    image_config: BuiltImageConfig
+    image_config: ImageConfig
     dockerfile_digest: str  # sha256 of the Dockerfile as given (before any nonce)
     context_digest: str  # sha256 of the context tar sent to BuildKit
     cache_hits: int
@@ -93,11 +93,12 @@ class UnpackRefused(Exception):
 
 
 def default_unpacker(stream: BinaryIO, target: Path) -> None:
-    """Engineer A's safe unpacker (path checks, links, set-id bits, xattrs; devices/FIFOs/sockets refused), run
-    in a child process (``unpack_worker``) reading ``stream`` directly, so it does not compete for the GIL with
-    the threads receiving the stream."""
+    """The safe rootfs unpacker (path checks, links, set-id bits, xattrs; devices/FIFOs/sockets refused), run as
+    its own program (``python -m amber.rootfs.unpack_worker``: a process boundary, so this package imports nothing
+    of ``amber.rootfs``) reading ``stream`` directly, so it does not compete for the GIL with the threads
+    receiving the stream."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "amber.buildkit.unpack_worker", str(target)],
+        [sys.executable, "-m", "amber.rootfs.unpack_worker", str(target)],
         stdin=stream,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -508,7 +509,7 @@ async def build_dockerfile_rootfs(
                 raise BuildFailed("BuildKit reported no image for the target stage", phase=FailurePhase.BUILD_STEP)
             inspect = await api.get(f"/images/{image_id}/json")
             inspect.raise_for_status()
-            image_config = image_config_from_engine(inspect.json().get("Config"))
+            image_config = ImageConfig.from_engine(inspect.json())
             if want_tree is not None and not await want_tree(image_id, image_config):
                 await emit(LogEvent(LogKind.MESSAGE, f"image {image_id}: tree export skipped", LogLevel.DEBUG,
                                     LogPhase.PREPARING))  # fmt: skip

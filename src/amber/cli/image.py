@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from amber.builds.image_import import import_image
 from amber.contract.errors import InvalidReferenceError
 from amber.oci.cache import layer_cache_dir
 from amber.oci.credentials import BasicCredentials
@@ -27,7 +28,6 @@ from amber.oci.errors import ImageImportError
 from amber.oci.manifest import Descriptor
 from amber.oci.progress import ImportProgress
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB
-from amber.rootfs.image_import import import_image
 from amber.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="image commands.")

@@ -18,6 +18,7 @@ from pathlib import Path
 from amber.contract.images import ImageReference, parse_reference
 from amber.oci import cache_locks
 from amber.oci.cache import LayerCache
+from amber.oci.config import ImageConfig
 from amber.oci.credentials import RegistryCredentials, exchange_credentials
 from amber.oci.errors import DigestMismatchError, PlatformError, TruncatedDownloadError, UnsupportedMediaTypeError
 from amber.oci.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
@@ -25,7 +26,6 @@ from amber.oci.media_types import Compression, layer_compression
 from amber.oci.platform import Platform, check_image_platform, choose_platform, parse_platform
 from amber.oci.progress import ImportProgress
 from amber.oci.registry import RegistryClient
-from amber.rootfs.config import ImageConfig
 
 DEFAULT_CONCURRENCY = 4
 _DOWNLOAD_ATTEMPTS = 2

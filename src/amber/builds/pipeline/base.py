@@ -12,35 +12,18 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
+from amber.builds.image_import import import_image
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.builds.planning.cache import CacheDecision, base_layer_key
-from amber.builds.planning.runtime import ImageDefaults
 from amber.contract.errors import InvalidReferenceError
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogPhase
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import CredentialsError, ImageImportError, RegistryAuthError
 from amber.oci.pull import ResolvedImage, resolve
-from amber.rootfs.config import ImageConfig
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB
-from amber.rootfs.image_import import import_image
-
-
-def image_defaults(config: ImageConfig) -> ImageDefaults:
-    hc = config.healthcheck
-    healthcheck: dict[str, Any] | None = None
-    if hc is not None:
-        healthcheck = {"Test": list(hc.test), "Interval": hc.interval_ns, "Timeout": hc.timeout_ns,
-                       "StartPeriod": hc.start_period_ns, "Retries": hc.retries}  # fmt: skip
-    return ImageDefaults(
-        user=config.user or None,
-        env=tuple(config.env_map.items()),
-        workdir=config.working_dir or None,
-        healthcheck=healthcheck,
-    )
 
 
 async def resolve_base(reference: str, credentials: RegistryCredentials | None) -> ResolvedImage:

@@ -27,15 +27,14 @@ from typing import Any
 
 from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
 from amber.buildkit.daemon import managed_dockerd
-from amber.buildkit.imageconfig import BuiltImageConfig
 from amber.builds.pipeline.credentials import to_registry_credentials
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.builds.planning.cache import CacheDecision, dockerfile_base_key
-from amber.builds.planning.runtime import ImageDefaults
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogPhase
 from amber.contract.request import CreateTemplateRequest
+from amber.oci.config import ImageConfig
 from amber.oci.credentials import BasicCredentials, exchange_credentials
 from amber.oci.errors import ImageImportError
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, make_ext4
@@ -44,20 +43,6 @@ from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, make_ext4
 def _basic(value: Any) -> BasicCredentials | None:
     credentials = to_registry_credentials(value)
     return exchange_credentials(credentials) if credentials is not None else None
-
-
-def built_image_defaults(config: BuiltImageConfig) -> ImageDefaults:
-    hc = config.healthcheck
-    healthcheck = None
-    if hc is not None:
-        healthcheck = {"Test": list(hc.test), "Interval": hc.interval_ns, "Timeout": hc.timeout_ns,
-                       "StartPeriod": hc.start_period_ns, "Retries": hc.retries}  # fmt: skip
-    return ImageDefaults(
-        user=config.user or None,
-        env=tuple(config.env_map.items()),
-        workdir=config.working_dir or None,
-        healthcheck=healthcheck,
-    )
 
 
 def dockerfile_cache_decision(
@@ -73,7 +58,7 @@ def dockerfile_cache_decision(
 @dataclass(frozen=True)
 class DockerfileDisk:
     disk: Path
-    image_config: BuiltImageConfig
+    image_config: ImageConfig
     image_id: str
     key: str | None  # the base key; None when the cache was bypassed
     entry: EntryHold | None  # the held cache entry; None: the disk is private to this build
@@ -119,7 +104,7 @@ async def build_dockerfile_disk(
     tree, staging = work_dir / "tree", work_dir / "buildkit"
     found: dict[str, Any] = {}  # image id, key, the hit or claim (set by want_tree)
 
-    async def want_tree(image_id: str, _config: BuiltImageConfig) -> bool:
+    async def want_tree(image_id: str, _config: ImageConfig) -> bool:
         """Called between the image solve and the tree export: a cached disk for this image → no export."""
         subject = f"Dockerfile image {image_id}"
         if not decision.lookup:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from amber.builds.executor import BuildArtifact, BuildJob
-from amber.builds.pipeline.base import image_defaults, prepare_oci_base
+from amber.builds.pipeline.base import prepare_oci_base
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.credentials import base_image_credentials
-from amber.builds.pipeline.dockerfile import build_dockerfile_disk, built_image_defaults, dockerfile_cache_decision
+from amber.builds.pipeline.dockerfile import build_dockerfile_disk, dockerfile_cache_decision
 from amber.builds.pipeline.events import BuildLog, OutputPump
 from amber.builds.pipeline.guest_ops import GuestState, StepError, agent_user, apply_ops, run_shell
 from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
@@ -52,6 +52,7 @@ from amber.builds.planning.digests import context_manifest, dockerfile_digest, s
 from amber.builds.planning.runtime import (
     ImageDefaults,
     RuntimeDefaults,
+    image_defaults,
     image_env,
     map_healthcheck,
     runtime_defaults,
@@ -256,8 +257,8 @@ class NativeExecutor:
                 store=self.cache, decision=decision, claims=attempt.claims, guest_fingerprint=fingerprint,
             )  # fmt: skip
             return BaseImage(
-                (built.disk,), built_image_defaults(built.image_config), built.key or f"dockerfile:{job.build_id}",
-                built.image_config.oci_metadata(), cacheable=decision.lookup, entry=built.entry,
+                (built.disk,), image_defaults(built.image_config), built.key or f"dockerfile:{job.build_id}",
+                built.image_config.oci_metadata() or None, cacheable=decision.lookup, entry=built.entry,
                 uncacheable_reason=decision.reason or CacheReason.BUILDER_CACHE_BOUNDARY,
             )  # fmt: skip
         if source.base_is_template or job.base_template_artifact is not None:

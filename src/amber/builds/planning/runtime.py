@@ -29,6 +29,7 @@ from amber.contract.runtime import (
     TcpReadiness,
     TimeoutReadiness,
 )
+from amber.oci.config import ImageConfig
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -75,6 +76,21 @@ class Readiness:
             "startup_grace_secs": self.startup_grace_secs,
         }
         return out
+
+
+def image_defaults(config: ImageConfig) -> ImageDefaults:
+    """The runtime-relevant parts of an image's config (an OCI import's or a BuildKit build's alike)."""
+    hc = config.healthcheck
+    healthcheck: dict[str, Any] | None = None
+    if hc is not None:
+        healthcheck = {"Test": list(hc.test), "Interval": hc.interval_ns, "Timeout": hc.timeout_ns,
+                       "StartPeriod": hc.start_period_ns, "Retries": hc.retries}  # fmt: skip
+    return ImageDefaults(
+        user=config.user or None,
+        env=tuple(config.env_map.items()),
+        workdir=config.working_dir or None,
+        healthcheck=healthcheck,
+    )
 
 
 def readiness_from_json(value: Any) -> Readiness | None:

@@ -1,7 +1,8 @@
-"""``python -m amber.buildkit.unpack_worker TARGET``: unpack the tar on stdin into TARGET with ``amber.rootfs``.
+"""``python -m amber.rootfs.unpack_worker TARGET``: unpack the tar on stdin into TARGET (``unpack_tar_stream``).
 
-A separate process because the unpacker is CPU-bound Python: in the build process it would fight the gRPC
-threads receiving the same stream for the GIL (measured: ~2x slower than either alone). Exit 0 on success;
+A program, not a library: ``amber.buildkit`` runs it on BuildKit's tar export. A separate process because the
+unpacker is CPU-bound Python: in the build process it would fight the gRPC threads receiving the same stream for
+the GIL (measured: ~2x slower than either alone). Exit 0 on success;
 exit 2 with the unpacker's message on stderr when the tree is refused (unsafe path, special file, ...).
 """
 
@@ -16,7 +17,7 @@ from amber.rootfs.unpack import unpack_tar_stream
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m amber.buildkit.unpack_worker TARGET", file=sys.stderr)
+        print("usage: python -m amber.rootfs.unpack_worker TARGET", file=sys.stderr)
         return 64
     try:
         unpack_tar_stream(sys.stdin.buffer, Path(argv[1]), layer="BuildKit output")

@@ -1,7 +1,9 @@
 """Import an image reference into an ext4 root disk: resolve, pull (cached), unpack, mkfs. One call.
 
-This is the single composition point of ``amber.oci`` (registry side) and ``amber.rootfs`` (disk side),
-used by ``amber image import`` and by the build pipeline. All paths are parameters; nothing reads settings.
+This is the single composition point of ``amber.oci`` (registry side) and ``amber.rootfs`` (disk side: layers
+and a target in, a tree and a disk out), used by ``amber image import`` and by the build pipeline. It adds the
+disk cache (one ext4 image per manifest digest) and the staging-area choice. All paths are parameters; nothing
+reads settings.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from typing import Any, TypeVar
 
 from amber.contract.images import ImageReference
 from amber.oci import cache_locks
+from amber.oci.config import ImageConfig
 from amber.oci.credentials import RegistryCredentials
 from amber.oci.errors import RootDiskError
 from amber.oci.platform import Platform
 from amber.oci.progress import ImportProgress
-from amber.oci.pull import LayerFile, PulledImage, ResolvedImage, pulling
-from amber.rootfs.config import ImageConfig
+from amber.oci.pull import LayerFile, ResolvedImage, pulling
 from amber.rootfs.ext4 import DEFAULT_MIN_SIZE_MIB, copy_disk, make_ext4
-from amber.rootfs.unpack import StagingFullError, UnpackStats, apply_dir_mtimes, unpack_layer, unpack_layers
+from amber.rootfs.unpack import StagingFullError, UnpackStats, apply_dir_mtimes, unpack_layer
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,6 @@ class ImportResult:
             f"({self.downloaded_bytes / mib:.1f} MiB downloaded), {files} "
             f"→ {self.disk} ({self.disk_size_bytes // mib} MiB) in {self.seconds:.2f} s"
         )
-
-
-def unpack_image(pulled: PulledImage, target: Path) -> UnpackStats:
-    """Unpack a pulled image's layers into ``target`` (blocking; see ``amber.rootfs.unpack``)."""
-    return unpack_layers(pulled.layers, target)
 
 
 T = TypeVar("T")
