@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from amber.store import catalog
+from amber.store import keys
 from amber.store.database import Database
 from tests.support.postgres import PostgresServer
 from tests.support.server import AmberServer, running_server
@@ -37,7 +37,7 @@ def store_keys(database_url: str, namespaces: list[str]) -> list[str]:
     db = Database(database_url)
     try:
         with db.session() as session:
-            return [catalog.create_api_key(session, ns) for ns in namespaces]
+            return [keys.create_api_key(session, ns) for ns in namespaces]
     finally:
         db.dispose()
 

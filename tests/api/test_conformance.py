@@ -196,13 +196,13 @@ def test_slash_ref_reading_ignores_templates_the_caller_cannot_read(api: Api) ->
 
 def test_claims_accept_the_namespace_by_slug_or_legacy_uuid(api: Api) -> None:
     """R13: a bare name or ``namespace/name`` of the caller's default namespace (R7's legacy owner UUID too)."""
-    from amber.store import catalog
+    from amber.store import keys
     from amber.store.database import Database
 
     db = Database(api.database_url)
     try:
         with db.session() as session:
-            namespace_id = catalog.ensure_namespace(session, "acme").id
+            namespace_id = keys.ensure_namespace(session, "acme").id
     finally:
         db.dispose()
     name = unique("uuidclaim")

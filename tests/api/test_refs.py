@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amber.api.refs import InvalidRef, RefRoute, parse_ref, route_candidates
+from amber.api.refs import RefRoute, route_candidates
+from amber.contract.errors import InvalidRef
+from amber.contract.template_refs import parse_ref
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 tags = names.filter(lambda t: not t.startswith("tb_"))

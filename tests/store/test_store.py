@@ -18,11 +18,12 @@ from sqlalchemy import inspect, select
 
 from amber.blobs.store import BlobStore
 from amber.builds.logbus import LogBus
-from amber.builds.queue import WorkerIdentity, claim_next, renew_lease
+from amber.builds.queue import WorkerIdentity
 from amber.builds.service import BuildService
 from amber.contract.logs import LogEvent, LogKind, LogPhase
 from amber.settings import Settings
-from amber.store import catalog, ids
+from amber.store import catalog, ids, keys
+from amber.store.builds import claim_next, renew_lease
 from amber.store.database import Database, migrate
 from amber.store.errors import Invalid
 from amber.store.models import ApiKey, Build, BuildLogEntry, TagEvent, Template, utcnow
@@ -46,8 +47,8 @@ def dead_pid() -> int:
 def new_build(db: Database, *, status: str = "waiting", pinned: str | None = None, owner: str | None = None,
               lease_secs: float = 30.0) -> str:
     with db.session() as session:
-        ns = catalog.ensure_namespace(session, "store-tests")
-        caller = catalog.Caller(key_id="k", namespace_id=ns.id, namespace_slug=ns.slug)
+        ns = keys.ensure_namespace(session, "store-tests")
+        caller = keys.Caller(key_id="k", namespace_id=ns.id, namespace_slug=ns.slug)
         template = catalog.build_target(session, caller, "queue-" + ids.build_id()[-8:], None)
         now = utcnow()
         build = Build(id=ids.build_id(), namespace_id=ns.id, template_id=template.id, artifact_id=ids.artifact_id(),
@@ -75,15 +76,15 @@ def test_migrations_are_idempotent(db: Database, database_url: str) -> None:
 
 def test_keys_are_stored_hashed(db: Database) -> None:
     with db.session() as session:
-        key = catalog.create_api_key(session, "hashed-ns")
+        key = keys.create_api_key(session, "hashed-ns")
     with db.session() as session:
         hashes = list(session.scalars(select(ApiKey.key_hash)))
-        caller = catalog.caller_for_key(session, key)
-        assert catalog.caller_for_key(session, key + "x") is None
-    assert key not in hashes and catalog.hash_key(key) in hashes
+        caller = keys.caller_for_key(session, key)
+        assert keys.caller_for_key(session, key + "x") is None
+    assert key not in hashes and keys.hash_key(key) in hashes
     assert caller is not None and caller.namespace_slug == "hashed-ns"
     with pytest.raises(Invalid), db.session() as session:
-        catalog.create_api_key(session, "nullspace")
+        keys.create_api_key(session, "nullspace")
 
 
 def test_claims_are_exclusive_across_threads(db: Database) -> None:

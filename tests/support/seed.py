@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amber.store import catalog, ids
+from amber.store import catalog, ids, keys
 from amber.store.database import Database
 from amber.store.models import Artifact, Build, utcnow
 
@@ -34,8 +34,8 @@ def seed_template(
     db = Database(database_url)
     try:
         with db.session() as session:
-            ns = catalog.ensure_namespace(session, namespace)
-            caller = catalog.Caller(key_id="seed", namespace_id=ns.id, namespace_slug=ns.slug)
+            ns = keys.ensure_namespace(session, namespace)
+            caller = keys.Caller(key_id="seed", namespace_id=ns.id, namespace_slug=ns.slug)
             template = catalog.build_target(session, caller, name, None)
             template.visibility = visibility
             now = utcnow()

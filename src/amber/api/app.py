@@ -13,22 +13,22 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy import select
 
 from amber.api.deps import AppState
 from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
-from amber.api.refs import InvalidRef, parse_ref
 from amber.api.routes import blobs, builds, templates
 from amber.blobs.store import BlobStore
 from amber.buildkit.daemon import stop_managed_dockerds
 from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
+from amber.contract.errors import InvalidRef
 from amber.contract.request import CreateTemplateRequest
+from amber.contract.template_refs import parse_ref
 from amber.settings import Settings
+from amber.store import catalog
 from amber.store.database import Database
-from amber.store.models import Alias, Namespace, Template
 
 log = logging.getLogger("amber.api")
 
@@ -81,19 +81,7 @@ def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
         scheme, _, key = authorization.partition(" ")
         caller = await state.caller_for(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
 
-        def lookup(session: Any) -> bool:
-            ns = session.scalar(select(Namespace).where((Namespace.slug == namespace) | (Namespace.id == namespace)))
-            if ns is None:
-                return False
-            template = session.scalar(select(Template).where(Template.namespace_id == ns.id, Template.name == name))
-            if template is None:
-                alias = session.get(Alias, (ns.id, name))
-                template = session.get(Template, alias.template_id) if alias is not None else None
-            if template is None:
-                return False
-            return template.visibility == "public" or (caller is not None and caller.namespace_id == ns.id)
-
-        return bool(await db.read(lookup))
+        return await db.read(lambda session: catalog.readable_by_name(session, namespace, name, caller))
 
     app.add_middleware(RefsRoutingMiddleware, ref_exists=ref_exists)
     app.add_middleware(RequestIdMiddleware)

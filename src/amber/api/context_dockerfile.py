@@ -14,9 +14,9 @@ import posixpath
 from typing import Any
 
 from amber.api.deps import AppState
-from amber.blobs.records import resolve_for_build
 from amber.contract.errors import InvalidRequest
-from amber.store.catalog import Caller
+from amber.store.blobs import resolve_for_build
+from amber.store.keys import Caller
 
 MAX_DOCKERFILE_BYTES = 1024 * 1024
 

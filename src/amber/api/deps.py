@@ -12,9 +12,9 @@ from amber.api.ratelimit import RateLimiter, retry_after_header
 from amber.blobs.store import BlobStore
 from amber.builds.service import BuildService
 from amber.settings import Settings
-from amber.store import catalog
-from amber.store.catalog import Caller, hash_key
+from amber.store import keys
 from amber.store.database import Database
+from amber.store.keys import Caller, hash_key
 
 _KEY_CACHE_SECS = 30.0  # a verified key is trusted this long without a database round trip
 
@@ -37,7 +37,7 @@ class AppState:
         now = time.monotonic()
         if cached is not None and now - cached[0] < _KEY_CACHE_SECS:
             return cached[1]
-        caller = await self.db.read(lambda s: catalog.caller_for_key(s, key))
+        caller = await self.db.read(lambda s: keys.caller_for_key(s, key))
         if caller is not None:
             if len(self._keys) > 10_000:
                 self._keys.clear()

@@ -14,10 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from amber.api.refs import InvalidRef
-from amber.blobs.records import BlobProblem
 from amber.blobs.store import UploadRejected
-from amber.contract.errors import InvalidRequest
+from amber.contract.errors import InvalidRef, InvalidRequest
+from amber.store.blobs import BlobProblem
 from amber.store.errors import StoreError
 
 log = logging.getLogger("amber.api")

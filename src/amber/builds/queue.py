@@ -1,9 +1,8 @@
-"""The durable build queue: builds in status ``waiting`` are claimed by workers with leases.
+"""Who runs a build: the identity of a worker process, and which builds' workers are gone.
 
-Claiming is a compare-and-set ``UPDATE … WHERE status = 'waiting'`` on one row, so any number of worker
-processes on any number of hosts sharing a PostgreSQL database never run a build twice (on PostgreSQL the
-candidate scan also uses ``FOR UPDATE SKIP LOCKED``). A running build's lease is renewed by its worker; a
-build whose lease expired belongs to a dead worker and is ended as ``interrupted``.
+Builds in status ``waiting`` are claimed by workers with leases (the SQL is ``amber.store.builds``). A build whose
+lease expired, or whose owner is a dead process on this host, belongs to a dead worker and is ended as
+``interrupted``; a waiting build pinned to a dead process has lost its memory-only inputs.
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from amber.store import builds
 from amber.store.models import Build, utcnow
 
 
@@ -43,52 +41,11 @@ class WorkerIdentity:
         return WorkerIdentity(host=parts[0], pid=int(parts[1]), nonce=parts[2])
 
 
-def claim_next(session: Session, owner: str, lease_secs: float, *, postgres: bool) -> Build | None:
-    """Claim the oldest waiting build this worker may run (unpinned, or pinned to this process)."""
-    query = (
-        select(Build.id)
-        .where(Build.status == "waiting", or_(Build.pinned_worker.is_(None), Build.pinned_worker == owner))
-        .order_by(Build.created_at)
-        .limit(8)
-    )
-    if postgres:
-        query = query.with_for_update(skip_locked=True)
-    now = utcnow()
-    for build_id in session.scalars(query).all():
-        claimed = session.execute(
-            update(Build)
-            .where(Build.id == build_id, Build.status == "waiting")
-            .values(
-                status="building",
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_secs),
-                started_at=now,
-                updated_at=now,
-            )
-        )
-        if claimed.rowcount == 1:  # type: ignore[attr-defined]
-            return session.get(Build, build_id)
-    return None
-
-
-def renew_lease(session: Session, build_id: str, owner: str, lease_secs: float) -> tuple[str, datetime | None]:
-    """Extend the lease; returns the build's status and cancel request time (how remote cancels arrive)."""
-    session.execute(
-        update(Build)
-        .where(Build.id == build_id, Build.lease_owner == owner, Build.status == "building")
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_secs))
-    )
-    row = session.execute(select(Build.status, Build.cancel_requested_at).where(Build.id == build_id)).first()
-    if row is None:
-        return "deleted", None
-    return row[0], row[1]
-
-
 def orphaned_builds(session: Session, me: WorkerIdentity) -> list[Build]:
     """Running builds whose worker is gone: lease expired, or owned by a dead process on this host."""
     now = utcnow()
     out = []
-    for build in session.scalars(select(Build).where(Build.status == "building")).all():
+    for build in builds.running_builds(session):
         owner = WorkerIdentity.parse(build.lease_owner or "")
         if owner is not None and str(owner) == str(me):
             continue  # ours and running: a late lease renewal (a starved event loop) is not a dead worker
@@ -103,7 +60,7 @@ def orphaned_builds(session: Session, me: WorkerIdentity) -> list[Build]:
 def stranded_waiting(session: Session, me: WorkerIdentity) -> list[Build]:
     """Waiting builds pinned to a process that no longer exists (their memory-only inputs are gone)."""
     out = []
-    for build in session.scalars(select(Build).where(Build.status == "waiting", Build.pinned_worker.is_not(None))):
+    for build in builds.pinned_waiting_builds(session):
         owner = WorkerIdentity.parse(build.pinned_worker or "")
         if owner is None or (owner.host == me.host and str(owner) != str(me) and
                              (not _alive(owner.pid) or owner.pid == me.pid)):

@@ -21,27 +21,30 @@ from json import loads
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from amber.blobs.records import resolve_for_build
 from amber.blobs.store import BlobStore
 from amber.builds.executor import BuildArtifact
 from amber.builds.logbus import LogBus, Published
 from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
-from amber.builds.views import build_summary, build_view, dumps, ts
+from amber.builds.views import build_summary, build_view, dumps, template_info, ts
 from amber.contract.failures import FAILURE_LOG_PHASES, FailurePhase, failure_detail
 from amber.contract.logs import CACHE_SUMMARY_KEYS, CacheKind, CacheStatus, LogEvent, cache_summary_key
 from amber.contract.request import CreateTemplateRequest, persistable_request
+from amber.contract.runtime import safe_runtime_defaults
 from amber.contract.status import ACTIVE_STATUSES
+from amber.contract.template_refs import TemplateRef, try_parse_ref
 from amber.contract.validation import validate_create_request
 from amber.settings import Settings
+from amber.store import builds as store_builds
 from amber.store import catalog, ids
-from amber.store.catalog import Caller, Resolved, base_template_query
+from amber.store.blobs import resolve_for_build
+from amber.store.catalog import Resolved
 from amber.store.database import Database
 from amber.store.errors import Conflict, Invalid, NotFound
-from amber.store.models import Artifact, Build, BuildLogEntry, Namespace, Template, utcnow
+from amber.store.keys import Caller
+from amber.store.models import Artifact, Build, Namespace, Template, utcnow
 from amber.vm.process import sweep_stale
 
 MAX_SNAPSHOT_ENTRIES = 1000
@@ -51,21 +54,10 @@ def build_not_found(build_id: str) -> NotFound:
     return NotFound(f"template build {build_id!r} not found", code="template_build_not_found")
 
 
-_MAX_STORED_OFFSET = 2**63 - 1  # offsets are 64-bit signed integers in the database
-
-
-def stored_offset(offset: int) -> int:
-    """A requested log offset as a database value: any larger offset names no stored entry either."""
-    return min(offset, _MAX_STORED_OFFSET)
-
-
 def _is_namespace(session: Session, namespace: str | None) -> bool:
     """Does a ref's first segment name a namespace of this server? Then ``ns/name[:tag]`` means a template there
     (a Docker Hub image of the same name can still be used as ``docker.io/ns/name``)."""
-    if namespace is None:
-        return False
-    found = session.scalar(select(Namespace.id).where((Namespace.slug == namespace) | (Namespace.id == namespace)))
-    return found is not None
+    return namespace is not None and catalog.namespace_by_ref(session, namespace) is not None
 
 
 def _cache_summary_so_far(session: Session, build_id: str) -> dict[str, int] | None:
@@ -73,8 +65,7 @@ def _cache_summary_so_far(session: Session, build_id: str) -> dict[str, int] | N
     it logged none): history shows what a failed attempt reused, as it does for a successful one."""
     counts = dict.fromkeys(CACHE_SUMMARY_KEYS, 0)
     seen = False
-    for (entry_json,) in session.execute(select(BuildLogEntry.entry_json).where(
-            BuildLogEntry.build_id == build_id, BuildLogEntry.kind == "cache")):
+    for entry_json in store_builds.cache_entries(session, build_id):
         entry = loads(entry_json)
         kind, status = entry.get("cache_kind"), entry.get("cache_status")
         if kind in _CACHE_KINDS and status in _CACHE_STATUSES:
@@ -129,17 +120,11 @@ class BuildService:
         """Append one entry (and optionally move the build to ``new_status``) atomically. Returns None when the
         build is already terminal (nothing is written after a terminal entry)."""
         now = utcnow()
-        values: dict[str, Any] = {"log_next_offset": Build.log_next_offset + 1, "updated_at": now}
-        if new_status is not None:
-            values["status"] = new_status
-        values.update(status_values or {})
-        stmt = update(Build).where(Build.id == build.id)
-        if not allow_terminal:
-            stmt = stmt.where(Build.status.in_(ACTIVE_STATUSES))
-        row = session.execute(stmt.values(**values).returning(Build.log_next_offset)).first()
-        if row is None:
+        values: dict[str, Any] = {"updated_at": now, **({"status": new_status} if new_status else {}),
+                                  **(status_values or {})}
+        offset = store_builds.take_offset(session, build.id, values, allow_terminal=allow_terminal)
+        if offset is None:
             return None
-        offset = int(row[0]) - 1
         entry: dict[str, Any] = {
             "build_id": build.id,
             "template_id": build.artifact_id,
@@ -153,7 +138,7 @@ class BuildService:
             if value is not None:
                 entry[key] = value
         entry_json = dumps(entry)
-        session.add(BuildLogEntry(build_id=build.id, offset=offset, kind=kind, created_at=now, entry_json=entry_json))
+        store_builds.add_entry(session, build.id, offset, kind, now, entry_json)
         return Published(offset=offset, kind=kind, entry_json=entry_json)
 
     def _publish(self, build_id: str, item: Published | None) -> None:
@@ -190,13 +175,8 @@ class BuildService:
         """Stored entries from ``offset`` on (ascending) and the build's status (None if it no longer exists)."""
 
         def read(session: Session) -> tuple[list[Published], str | None]:
-            rows = session.execute(
-                select(BuildLogEntry.offset, BuildLogEntry.kind, BuildLogEntry.entry_json)
-                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= stored_offset(offset))
-                .order_by(BuildLogEntry.offset)
-                .limit(limit)
-            ).all()
-            status = session.scalar(select(Build.status).where(Build.id == build_id))
+            rows = store_builds.entries_from(session, build_id, offset, limit)
+            status = store_builds.status_of(session, build_id)
             return [Published(offset=r[0], kind=r[1], entry_json=r[2]) for r in rows], status
 
         return await self.db.read(read)
@@ -223,24 +203,13 @@ class BuildService:
         """TemplateBuildStatusSnapshot as JSON text (entries are spliced in as stored, not re-encoded)."""
 
         def read(session: Session) -> str:
-            row = session.execute(
-                select(Build, Template, Namespace, Artifact.id)
-                .join(Template, Template.id == Build.template_id)
-                .join(Namespace, Namespace.id == Build.namespace_id)
-                .outerjoin(Artifact, Artifact.id == Build.artifact_id)
-                .where(Build.id == build_id)
-            ).first()  # one round trip: this is the polling hot path
+            row = store_builds.build_with_context(session, build_id)
             if row is None or row[0].namespace_id != caller.namespace_id:
                 raise build_not_found(build_id)
-            view = build_view(row[0], row[1], row[2], artifact_exists=row[3] is not None)
-            rows = session.execute(
-                select(BuildLogEntry.offset, BuildLogEntry.entry_json)
-                .where(BuildLogEntry.build_id == build_id, BuildLogEntry.offset >= stored_offset(offset))
-                .order_by(BuildLogEntry.offset)
-                .limit(MAX_SNAPSHOT_ENTRIES)
-            ).all()
+            view = build_view(row[0], row[1], row[2], artifact_exists=row[3])
+            rows = store_builds.entries_from(session, build_id, offset, MAX_SNAPSHOT_ENTRIES)
             next_offset = max(offset, rows[-1][0] + 1) if rows else offset
-            entries = ",".join(r[1] for r in rows)
+            entries = ",".join(r[2] for r in rows)
             return f'{{"build":{dumps(view)},"entries":[{entries}],"next_offset":{next_offset}}}'
 
         return await self.db.read(read)
@@ -257,7 +226,7 @@ class BuildService:
     async def list_builds(
         self,
         caller: Caller,
-        ref: catalog.RefQuery,
+        ref: TemplateRef,
         *,
         status: str | None,
         backend: str | None,
@@ -271,18 +240,9 @@ class BuildService:
             resolved = catalog.resolve(session, caller, ref)
             if resolved.template.namespace_id != caller.namespace_id:
                 raise catalog.not_found(ref.text)  # builds are caller-scoped even for public templates
-            query = select(Build).where(Build.template_id == resolved.template.id)
-            if status:
-                query = query.where(Build.status == status)
-            if backend:
-                query = query.where(Build.build_backend == backend)
-            if source_type:
-                query = query.where(Build.source_type == source_type)
-            if cursor:
-                query = query.where(Build.id < cursor)
-            rows = session.scalars(query.order_by(Build.id.desc()).limit(limit + 1)).all()
-            artifact_ids = set(session.scalars(
-                select(Artifact.id).where(Artifact.template_id == resolved.template.id)))
+            rows = store_builds.template_builds(session, resolved.template.id, status=status, backend=backend,
+                                                source_type=source_type, before=cursor, limit=limit + 1)
+            artifact_ids = set(catalog.artifact_ids(session, resolved.template.id))
             out: dict[str, Any] = {
                 "builds": [
                     build_summary(b, resolved.template, artifact_exists=b.artifact_id in artifact_ids)
@@ -379,9 +339,9 @@ class BuildService:
         kind = classify_base_ref(base)
         if kind == "oci":
             return None
-        ref = base_template_query(base)
+        ref = try_parse_ref(base)
         if ref is None:
-            if kind == "template":
+            if kind == "template" or _is_namespace(session, base.partition("/")[0]):
                 raise Invalid(f"base_image: {base!r} is not a valid template ref", field="base_image")
             return None
         try:
@@ -496,7 +456,7 @@ class BuildService:
                 catalog.move_tag(session, template, tag, artifact, action="promote")
             session.flush()
             resolved = Resolved(template=template, namespace=namespace, artifact=artifact, via_tag=tags[0])
-            return catalog.template_info(session, resolved)
+            return template_info(session, resolved)
 
         return await self.db.run(write)
 
@@ -512,7 +472,7 @@ class BuildService:
             template = session.get(Template, build.template_id)
             namespace = session.get(Namespace, build.namespace_id)
             assert template is not None and namespace is not None
-            runtime = catalog.safe_runtime_defaults(artifact.runtime_defaults) or {}
+            runtime = safe_runtime_defaults(artifact.runtime_defaults) or {}
             row = Artifact(
                 id=build.artifact_id,
                 template_id=template.id,
@@ -527,7 +487,7 @@ class BuildService:
             for tag in build.tags:
                 catalog.move_tag(session, template, tag, row)
             session.flush()
-            info = catalog.template_info(
+            info = template_info(
                 session, Resolved(template=template, namespace=namespace, artifact=row,
                                   via_tag=build.tags[0] if build.tags else None)
             )

@@ -1,4 +1,7 @@
-"""Build records as contract JSON: TemplateBuild, TemplateBuildSummary and log entries (templates-models.md §6, §7).
+"""Records as contract JSON: TemplateInfo (§5.1), TemplateBuild and TemplateBuildSummary (§6) (templates-models.md).
+
+The JSON is built here, above the store, because the build journal stores it too (a successful build's ``end``
+entry carries its TemplateInfo as ``result``); the HTTP routes answer with the same functions.
 
 Optional fields are omitted, never ``null``; timestamps are RFC 3339 UTC with ``Z``.
 """
@@ -9,8 +12,12 @@ import json
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from amber.contract.runtime import safe_runtime_defaults
 from amber.contract.status import TERMINAL_STATUSES
-from amber.store.catalog import canonical_ref, safe_runtime_defaults
+from amber.store import catalog
+from amber.store.catalog import Resolved
 from amber.store.models import Build, Namespace, Template
 
 
@@ -88,3 +95,39 @@ def build_view(build: Build, template: Template, namespace: Namespace, *, artifa
     _put(out, "error", build.error)
     _put(out, "error_detail", build.error_detail)
     return out
+
+
+def canonical_ref(namespace: Namespace, template: Template, tag: str | None) -> str:
+    """``namespace/name[:tag]``, the ref the contract shows for a template (and tag)."""
+    return f"{namespace.slug}/{template.name}:{tag}" if tag else f"{namespace.slug}/{template.name}"
+
+
+def template_info(session: Session, resolved: Resolved) -> dict[str, Any]:
+    """TemplateInfo JSON for a resolved artifact (``templates-models.md`` §5.1): what template reads answer and
+    what a successful build's terminal ``end`` entry carries as ``result``."""
+    template, namespace = resolved.template, resolved.namespace
+    artifact = catalog.require_artifact(resolved, template.name)
+    tags = catalog.artifact_tags(session, artifact.id)
+    if resolved.via_tag is not None:
+        qualifier: str | None = resolved.via_tag
+    elif template.default_tag in tags:
+        qualifier = template.default_tag
+    elif tags:
+        qualifier = tags[0]
+    else:
+        qualifier = artifact.build_id
+    info: dict[str, Any] = {
+        "id": artifact.id,
+        "name": template.name,
+        "description": template.description,
+        "builtin": namespace.kind == "system",
+        "canonical_ref": canonical_ref(namespace, template, qualifier),
+        "namespace_slug": namespace.slug,
+        "visibility": template.visibility,
+        "tags": tags,
+        "default_tag": template.default_tag,
+    }
+    runtime = safe_runtime_defaults(artifact.runtime_defaults)
+    if runtime:
+        info["runtime_defaults"] = runtime
+    return info

@@ -16,18 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from amber.blobs.records import resolve_for_build
 from amber.builds.executor import BuildExecutor, BuildJob
 from amber.builds.pipeline.prune import prune
-from amber.builds.queue import claim_next, renew_lease
 from amber.builds.service import BuildService
 from amber.contract.failures import LOG_PHASE_FAILURES, BuildFailed, FailurePhase, failure_reason
 from amber.contract.logs import LogEvent, LogPhase
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.validation import validate_create_request
-from amber.store.models import Artifact, Build
+from amber.store import catalog
+from amber.store.blobs import resolve_for_build
+from amber.store.builds import claim_next, renew_lease
+from amber.store.models import Build
 
 log = logging.getLogger("amber.workers")
 
@@ -167,8 +166,8 @@ class WorkerPool:
                 return
             job.blob_paths = {k: Path(v) for k, v in paths.items()}
         if build.base_artifact_id is not None:
-            base_dir = await service.db.run(lambda s: s.scalar(
-                select(Artifact.storage_dir).where(Artifact.id == build.base_artifact_id)))
+            base_id = build.base_artifact_id
+            base_dir = await service.db.run(lambda s: catalog.artifact_dir(s, base_id))
             if base_dir is None:
                 await service.fail(build.id, code="build_error", phase=FailurePhase.PREPARE.value,
                                    reason="base_template_deleted",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from amber.api.refs import SLUG_RE
+from amber.contract.template_refs import SLUG_RE, SYSTEM_NAMESPACE
 from amber.settings import Settings
-from amber.store import catalog
+from amber.store import keys
 from amber.store.database import Database, migrate
 
 app = typer.Typer(no_args_is_help=True, help="API keys.")
@@ -25,9 +25,9 @@ def create(
     data_dir: Path = typer.Option(None, "--data-dir", envvar="AMBER_DATA_DIR", help="Amber's data directory."),
 ) -> None:
     """Create an API key and print it (only the key, on stdout)."""
-    if not SLUG_RE.fullmatch(namespace) or namespace == catalog.SYSTEM_NAMESPACE:
+    if not SLUG_RE.fullmatch(namespace) or namespace == SYSTEM_NAMESPACE:
         typer.echo(f"invalid namespace {namespace!r}: use lower-case letters, digits and single '-' "
-                   f"(and not {catalog.SYSTEM_NAMESPACE!r})", err=True)
+                   f"(and not {SYSTEM_NAMESPACE!r})", err=True)
         raise typer.Exit(2)
     settings = Settings()
     if data_dir is not None:
@@ -37,7 +37,7 @@ def create(
     db = Database(settings.resolved_database_url)
     try:
         with db.session() as session:
-            key = catalog.create_api_key(session, namespace)
+            key = keys.create_api_key(session, namespace)
     finally:
         db.dispose()
     typer.echo(key)

@@ -31,3 +31,7 @@ class InvalidReferenceError(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class InvalidRef(ValueError):
+    """A template ref that cannot be parsed (``contract.template_refs``); the message says why."""

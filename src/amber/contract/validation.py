@@ -39,9 +39,8 @@ from amber.contract.steps import (
     UserStep,
     WorkdirStep,
 )
+from amber.contract.template_refs import NAME_RE, TAG_RE
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _BLOB_ID_RE = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
@@ -57,7 +56,7 @@ MAX_READINESS_TIMEOUT_SECS = 3600
 
 
 def _problems_name(field: str, value: str) -> Iterable[InvalidRequest]:
-    if not _NAME_RE.fullmatch(value):
+    if not NAME_RE.fullmatch(value):
         yield InvalidRequest(
             field,
             f"{value!r} is not a valid template name: a single segment of letters, digits, '.', '_' or '-' "
@@ -251,7 +250,7 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
         if not req.tags:
             out.append(InvalidRequest("tags", "must not be empty; omit it to get the 'default' tag"))
         for i, tag in enumerate(req.tags):
-            if not _TAG_RE.fullmatch(tag):
+            if not TAG_RE.fullmatch(tag):
                 out.append(
                     InvalidRequest(
                         f"tags[{i}]",

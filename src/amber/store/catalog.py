@@ -1,15 +1,15 @@
-"""The template catalog: namespaces, API keys, ref resolution, tags, aliases, visibility, renames, claims.
+"""The template catalog: namespaces, ref resolution, tags, aliases, visibility, renames, claims, deletion.
 
-Every function takes an open ``Session`` (one transaction, committed by the caller) and a ``Caller``.
+Every function takes an open ``Session`` (one transaction, committed by the caller) and a ``Caller``; refs are
+``amber.contract.template_refs.TemplateRef`` (the one ref parser). API keys are ``store.keys``; the contract JSON
+of what is resolved here (TemplateInfo) is rendered above the store, in ``builds.views``.
 Visibility: a caller reads its own namespace's templates and every public one; it changes only its own.
 Anything it may not read is reported exactly like something that does not exist (``NotFound``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,11 +17,12 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from amber.contract.template_refs import SYSTEM_NAMESPACE, TemplateRef
 from amber.store import ids
 from amber.store.errors import Conflict, Invalid, NotFound
+from amber.store.keys import Caller
 from amber.store.models import (
     Alias,
-    ApiKey,
     Artifact,
     Build,
     NameClaim,
@@ -31,42 +32,6 @@ from amber.store.models import (
     Template,
     utcnow,
 )
-
-API_KEY_PREFIX = "amber_"
-SYSTEM_NAMESPACE = "nullspace"
-RUNTIME_DEFAULT_KEYS = ("default_env_keys", "start_cmd", "default_user", "default_workdir", "readiness")
-INFO_FIELDS = (
-    "id",
-    "name",
-    "description",
-    "tags",
-    "default_tag",
-    "builtin",
-    "canonical_ref",
-    "namespace_slug",
-    "visibility",
-)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated principal: an API key and its (default) namespace."""
-
-    key_id: str
-    namespace_id: str
-    namespace_slug: str
-
-
-@dataclass(frozen=True)
-class RefQuery:
-    """A parsed ref as the catalog needs it (see ``amber.api.refs.parse_ref``)."""
-
-    text: str
-    artifact_id: str | None = None
-    namespace: str | None = None
-    name: str | None = None
-    tag: str | None = None
-    build_id: str | None = None
 
 
 @dataclass
@@ -81,41 +46,7 @@ def not_found(ref: str) -> NotFound:
     return NotFound(f"template {ref!r} not found", code="template_not_found")
 
 
-# -- namespaces and keys -----------------------------------------------------------------------------------------
-
-
-def ensure_namespace(session: Session, slug: str, kind: str = "user") -> Namespace:
-    namespace = session.scalar(select(Namespace).where(Namespace.slug == slug))
-    if namespace is None:
-        namespace = Namespace(id=str(uuid.uuid4()), slug=slug, kind=kind)
-        session.add(namespace)
-        session.flush()
-    return namespace
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def create_api_key(session: Session, namespace_slug: str) -> str:
-    """Create a key in ``namespace_slug`` (created if new). Returns the key; only its hash is stored."""
-    namespace = ensure_namespace(session, namespace_slug)
-    if namespace.kind == "system":
-        raise Invalid(f"namespace {namespace_slug!r} is reserved", field="namespace")
-    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(id="key_" + secrets.token_hex(8), key_hash=hash_key(key), namespace_id=namespace.id))
-    return key
-
-
-def caller_for_key(session: Session, key: str) -> Caller | None:
-    row = session.execute(
-        select(ApiKey.id, Namespace.id, Namespace.slug)
-        .join(Namespace, Namespace.id == ApiKey.namespace_id)
-        .where(ApiKey.key_hash == hash_key(key))
-    ).first()
-    if row is None:
-        return None
-    return Caller(key_id=row[0], namespace_id=row[1], namespace_slug=row[2])
+# -- namespaces -------------------------------------------------------------------------------------------------
 
 
 def has_public_template(session: Session, namespace_id: str) -> bool:
@@ -154,7 +85,7 @@ def find_template(session: Session, namespace_id: str, name: str) -> Template | 
     return session.get(Template, alias.template_id) if alias is not None else None
 
 
-def resolve(session: Session, caller: Caller, ref: RefQuery, *, write: bool = False) -> Resolved:
+def resolve(session: Session, caller: Caller, ref: TemplateRef, *, write: bool = False) -> Resolved:
     """Resolve ``ref`` for ``caller``. ``write`` limits it to the caller's own namespace.
     The artifact is None for a bare name whose template has no artifact yet."""
     if ref.artifact_id is not None:
@@ -213,70 +144,8 @@ def artifact_tags(session: Session, artifact_id: str) -> list[str]:
     )
 
 
-def safe_runtime_defaults(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Only the documented keys (R55: env *keys*, never values)."""
-    if not value:
-        return None
-    return {k: value[k] for k in RUNTIME_DEFAULT_KEYS if value.get(k) is not None}
-
-
-def canonical_ref(namespace: Namespace, template: Template, tag: str | None) -> str:
-    return f"{namespace.slug}/{template.name}:{tag}" if tag else f"{namespace.slug}/{template.name}"
-
-
-def template_info(session: Session, resolved: Resolved) -> dict[str, Any]:
-    """TemplateInfo JSON for a resolved artifact (``templates-models.md`` §5.1)."""
-    template, namespace = resolved.template, resolved.namespace
-    artifact = require_artifact(resolved, template.name)
-    tags = artifact_tags(session, artifact.id)
-    if resolved.via_tag is not None:
-        qualifier: str | None = resolved.via_tag
-    elif template.default_tag in tags:
-        qualifier = template.default_tag
-    elif tags:
-        qualifier = tags[0]
-    else:
-        qualifier = artifact.build_id
-    info: dict[str, Any] = {
-        "id": artifact.id,
-        "name": template.name,
-        "description": template.description,
-        "builtin": namespace.kind == "system",
-        "canonical_ref": canonical_ref(namespace, template, qualifier),
-        "namespace_slug": namespace.slug,
-        "visibility": template.visibility,
-        "tags": tags,
-        "default_tag": template.default_tag,
-    }
-    runtime = safe_runtime_defaults(artifact.runtime_defaults)
-    if runtime:
-        info["runtime_defaults"] = runtime
-    return info
-
-
-def apply_fields(info: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
-    if fields is None:
-        return info
-    return {k: info[k] for k in fields if k in info}
-
-
-def parse_fields(raw: str | None) -> list[str] | None:
-    """The ``fields`` mask (R11). Unknown names → ``Invalid`` with code ``invalid_fields``."""
-    if raw is None:
-        return None
-    names = [f.strip() for f in raw.split(",") if f.strip()]
-    unknown = [f for f in names if f not in INFO_FIELDS]
-    if unknown or not names:
-        raise Invalid(
-            f"fields: unsupported field(s) {', '.join(unknown) or '(empty)'}; supported: {', '.join(INFO_FIELDS)}",
-            code="invalid_fields",
-            field="fields",
-        )
-    return list(dict.fromkeys(names))
-
-
-def list_templates(session: Session, caller: Caller) -> list[dict[str, Any]]:
-    """One TemplateInfo per visible logical template that has an artifact, own namespace first."""
+def list_templates(session: Session, caller: Caller) -> list[Resolved]:
+    """Every visible logical template that has an artifact (at its default), own namespace first."""
     rows = session.scalars(
         select(Template)
         .where(or_(Template.namespace_id == caller.namespace_id, Template.visibility == "public"))
@@ -289,7 +158,7 @@ def list_templates(session: Session, caller: Caller) -> list[dict[str, Any]]:
             continue
         namespace = session.get(Namespace, template.namespace_id)
         assert namespace is not None
-        out.append(template_info(session, Resolved(template=template, namespace=namespace, artifact=artifact)))
+        out.append(Resolved(template=template, namespace=namespace, artifact=artifact))
     return out
 
 
@@ -469,49 +338,56 @@ def delete_template(session: Session, template: Template) -> list[str]:
     return dirs
 
 
+def artifact_ids(session: Session, template_id: str) -> list[str]:
+    """Ids of the template's artifacts that still exist."""
+    return list(session.scalars(select(Artifact.id).where(Artifact.template_id == template_id)))
+
+
+def artifact_dir(session: Session, artifact_id: str) -> str | None:
+    """Where an artifact's files are, None when the artifact was deleted."""
+    return session.scalar(select(Artifact.storage_dir).where(Artifact.id == artifact_id))
+
+
+def readable_by_name(session: Session, namespace: str, name: str, caller: Caller | None) -> bool:
+    """Does ``namespace/name`` (slug or owner UUID; a name or alias) name a template ``caller`` (None: anonymous)
+    may read? Another namespace's private template reads exactly like no template."""
+    ns = namespace_by_ref(session, namespace)
+    template = find_template(session, ns.id, name) if ns is not None else None
+    if template is None:
+        return False
+    return template.visibility == "public" or (caller is not None and caller.namespace_id == template.namespace_id)
+
+
+def visible_namespace(session: Session, caller: Caller, slug: str) -> Namespace:
+    """Namespace ``slug`` as ``caller`` may see it: its own, a system one, or one with a public template; anything
+    else is ``NotFound``."""
+    ns = session.scalar(select(Namespace).where(Namespace.slug == slug))
+    if ns is None or (ns.kind == "user" and ns.id != caller.namespace_id and not has_public_template(session, ns.id)):
+        raise NotFound(f"namespace {slug!r} not found", code="not_found")
+    return ns
+
+
 def artifact_count(session: Session, template_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Artifact).where(Artifact.template_id == template_id))
                or 0)
 
 
-def base_template_query(text: str) -> RefQuery | None:
-    """A template ``base_image`` as a ref query: ``tmpl_…``, ``ns/name[:tag|:tb_…]``, ``name:tb_…``.
-    None when it cannot be a template ref."""
-    if text.startswith("tmpl_") and "/" not in text and ":" not in text:
-        return RefQuery(text=text, artifact_id=text)
-    namespace: str | None = None
-    rest = text
-    if "/" in text:
-        namespace, _, rest = text.partition("/")
-        if "/" in rest:
-            return None
-    name, sep, qualifier = rest.partition(":")
-    if not name or (sep and not qualifier):
-        return None
-    build_id = qualifier if qualifier.startswith("tb_") else None
-    tag = qualifier if sep and build_id is None else None
-    return RefQuery(text=text, namespace=namespace, name=name, tag=tag, build_id=build_id)
-
-
-BUILTIN_NAMESPACE = "nullspace"
-
-
-def resolve_base_template(session: Session, caller: Caller, ref: RefQuery) -> Resolved:
+def resolve_base_template(session: Session, caller: Caller, ref: TemplateRef) -> Resolved:
     """Resolve a template ``base_image``. The SDK's ``from_template("name[:tag]")`` always sends
     ``nullspace/name:tag`` (``nullspace/name:latest`` for a bare name); when no builtin template answers to it,
     the caller's own ``name:tag`` does (and for the SDK-invented ``latest``, the template's default tag)."""
     try:
         return resolve(session, caller, ref)
     except NotFound:
-        if ref.namespace != BUILTIN_NAMESPACE or ref.name is None or ref.artifact_id is not None:
+        if ref.namespace != SYSTEM_NAMESPACE or ref.name is None or ref.artifact_id is not None:
             raise
-    own = RefQuery(text=ref.text, name=ref.name, tag=ref.tag, build_id=ref.build_id)
+    own = TemplateRef(text=ref.text, name=ref.name, qualifier=ref.qualifier)
     try:
         return resolve(session, caller, own)
     except NotFound:
         if ref.tag != "latest":
             raise not_found(ref.text) from None
     try:
-        return resolve(session, caller, RefQuery(text=ref.text, name=ref.name))
+        return resolve(session, caller, TemplateRef(text=ref.text, name=ref.name))
     except NotFound:
         raise not_found(ref.text) from None

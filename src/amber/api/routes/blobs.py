@@ -13,8 +13,8 @@ from amber.api.schemas.responses import (
     TemplateBlobPreflightRequest,
     TemplateBlobPreflightResponse,
 )
-from amber.blobs.records import PreflightFile, blob_for_upload, mark_complete, preflight
-from amber.store.catalog import Caller
+from amber.store.blobs import PreflightFile, blob_for_upload, mark_complete, preflight
+from amber.store.keys import Caller
 
 router = APIRouter(prefix="/v1/templates/blobs", tags=["templates"])
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}}

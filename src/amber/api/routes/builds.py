@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from amber.api.context_dockerfile import with_context_dockerfile
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
-from amber.api.refs import InvalidRef, check_tag
 from amber.api.schemas.responses import (
     CancelTemplateBuildRequest,
     ErrorResponse,
@@ -25,14 +24,16 @@ from amber.api.schemas.responses import (
     TemplateInfo,
 )
 from amber.api.sse import sse_stream, wait_terminal
-from amber.blobs.records import BlobProblem
 from amber.builds.planning import plan_json, validate_request
-from amber.contract.errors import InvalidRequest
+from amber.contract.errors import InvalidRef, InvalidRequest
 from amber.contract.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
+from amber.contract.runtime import safe_runtime_defaults
+from amber.contract.template_refs import check_tag, try_parse_ref
 from amber.contract.validation import validate_create_request
 from amber.store import catalog
-from amber.store.catalog import Caller
+from amber.store.blobs import BlobProblem
 from amber.store.errors import NotFound
+from amber.store.keys import Caller
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -72,7 +73,7 @@ def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
     """A synchronous lookup for the planner (``ns/name`` may be a template or an image); runs in a thread."""
 
     def exists(ref: str) -> bool:
-        query = catalog.base_template_query(ref)
+        query = try_parse_ref(ref)
         if query is None:
             return False
         with state.db.read_session() as session:
@@ -90,7 +91,7 @@ def _template_runtime(state: AppState, caller: Caller) -> Callable[[str], dict[s
     planner: a template base inherits its start command and readiness probe. Runs in a thread."""
 
     def runtime(ref: str) -> dict[str, Any] | None:
-        query = catalog.base_template_query(ref)
+        query = try_parse_ref(ref)
         if query is None:
             return None
         with state.db.read_session() as session:
@@ -98,7 +99,7 @@ def _template_runtime(state: AppState, caller: Caller) -> Callable[[str], dict[s
                 resolved = catalog.resolve_base_template(session, caller, query)
             except NotFound:
                 return None
-            return catalog.safe_runtime_defaults(resolved.artifact.runtime_defaults) if resolved.artifact else None
+            return safe_runtime_defaults(resolved.artifact.runtime_defaults) if resolved.artifact else None
 
     return runtime
 

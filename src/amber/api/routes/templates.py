@@ -12,11 +12,10 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from amber.api.deps import AppState, app_state, current_caller
-from amber.api.refs import InvalidRef, TemplateRef, check_new_name, check_tag, parse_ref
+from amber.api.fields import apply_fields, parse_fields
 from amber.api.schemas.responses import (
     AssignTagsRequest,
     BuildBackend,
@@ -32,13 +31,13 @@ from amber.api.schemas.responses import (
     TemplateTagInfo,
     UpdateTemplateVisibilityRequest,
 )
-from amber.builds.views import ts
-from amber.contract.errors import InvalidRequest
-from amber.contract.status import ACTIVE_STATUSES, BuildStatus
+from amber.builds.views import template_info, ts
+from amber.contract.errors import InvalidRef, InvalidRequest
+from amber.contract.status import BuildStatus
+from amber.contract.template_refs import TemplateRef, check_new_name, check_tag, parse_ref
+from amber.store import builds as store_builds
 from amber.store import catalog
-from amber.store.catalog import Caller
-from amber.store.errors import NotFound
-from amber.store.models import Build, Namespace
+from amber.store.keys import Caller
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 T = TypeVar("T")
@@ -64,11 +63,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _query(ref: TemplateRef) -> catalog.RefQuery:
-    return catalog.RefQuery(text=ref.text, artifact_id=ref.artifact_id, namespace=ref.namespace, name=ref.name,
-                            tag=ref.tag, build_id=ref.build_id)
-
-
 async def _in_session(state: AppState, fn: Callable[[Session], T]) -> T:
     return await state.db.run(fn)
 
@@ -87,11 +81,11 @@ def _no_builtin(ref: TemplateRef, what: str) -> None:
 
 async def _get(state: AppState, caller: Caller, text: str, fields: str | None) -> Response:
     ref = parse_ref(text)
-    mask = catalog.parse_fields(fields)
+    mask = parse_fields(fields)
 
     def read(session: Session) -> dict[str, Any]:
-        resolved = catalog.resolve(session, caller, _query(ref))
-        return catalog.apply_fields(catalog.template_info(session, resolved), mask)
+        resolved = catalog.resolve(session, caller, ref)
+        return apply_fields(template_info(session, resolved), mask)
 
     return _json(await _reading(state, read))
 
@@ -99,27 +93,26 @@ async def _get(state: AppState, caller: Caller, text: str, fields: str | None) -
 async def _delete(state: AppState, caller: Caller, text: str) -> Response:
     ref = parse_ref(text)
     _no_builtin(ref, "builtin templates cannot be deleted")
-    query = _query(ref)
+    query = ref
     whole_template = ref.qualifier is None
 
     def active_builds(session: Session) -> list[str]:
         resolved = catalog.resolve(session, caller, query, write=True)
         if not whole_template:
             return []
-        return list(session.scalars(select(Build.id).where(Build.template_id == resolved.template.id,
-                                                           Build.status.in_(ACTIVE_STATUSES))))
+        return store_builds.active_build_ids(session, resolved.template.id)
 
     for build_id in await _in_session(state, active_builds):
         await state.builds.cancel(caller, build_id, "template deleted")
 
-    def delete(session: Session) -> list[str]:
+    def remove(session: Session) -> list[str]:
         resolved = catalog.resolve(session, caller, query, write=True)
         if whole_template:
             return catalog.delete_template(session, resolved.template)
         artifact = catalog.require_artifact(resolved, text)
         return [catalog.delete_artifact(session, artifact)]
 
-    dirs = await _in_session(state, delete)
+    dirs = await _in_session(state, remove)
     await asyncio.to_thread(state.builds.artifact_dirs_removed, dirs)
     return Response(status_code=204)
 
@@ -132,9 +125,9 @@ async def _rename(state: AppState, caller: Caller, text: str, body: RenameTempla
         raise InvalidRequest("new_name", str(exc)) from None
 
     def write(session: Session) -> dict[str, Any]:
-        resolved = catalog.resolve(session, caller, _query(ref), write=True)
+        resolved = catalog.resolve(session, caller, ref, write=True)
         catalog.rename(session, resolved.namespace, resolved.template, body.new_name)
-        return catalog.template_info(session, resolved)
+        return template_info(session, resolved)
 
     return _json(await _in_session(state, write))
 
@@ -150,12 +143,12 @@ async def _assign_tags(state: AppState, caller: Caller, text: str, body: AssignT
             raise InvalidRequest(f"tags[{index}]", str(exc)) from None
 
     def write(session: Session) -> dict[str, Any]:
-        resolved = catalog.resolve(session, caller, _query(ref), write=True)
+        resolved = catalog.resolve(session, caller, ref, write=True)
         artifact = catalog.require_artifact(resolved, text)
         for tag in dict.fromkeys(body.tags):
             catalog.move_tag(session, resolved.template, tag, artifact)
         session.flush()
-        return catalog.template_info(session, resolved)
+        return template_info(session, resolved)
 
     return _json(await _in_session(state, write))
 
@@ -165,7 +158,7 @@ async def _list_tags(state: AppState, caller: Caller, text: str) -> Response:
     _no_builtin(ref, "tags of builtin templates cannot be listed (the default tag is the canonical pin)")
 
     def read(session: Session) -> list[dict[str, Any]]:
-        resolved = catalog.resolve(session, caller, _query(ref))
+        resolved = catalog.resolve(session, caller, ref)
         return catalog.list_tags(session, resolved.template)
 
     return _json(await _reading(state, read))
@@ -176,7 +169,7 @@ async def _remove_tag(state: AppState, caller: Caller, text: str, tag: str) -> R
     _no_builtin(ref, "tags of builtin templates cannot be changed")
 
     def write(session: Session) -> None:
-        resolved = catalog.resolve(session, caller, _query(ref), write=True)
+        resolved = catalog.resolve(session, caller, ref, write=True)
         catalog.remove_tag(session, resolved.template, tag)
 
     await _in_session(state, write)
@@ -187,7 +180,7 @@ async def _list_aliases(state: AppState, caller: Caller, text: str) -> Response:
     ref = parse_ref(text)
 
     def read(session: Session) -> list[dict[str, Any]]:
-        resolved = catalog.resolve(session, caller, _query(ref))
+        resolved = catalog.resolve(session, caller, ref)
         return catalog.list_aliases(session, resolved.namespace, resolved.template)
 
     return _json(await _reading(state, read))
@@ -197,7 +190,7 @@ async def _remove_alias(state: AppState, caller: Caller, text: str, alias: str) 
     ref = parse_ref(text)
 
     def write(session: Session) -> None:
-        resolved = catalog.resolve(session, caller, _query(ref), write=True)
+        resolved = catalog.resolve(session, caller, ref, write=True)
         catalog.remove_alias(session, resolved.namespace, resolved.template, alias)
 
     await _in_session(state, write)
@@ -209,9 +202,9 @@ async def _visibility(state: AppState, caller: Caller, text: str, body: UpdateTe
     _no_builtin(ref, "visibility of builtin templates cannot be changed")
 
     def write(session: Session) -> dict[str, Any]:
-        resolved = catalog.resolve(session, caller, _query(ref), write=True)
+        resolved = catalog.resolve(session, caller, ref, write=True)
         resolved.template.visibility = str(body.visibility.value)
-        return catalog.template_info(session, resolved)
+        return template_info(session, resolved)
 
     return _json(await _in_session(state, write))
 
@@ -223,7 +216,7 @@ async def _builds(state: AppState, caller: Caller, text: str, status: BuildStatu
     if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
         raise InvalidRequest("cursor", f"{cursor!r} is not a cursor from this listing: pass next_cursor back verbatim")
     result = await state.builds.list_builds(
-        caller, _query(ref), status=status.value if status else None, backend=backend.value if backend else None,
+        caller, ref, status=status.value if status else None, backend=backend.value if backend else None,
         source_type=source_type.value if source_type else None, limit=limit, cursor=cursor)
     return _json(result)
 
@@ -263,10 +256,7 @@ async def release_template_name_claim(claim_token: str, caller: Caller = Depends
 async def get_template_namespace(slug: str, caller: Caller = Depends(current_caller),
                                  state: AppState = Depends(app_state)) -> Response:
     def read(session: Session) -> dict[str, Any]:
-        ns = session.scalar(select(Namespace).where(Namespace.slug == slug))
-        if ns is None or (ns.kind == "user" and ns.id != caller.namespace_id
-                          and not catalog.has_public_template(session, ns.id)):
-            raise NotFound(f"namespace {slug!r} not found", code="not_found")
+        ns = catalog.visible_namespace(session, caller, slug)
         return {"slug": ns.slug, "kind": ns.kind, "is_default": ns.id == caller.namespace_id}
 
     return _json(await _reading(state, read))
@@ -275,9 +265,12 @@ async def get_template_namespace(slug: str, caller: Caller = Depends(current_cal
 @router.get("", response_model=list[TemplateInfo], responses=_ERRORS, summary="List visible templates")
 async def list_templates(fields: str | None = None, caller: Caller = Depends(current_caller),
                          state: AppState = Depends(app_state)) -> Response:
-    mask = catalog.parse_fields(fields)
-    infos = await _reading(state, lambda s: catalog.list_templates(s, caller))
-    return _json([catalog.apply_fields(i, mask) for i in infos])
+    mask = parse_fields(fields)
+
+    def read(session: Session) -> list[dict[str, Any]]:
+        return [apply_fields(template_info(session, r), mask) for r in catalog.list_templates(session, caller)]
+
+    return _json(await _reading(state, read))
 
 
 # -- refs form ----------------------------------------------------------------------------------------------------

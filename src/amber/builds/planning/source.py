@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -10,11 +9,10 @@ from typing import Literal
 from amber.contract.images import explicit_registry, registry_host
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.sources import Backend, SourceType, dockerfile_from_images
+from amber.contract.template_refs import SLUG_RE, UUID_RE
 
 BaseRefKind = Literal["template", "oci", "ambiguous"]
 
-_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def classify_base_ref(ref: str) -> BaseRefKind:
@@ -35,7 +33,7 @@ def classify_base_ref(ref: str) -> BaseRefKind:
         return "oci"
     if "/" in rest or "@" in rest:
         return "oci"
-    if _SLUG.fullmatch(first) or _UUID.fullmatch(first):
+    if SLUG_RE.fullmatch(first) or UUID_RE.fullmatch(first):
         return "ambiguous"
     return "oci"
 

@@ -2,23 +2,32 @@
 
 A caller proves it has the bytes by uploading them once; identical bytes already stored for *another*
 namespace still require an upload (no cross-namespace existence oracle). ``force_upload`` always yields a
-fresh blob id (R47).
+fresh blob id (R47). The bytes live in a content-addressed store (``amber.blobs``) that these records only
+ask, through ``BlobBytes``, whether a digest is there and where.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from amber.blobs.store import BlobStore
 from amber.store import ids
 from amber.store.models import Blob, utcnow
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobBytes(Protocol):
+    """What the records need of the byte store (``amber.blobs.BlobStore`` is one)."""
+
+    def has(self, sha256: str) -> bool: ...
+
+    def path_for(self, sha256: str) -> Path: ...
 
 
 @dataclass
@@ -44,7 +53,7 @@ class PreflightFile:
 
 
 def preflight(
-    session: Session, store: BlobStore, namespace_id: str, files: list[PreflightFile], max_bytes: int
+    session: Session, store: BlobBytes, namespace_id: str, files: list[PreflightFile], max_bytes: int
 ) -> list[dict[str, Any]]:
     """One result per descriptor, same order and path (C8). Raises ``BlobProblem`` before writing anything."""
     for index, f in enumerate(files):
@@ -115,7 +124,7 @@ def mark_complete(session: Session, blob_id: str) -> None:
 
 
 def resolve_for_build(
-    session: Session, store: BlobStore, namespace_id: str, entries: list[tuple[str, str]]
+    session: Session, store: BlobBytes, namespace_id: str, entries: list[tuple[str, str]]
 ) -> dict[str, str]:
     """``(path, blob_id)`` pairs of a build context → ``blob_id -> file path``. Every blob must be complete."""
     out: dict[str, str] = {}
