@@ -1,14 +1,14 @@
-"""The FastAPI application: routes, error bodies, middleware, and (in ``lifespan``) the build workers.
+"""The FastAPI application: routes, error bodies, middleware and the OpenAPI document, over an ``AppState``.
 
-``create_app(settings)`` migrates nothing; ``amber serve`` runs the migrations first. With ``workers=0`` the
-app runs no builds (useful for API-only tests and several API processes in front of separate workers).
+``create_app(state)`` builds no subsystem and starts nothing: the composition root (``amber.server``) makes the
+database, services and workers, and passes their start/stop as ``lifespan``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
@@ -18,43 +18,20 @@ from amber.api.deps import AppState
 from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
 from amber.api.routes import blobs, builds, templates
-from amber.blobs.store import BlobStore
-from amber.buildkit.daemon import stop_managed_dockerds
-from amber.builds.logbus import LogBus
-from amber.builds.service import BuildService
-from amber.builds.workers import WorkerPool, load_executor
 from amber.contract.errors import InvalidRef
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.template_refs import parse_ref
-from amber.settings import Settings
 from amber.store import catalog
-from amber.store.database import Database
 
 log = logging.getLogger("amber.api")
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
-def create_app(settings: Settings, *, workers: int | None = None) -> FastAPI:
-    """The app for ``settings``. ``workers`` overrides ``settings.resolved_workers`` (0 = no build workers)."""
-    db = Database(settings.resolved_database_url)
-    blob_store = BlobStore(settings.blobs_dir)
-    service = BuildService(db, settings, LogBus(), blob_store)
-    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service)
-    count = settings.resolved_workers if workers is None else workers
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ended = await service.recover()
-        if ended:
-            log.warning("ended %d build(s) left running by a previous server: %s", len(ended), ", ".join(ended))
-        pool = WorkerPool(service, count, load_executor(settings) if count else None)
-        if count:
-            pool.start()
-        try:
-            yield
-        finally:
-            await pool.stop()
-            await stop_managed_dockerds()  # engineer D: the dockerd Dockerfile builds started must not outlive us
-            db.dispose()
+def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
+    """The HTTP app over ``state`` (routes, middleware, error bodies, OpenAPI). What runs beside it (build workers,
+    dockerd, machines) is the composition root's, ``amber.server``; ``lifespan`` is how it starts and stops."""
+    db = state.db
 
     app = FastAPI(
         title="Amber template API",

@@ -20,7 +20,7 @@ def serve(
     """Run the database migrations, then serve the template API (default http://localhost:3000)."""
     import uvicorn
 
-    from amber.api.app import create_app
+    from amber.server import create_server
     from amber.store.database import migrate
 
     settings = Settings()
@@ -33,7 +33,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # registry requests are not service events
     migrate(settings.resolved_database_url)
-    app = create_app(settings)
+    app = create_server(settings)
     typer.echo(f"amber: serving http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()}, "
                f"{settings.resolved_workers} build worker(s))", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,

@@ -1,0 +1,94 @@
+"""The composition root: what one ``amber serve`` process is made of, and the one place it is wired together.
+
+``create_server(settings)`` builds the database, the blob store, the build service with its log bus, the
+in-process build workers and the dockerd lifecycle, and hands them to the HTTP app (``amber.api.app``), which
+only knows routes, middleware and error handling. Migrations are not run here (``amber serve`` runs them
+first).
+
+Lifecycle, the app's lifespan: on start, builds a previous (killed) server left running end as ``interrupted``
+(queued ones are resumed) and the workers start; on stop, in reverse order, the workers stop (running builds end
+as ``interrupted``), the dockerd that Dockerfile builds started is stopped, and the database is closed. Each
+part is one async context manager in ``lifecycle``; a part that fails to start stops the ones before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+
+from amber.api.app import create_app
+from amber.api.deps import AppState
+from amber.blobs.store import BlobStore
+from amber.buildkit.daemon import stop_managed_dockerds
+from amber.builds.logbus import LogBus
+from amber.builds.service import BuildService
+from amber.builds.workers import WorkerPool, load_executor
+from amber.settings import Settings
+from amber.store.database import Database
+
+log = logging.getLogger("amber.server")
+
+Part = Callable[[], AbstractAsyncContextManager[None]]
+
+
+def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
+    """The app for ``settings``. ``workers`` overrides ``settings.resolved_workers`` (0 = this process runs no
+    builds: an API-only process in front of separate workers)."""
+    db = Database(settings.resolved_database_url)
+    blob_store = BlobStore(settings.blobs_dir)
+    service = BuildService(db, settings, LogBus(), blob_store)
+    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service)
+    count = settings.resolved_workers if workers is None else workers
+    lifecycle: list[Part] = [
+        lambda: _database(db),
+        _managed_dockerds,
+        lambda: _build_workers(service, settings, count),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in lifecycle:
+                await stack.enter_async_context(part())
+            yield
+
+    app = create_app(state, lifespan=lifespan)
+    # Machines (amber.machines) join here: ``install_machines(app, state, manager)`` adds their routes, and the
+    # manager's start/stop is appended to ``lifecycle`` (after the build workers, so it stops before them).
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _database(db: Database) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _managed_dockerds() -> AsyncIterator[None]:
+    """The dockerd that Dockerfile builds start on demand must not outlive this process."""
+    try:
+        yield
+    finally:
+        await stop_managed_dockerds()
+
+
+@contextlib.asynccontextmanager
+async def _build_workers(service: BuildService, settings: Settings, count: int) -> AsyncIterator[None]:
+    """End what a previous server left running, then run ``count`` build workers until the app stops."""
+    ended = await service.recover()
+    if ended:
+        log.warning("ended %d build(s) left running by a previous server: %s", len(ended), ", ".join(ended))
+    pool = WorkerPool(service, count, load_executor(settings) if count else None)
+    if count:
+        pool.start()
+    try:
+        yield
+    finally:
+        await pool.stop()
