@@ -18,11 +18,9 @@ from amber.api.deps import AppState, app_state, current_caller
 from amber.api.fields import apply_fields, parse_fields
 from amber.api.schemas.responses import (
     AssignTagsRequest,
-    BuildBackend,
     ErrorResponse,
     RenameTemplateRequest,
     ReserveTemplateNameRequest,
-    SourceType,
     TemplateAliasInfo,
     TemplateBuildListResponse,
     TemplateInfo,
@@ -33,6 +31,7 @@ from amber.api.schemas.responses import (
 )
 from amber.builds.views import template_info, ts
 from amber.contract.errors import InvalidRef, InvalidRequest
+from amber.contract.sources import Backend, SourceType
 from amber.contract.status import BuildStatus
 from amber.contract.template_refs import TemplateRef, check_new_name, check_tag, parse_ref
 from amber.store import builds as store_builds
@@ -210,14 +209,14 @@ async def _visibility(state: AppState, caller: Caller, text: str, body: UpdateTe
 
 
 async def _builds(state: AppState, caller: Caller, text: str, status: BuildStatus | None,
-                  backend: BuildBackend | None, source_type: SourceType | None, limit: int,
+                  backend: Backend | None, source_type: SourceType | None, limit: int,
                   cursor: str | None) -> Response:
     ref = parse_ref(text)
     if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
         raise InvalidRequest("cursor", f"{cursor!r} is not a cursor from this listing: pass next_cursor back verbatim")
     result = await state.builds.list_builds(
-        caller, ref, status=status.value if status else None, backend=backend.value if backend else None,
-        source_type=source_type.value if source_type else None, limit=limit, cursor=cursor)
+        caller, ref, status=status.value if status else None, backend=backend,
+        source_type=source_type, limit=limit, cursor=cursor)
     return _json(result)
 
 
@@ -336,7 +335,7 @@ async def update_template_visibility_by_ref(ref: str, body: UpdateTemplateVisibi
 @router.get("/refs/{ref}/builds", response_model=TemplateBuildListResponse, responses=_ERRORS,
             summary="Build history by ref")
 async def list_template_builds_by_ref(ref: str, status: BuildStatus | None = None,
-                                      backend: BuildBackend | None = None, source_type: SourceType | None = None,
+                                      backend: Backend | None = None, source_type: SourceType | None = None,
                                       limit: int = Query(50, ge=1, le=100), cursor: str | None = None,
                                       caller: Caller = Depends(current_caller),
                                       state: AppState = Depends(app_state)) -> Response:
@@ -390,7 +389,7 @@ async def update_template_visibility(id: str, body: UpdateTemplateVisibilityRequ
 
 
 @router.get("/{id}/builds", response_model=TemplateBuildListResponse, responses=_ERRORS, summary="Build history")
-async def list_template_builds(id: str, status: BuildStatus | None = None, backend: BuildBackend | None = None,
+async def list_template_builds(id: str, status: BuildStatus | None = None, backend: Backend | None = None,
                                source_type: SourceType | None = None, limit: int = Query(50, ge=1, le=100),
                                cursor: str | None = None, caller: Caller = Depends(current_caller),
                                state: AppState = Depends(app_state)) -> Response:

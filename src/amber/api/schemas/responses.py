@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from amber.contract.failures import FailurePhase
+from amber.contract.sources import Backend, SourceType
 from amber.contract.status import BuildStatus
 
 
@@ -27,18 +28,6 @@ class _Model(BaseModel):
     @field_serializer("*", when_used="json")
     def _timestamps(self, value: Any) -> Any:
         return format_timestamp(value) if isinstance(value, datetime) else value
-
-
-class BuildBackend(StrEnum):
-    BUILDKIT = "buildkit"
-    NATIVE = "native"
-
-
-class SourceType(StrEnum):
-    DECLARATIVE = "declarative"
-    DOCKERFILE = "dockerfile"
-    OCI_IMPORT = "oci_import"
-    TEMPLATE_BASE = "template_base"
 
 
 class Visibility(StrEnum):
@@ -132,7 +121,7 @@ class TemplateBuildSummary(_Model):
     name: str
     tags: list[str]
     status: BuildStatus
-    build_backend: BuildBackend
+    build_backend: Backend
     source_type: SourceType
     created_at: datetime
     updated_at: datetime
