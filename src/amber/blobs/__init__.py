@@ -1,1 +1,2 @@
-"""Build-context blobs: content-addressed files on disk and their per-namespace records."""
+"""Build-context blob bytes: content-addressed files on disk, verified on upload (``store``). Their
+per-namespace records are ``amber.store.blobs``; the two do not import each other."""
