@@ -28,7 +28,7 @@ def _service_account_json(value: Any) -> dict[str, Any] | str:
     raise ValueError("must be a non-empty service-account JSON object (or a string holding one)")
 
 
-
+# PlainValidator keeps pydantic's union member names out of error locations.
 ServiceAccountJson = Annotated[dict[str, Any] | str, PlainValidator(_service_account_json)]
 
 

@@ -24,7 +24,6 @@ class InvalidRequest(ValueError):
         return hash((self.field, self.message))
 
 
-
 class InvalidReferenceError(ValueError):
     """An image reference is malformed (``contract.images.parse_reference``); ``message`` says how."""
 

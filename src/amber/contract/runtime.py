@@ -56,7 +56,6 @@ class RuntimeConfig(OpenModel):
     readiness: ReadinessProbe | None = None
 
 
-
 RUNTIME_DEFAULT_KEYS = ("default_env_keys", "start_cmd", "default_user", "default_workdir", "readiness")
 
 

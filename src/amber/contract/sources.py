@@ -25,7 +25,6 @@ class BuildContext(OpenModel):
     files: list[BuildContextFile]
 
 
-
 def dockerfile_from_images(dockerfile: str) -> list[str]:
     """Image references named by ``FROM`` lines (stage names and ``$ARG`` forms are skipped)."""
     images: list[str] = []

@@ -10,8 +10,6 @@ from pydantic import Field, PlainValidator
 
 from amber.contract._models import ClosedModel
 
-# PlainValidator keeps pydantic's union member names out of error locations.
-
 
 def _mode_value(value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int | str):
@@ -25,7 +23,7 @@ def _mode_value(value: Any) -> int | str:
     return value
 
 
-
+# PlainValidator keeps pydantic's union member names out of error locations.
 OctalMode = Annotated[int | str, PlainValidator(_mode_value)]
 
 

@@ -235,7 +235,6 @@ def _problems_image_ref(field: str, ref: str) -> Iterable[InvalidRequest]:
         yield InvalidRequest(field, f"{ref!r} is not an image or template reference")
 
 
-
 def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
     """Every content-rule violation of a parsed request, in field order. Empty list = acceptable."""
     out: list[InvalidRequest] = []
@@ -376,7 +375,7 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
         if req.base_image is None and req.dockerfile is None:  # engineer D: the SDK sends it with Dockerfiles too
             out.append(InvalidRequest("base_image_auth", "needs base_image or dockerfile"))
         add(_problems_auth("base_image_auth", req.base_image_auth))
-    # Dockerfile rules shared with the build (engineer D, amber.buildkit.dockerfile_rules): parse, FROM, target,
+    # Dockerfile rules shared with the build (amber.contract.dockerfile): parse, FROM, target,
     # and the base_image_auth rejections (variable FROM, alias-based imported stages, several registries).
     dockerfile_hosts: list[str] = []
     if req.dockerfile is not None and req.dockerfile.strip():
