@@ -1,26 +1,50 @@
 """Client for the guest agent over the virtio-serial unix socket.
 
-Thread-safe: any number of threads may run requests at once (the agent runs up to 64 jobs concurrently);
-one reader thread routes reply frames to their request by id. Request ids start at a random value so a
-restored VM's leftover frames for the template's requests are never mistaken for ours (they are dropped).
+Threading. One reader thread per connection decodes the agent's frames and routes them by request id.
+Blocking requests (``ping``, ``exec``, the file operations…) may run from any number of threads at once;
+each waits only for its own answers. Long-lived commands (``start``, ``relay``, ``attach``) park no thread:
+their ``Job`` is driven by the reader thread, which calls the job's callbacks (``on_start``, ``on_stdout``,
+``on_stderr``, ``on_exit``, ``on_stdin_credit``). Those callbacks must return quickly and must never wait
+for an agent answer (the reader is the thread that would deliver it); they may call ``Job.offer_stdin``,
+``close_stdin``, ``signal`` and ``consumed``. ``amber.vm.aio`` wraps jobs for asyncio.
+
+Request ids come from one allocator per connection: random by default (so a restored VM's leftover frames
+for the template's requests are never mistaken for ours: they are dropped), or seeded with
+``first_request_id`` above every id the guest may still hold. Jobs started before a snapshot keep running
+in the guest; ``attach`` (and ``AgentClient(attach=…)``, which routes their frames from the first byte)
+takes them over after a restore.
+
+Flow control. A job's output is read in the guest only while less than its ``window`` is unacknowledged;
+the host acknowledges what its callbacks (or the async consumer) have taken, so a slow consumer stalls its
+own command, never the connection. Stdin is credited the other way: at most ``STDIN_WINDOW`` bytes are in
+flight per job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno as errno_codes
+import logging
 import os
+import posixpath
 import queue
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Final
 
 from amber.vm.errors import AgentDisconnected, AgentError, AgentTimeout
 from amber.vm.protocol import (
     CHUNK,
+    MAX_LIST_ENTRIES,
+    MKDIR_PARENTS,
+    REMOVE_RECURSIVE,
+    RENAME_NO_REPLACE,
     WRITE_MKDIRS,
     Frame,
     FrameDecoder,
@@ -28,13 +52,24 @@ from amber.vm.protocol import (
     ProtocolError,
     SyncMode,
     Tag,
+    WireFileType,
+    decode_entry,
     encode_field,
     encode_frame,
     encode_request,
 )
 
+log = logging.getLogger(__name__)
+
 OutputCallback = Callable[[bytes], None]
+Route = Callable[[Frame | None], None]  # None: the connection ended
 _CLOSED: Final = None  # queued to every waiter when the connection ends
+_MAX_ID: Final = 0x7FFFFFFF
+
+DEFAULT_WINDOW: Final = 1 << 20  # bytes of a job's output the guest sends before the host acknowledges
+STDIN_WINDOW: Final = 2 << 20  # bytes of stdin in flight per job (the guest buffers at most this)
+STDIN_FRAME: Final = 256 << 10  # stdin is sent in frames of at most this size
+PIPELINE: Final = 4  # file chunks in flight per transfer (each CHUNK bytes)
 
 
 @dataclass(frozen=True)
@@ -68,43 +103,455 @@ class RunningExec:
 
 @dataclass(frozen=True)
 class FileInfo:
+    """A whole file read by ``read_file`` with its mode and owner ids."""
+
     data: bytes
     mode: int
     uid: int
     gid: int
 
 
-class AgentClient:
-    """One connection to one VM's agent. ``close()`` is idempotent; in-flight calls then raise."""
+class FileType(StrEnum):
+    """What a path is (the machines API's FileInfo ``type`` vocabulary)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+_FILE_TYPES: Final[dict[int, FileType]] = {
+    WireFileType.FILE: FileType.FILE,
+    WireFileType.DIR: FileType.DIR,
+    WireFileType.SYMLINK: FileType.SYMLINK,
+}
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """One path as the guest sees it (``lstat``: a symlink is reported, not followed).
+
+    ``mode`` holds the permission bits with set-id and sticky bits (``st_mode & 0o7777``); ``user`` and
+    ``group`` are names from the guest's /etc/passwd and /etc/group (None when the id has no name there).
+    """
+
+    path: str
+    type: FileType
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    user: str | None
+    group: str | None
+    mtime_ns: int
+    symlink_target: str | None
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path) or "/"
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == FileType.DIR
+
+    @property
+    def mtime(self) -> datetime:
+        return datetime.fromtimestamp(self.mtime_ns / 1e9, UTC)
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> FileStat:
+        mtime = frame.u64(Tag.MTIME_NS) or 0
+        if mtime >= 1 << 63:  # signed on the wire: before 1970
+            mtime -= 1 << 64
+        target = frame.get(Tag.TARGET)
+        return cls(
+            path=frame.text(Tag.PATH) or "",
+            type=_FILE_TYPES.get(frame.u32(Tag.FTYPE) or 0, FileType.OTHER),
+            size=frame.u64(Tag.SIZE) or 0,
+            mode=frame.u32(Tag.MODE) or 0,
+            uid=frame.u32(Tag.UID) or 0,
+            gid=frame.u32(Tag.GID) or 0,
+            user=frame.text(Tag.UNAME),
+            group=frame.text(Tag.GNAME),
+            mtime_ns=mtime,
+            symlink_target=None if target is None else os.fsdecode(target),
+        )
+
+
+def _error(frame: Frame, what: str | None = None) -> AgentError:
+    message = frame.text(Tag.MESSAGE) or "the agent refused the request"
+    return AgentError(f"{what}: {message}" if what else message, frame.u32(Tag.ERRNO) or 0)
+
+
+def _env_fields(env: Mapping[str, str] | None, what: str) -> list[bytes]:
+    fields = []
+    for k, v in (env or {}).items():
+        if not k or "=" in k or "\0" in k:
+            raise ValueError(f"{what}: invalid variable name {k!r}")
+        fields.append(encode_field(Tag.ENV, f"{k}={v}"))
+    return fields
+
+
+def _check_signal(signum: int) -> int:
+    if not 1 <= int(signum) <= 64:
+        raise ValueError(f"signal number must be 1..64, got {signum}")
+    return int(signum)
+
+
+class Job:
+    """A command in the guest whose frames the reader thread delivers (see the module docstring).
+
+    Made by ``AgentClient.start``/``relay``/``attach``. ``pid`` is known once the command started (or the
+    attach was confirmed). Without ``on_stdout``/``on_stderr`` the output is collected into ``wait()``'s
+    result (and acknowledged at once); with them every chunk goes to the callback and is acknowledged when
+    it returns — unless the job was made with ``manual_ack``, then the consumer calls ``consumed(n)``.
+    A callback that raises is logged and re-raised by ``wait()``; delivery goes on.
+    """
+
+    def __init__(
+        self,
+        client: AgentClient,
+        request_id: int,
+        *,
+        on_start: Callable[[Job], None] | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_exit: Callable[[Job], None] | None = None,
+        on_stdin_credit: Callable[[Job], None] | None = None,
+        window: int | None = None,
+        manual_ack: bool = False,
+        stdin_open: bool = False,
+    ) -> None:
+        self.request_id = request_id
+        self.pid: int | None = None
+        self.result: ExecResult | None = None
+        self.error: BaseException | None = None  # spawn failure, lost connection or job lost before attach
+        self.errors: list[AgentError] = []  # refusals of stdin/signal frames after the start (races with exit)
+        self._client = client
+        self._lock = threading.RLock()
+        self._credit = threading.Condition(self._lock)
+        self._stdin_lock = threading.Lock()
+        self._started = threading.Event()
+        self._done = threading.Event()
+        self._on_start, self._on_exit, self._on_stdin_credit = on_start, on_exit, on_stdin_credit
+        self._on_stdout, self._on_stderr = on_stdout, on_stderr
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self._callback_error: BaseException | None = None
+        self._window = window
+        self._manual_ack = manual_ack
+        self._unreported = 0
+        self._stdin_open = stdin_open  # the guest holds our stdin pipe open
+        self._stdin_closing = False  # close once ``_pending`` is sent
+        self._stdin_sent = 0
+        self._stdin_acked = 0
+        self._pending = memoryview(b"")
+        self._attaching = False
+        self._held: list[Frame] | None = None  # frames kept for a job pre-registered by AgentClient(attach=)
+        self._done_callbacks: list[Callable[[Job], None]] = []
+
+    def __repr__(self) -> str:
+        state = "done" if self._done.is_set() else "running" if self._started.is_set() else "starting"
+        return f"<Job {self.request_id} pid={self.pid} {state}>"
+
+    # ---- state ----
+
+    @property
+    def started(self) -> bool:
+        return self._started.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def stdin_open(self) -> bool:
+        """Whether ``send_stdin`` may still be used."""
+        with self._lock:
+            return self._stdin_open and not self._stdin_closing and not self._done.is_set()
+
+    def wait_started(self, timeout: float | None = None) -> int:
+        """Block until the command runs (its pid) or failed to start (raises its ``AgentError``)."""
+        if not self._started.wait(timeout) and not self._done.wait(0):
+            raise AgentTimeout(f"job {self.request_id}: not started within {timeout}s")
+        if self.pid is None:
+            self._raise()
+        return self.pid or 0
+
+    def wait(self, timeout: float | None = None) -> ExecResult:
+        """Block until the command ended; its result (output only if it was collected). Raises the job's
+        error (spawn failure, lost connection, lost before attach) or a callback's exception."""
+        if not self._done.wait(timeout):
+            raise AgentTimeout(f"job {self.request_id}: still running after {timeout}s")
+        self._raise()
+        assert self.result is not None
+        return self.result
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._callback_error is not None:
+            raise self._callback_error
+
+    def add_done_callback(self, fn: Callable[[Job], None]) -> None:
+        """Call ``fn(job)`` when the job ends (at once if it has); from the reader thread otherwise."""
+        with self._lock:
+            if not self._done.is_set():
+                self._done_callbacks.append(fn)
+                return
+        fn(self)
+
+    # ---- host → guest ----
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's process group (ignored by the guest once it has ended)."""
+        self._client._post(encode_request(MsgType.SIGNAL, self.request_id,
+                                          [encode_field(Tag.SIGNAL, _check_signal(signum))]))
+
+    def offer_stdin(self, data: bytes | memoryview) -> int:
+        """Queue as much of ``data`` as the stdin credit allows for sending; never blocks (the connection's
+        writer thread sends it). Returns the number of bytes taken; ``ValueError`` when stdin is not open."""
+        view = memoryview(data).cast("B")
+        with self._stdin_lock:
+            with self._lock:
+                if not self._stdin_open or self._stdin_closing or self._done.is_set():
+                    raise ValueError(f"job {self.request_id}: stdin is not open")
+                if self._pending:
+                    return 0  # the job's own initial stdin goes first
+                take = min(len(view), STDIN_WINDOW - (self._stdin_sent - self._stdin_acked))
+                if take <= 0:
+                    return 0
+                self._stdin_sent += take
+            for i in range(0, take, STDIN_FRAME):
+                piece = bytes(view[i : min(take, i + STDIN_FRAME)])
+                self._client._post(encode_frame(MsgType.STDIN, self.request_id, piece))
+            return take
+
+    def send_stdin(self, data: bytes, timeout: float | None = None) -> None:
+        """Send all of ``data`` to the command's stdin, waiting for credit as the command reads. Not from a
+        callback (the reader thread delivers the credit): use ``offer_stdin`` there."""
+        if threading.current_thread() is self._client._reader:
+            raise RuntimeError("send_stdin would block the agent reader thread: use offer_stdin in callbacks")
+        view = memoryview(data).cast("B")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while view:
+            taken = self.offer_stdin(view)
+            view = view[taken:]
+            if not view:
+                return
+            with self._credit:
+                while not self._done.is_set() and (
+                        self._pending or self._stdin_sent - self._stdin_acked >= STDIN_WINDOW):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise AgentTimeout(f"job {self.request_id}: stdin not consumed within {timeout}s")
+                    self._credit.wait(left)
+
+    def close_stdin(self) -> None:
+        """End of input for the command (after any stdin still pending). Idempotent."""
+        with self._stdin_lock:
+            with self._lock:
+                if not self._stdin_open or self._stdin_closing or self._done.is_set():
+                    return
+                self._stdin_closing = True
+                if self._pending:
+                    return  # sent after the pending bytes
+            self._client._post(encode_frame(MsgType.STDIN, self.request_id, b""))
+
+    def consumed(self, n: int) -> None:
+        """The consumer has taken ``n`` output bytes (``manual_ack`` jobs); acknowledges them in batches."""
+        with self._lock:
+            if self._window is None or self._done.is_set():
+                return
+            self._unreported += n
+            if self._unreported < max(1, self._window // 4):
+                return
+            n, self._unreported = self._unreported, 0
+        self._client._post(encode_request(MsgType.ACK, self.request_id, [encode_field(Tag.LENGTH, min(n, _MAX_ID))]))
+
+    def _pump_pending(self) -> None:
+        """Send the initial stdin beyond the EXEC frame as credit arrives (from any thread, never blocks)."""
+        with self._stdin_lock:
+            with self._lock:
+                if self._done.is_set() or not self._pending:
+                    return
+                take = min(len(self._pending), STDIN_WINDOW - (self._stdin_sent - self._stdin_acked))
+                if take <= 0:
+                    return
+                chunk, self._pending = self._pending[:take], self._pending[take:]
+                self._stdin_sent += take
+                close = not self._pending and self._stdin_closing
+            for i in range(0, take, STDIN_FRAME):
+                self._client._post(encode_frame(MsgType.STDIN, self.request_id, bytes(chunk[i : i + STDIN_FRAME])))
+            if close:
+                self._client._post(encode_frame(MsgType.STDIN, self.request_id, b""))
+
+    # ---- guest → host (reader thread) ----
+
+    def _call(self, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # a consumer bug must not stop the reader
+            log.exception("agent job %d: callback %r failed", self.request_id, fn)
+            if self._callback_error is None:
+                self._callback_error = e
+
+    def _deliver(self, frame: Frame | None) -> None:
+        pump = False
+        with self._lock:
+            if self._held is not None:
+                if frame is None:
+                    self._finish(None, AgentDisconnected(f"job {self.request_id}: the agent connection closed"))
+                else:
+                    self._held.append(frame)
+                return
+            if self._done.is_set():
+                return
+            if frame is None:
+                self._finish(None, AgentDisconnected(f"job {self.request_id}: the agent connection closed "
+                                                     f"({self._client.error or 'closed by the host'})"))
+                return
+            t = frame.type
+            if t == MsgType.STARTED or (t == MsgType.OK and self._attaching):
+                self.pid = frame.u32(Tag.PID) or 0
+                if t == MsgType.OK:
+                    self._attaching = False
+                    self._stdin_open = frame.has(Tag.STDIN_OPEN)
+                    self._window = frame.u32(Tag.WINDOW) or None  # the guest reset its count at ATTACH
+                self._started.set()
+                pump = bool(self._pending)
+                if self._on_start:
+                    self._call(self._on_start, self)
+            elif t in (MsgType.STDOUT, MsgType.STDERR):
+                callback = self._on_stdout if t == MsgType.STDOUT else self._on_stderr
+                if callback is None:
+                    (self._out if t == MsgType.STDOUT else self._err).append(frame.payload)
+                else:
+                    self._call(callback, frame.payload)
+                if callback is None or not self._manual_ack:
+                    self.consumed(len(frame.payload))
+            elif t == MsgType.STDIN_ACK:
+                self._stdin_acked += frame.u32(Tag.LENGTH) or 0
+                self._credit.notify_all()
+                pump = bool(self._pending)
+                if self._on_stdin_credit:
+                    self._call(self._on_stdin_credit, self)
+            elif t == MsgType.EXIT:
+                self._finish(ExecResult(exit_code=frame.u32(Tag.EXIT_CODE), signal=frame.u32(Tag.SIGNAL),
+                                        timed_out=frame.has(Tag.TIMED_OUT), stdout=b"".join(self._out),
+                                        stderr=b"".join(self._err), pid=self.pid or 0), None)
+            elif t == MsgType.ERROR:
+                error = _error(frame)
+                if not self._started.is_set():  # spawn failure, or the job ended before we attached
+                    if self._attaching and error.errno == errno_codes.ENOENT:
+                        error = AgentError(f"job {self.request_id} ended before it was attached; its exit "
+                                           f"status is lost ({error})", errno_codes.ENOENT)
+                    self._finish(None, error)
+                else:
+                    self.errors.append(error)
+        if pump:
+            self._pump_pending()
+
+    def _finish(self, result: ExecResult | None, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self._pending = memoryview(b"")
+        self._done.set()
+        self._credit.notify_all()
+        self._client._drop(self.request_id)
+        if self._on_exit:
+            self._call(self._on_exit, self)
+        for fn in self._done_callbacks:
+            self._call(fn, self)
+        self._done_callbacks.clear()
+
+    def _claim(
+        self,
+        on_start: Callable[[Job], None] | None,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+        on_exit: Callable[[Job], None] | None,
+        on_stdin_credit: Callable[[Job], None] | None,
+        manual_ack: bool,
+    ) -> None:
+        """Take over a pre-registered job: set the callbacks, then replay what arrived meanwhile in order."""
+        with self._lock:
+            self._on_start, self._on_stdout, self._on_stderr = on_start, on_stdout, on_stderr
+            self._on_exit, self._on_stdin_credit, self._manual_ack = on_exit, on_stdin_credit, manual_ack
+            self._attaching = True
+            held, self._held = self._held or [], None
+            for frame in held:
+                self._deliver(frame)
+
+
+class AgentClient:
+    """One connection to one VM's agent. ``close()`` is idempotent; in-flight calls then raise.
+
+    ``first_request_id`` seeds the request-id allocator (default: random); ``attach`` lists request ids
+    of jobs started on an earlier connection (before a snapshot) whose frames must be kept from the very
+    first byte until ``attach(id)`` claims them.
+    """
+
+    def __init__(self, sock: socket.socket, *, first_request_id: int | None = None, attach: Iterable[int] = ()) -> None:
+        if first_request_id is not None and not 1 <= first_request_id <= _MAX_ID:
+            raise ValueError(f"first_request_id must be in 1..{_MAX_ID}, got {first_request_id}")
         self._sock = sock
         self._send_lock = threading.Lock()
         self._id_lock = threading.Lock()
-        self._next_id = secrets.randbelow(1 << 30) + (1 << 20)
-        self._waiters: dict[int, queue.SimpleQueue[Frame | None]] = {}
-        self._waiters_lock = threading.Lock()
+        start = secrets.randbelow(1 << 30) + (1 << 20) if first_request_id is None else first_request_id
+        self._next_id = start - 1
+        self._routes: dict[int, Route] = {}
+        self._routes_lock = threading.Lock()
         self._closed = False
         self.error: str | None = None
+        self._decoder = FrameDecoder(resync=True)
+        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outbox_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._held: dict[int, Job] = {}  # pre-registered jobs of an earlier connection, until attach()
+        for rid in attach:
+            job = Job(self, rid)
+            job._held = []
+            self._held[rid] = job
+            self._routes[rid] = job._deliver
         self._reader = threading.Thread(target=self._read_loop, name="amber-agent-reader", daemon=True)
         self._reader.start()
 
     # ---- plumbing ----
 
-    def _new_id(self) -> tuple[int, queue.SimpleQueue[Frame | None]]:
-        q: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+    @property
+    def resync_skipped(self) -> int:
+        """Bytes skipped at the start of the connection before the first valid frame (a frame tail left
+        over from the connection before a snapshot)."""
+        return self._decoder.skipped
+
+    @property
+    def next_request_id(self) -> int:
+        """The id the next request will get (persist it to seed ``first_request_id`` after a restore)."""
         with self._id_lock:
-            self._next_id = (self._next_id % 0x7FFFFFFF) + 1
-            rid = self._next_id
-        with self._waiters_lock:
+            return (self._next_id % _MAX_ID) + 1
+
+    def _allocate(self) -> int:
+        with self._id_lock:
+            self._next_id = (self._next_id % _MAX_ID) + 1
+            return self._next_id
+
+    def _register(self, route: Route, rid: int | None = None) -> int:
+        rid = self._allocate() if rid is None else rid
+        with self._routes_lock:
             if self._closed:
                 raise AgentDisconnected(f"agent connection is closed ({self.error or 'closed by the host'})")
-            self._waiters[rid] = q
-        return rid, q
+            if rid in self._routes:
+                raise ValueError(f"request id {rid} is already in use on this connection")
+            self._routes[rid] = route
+        return rid
+
+    def _new_id(self) -> tuple[int, queue.SimpleQueue[Frame | None]]:
+        q: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+        return self._register(q.put), q
 
     def _drop(self, rid: int) -> None:
-        with self._waiters_lock:
-            self._waiters.pop(rid, None)
+        with self._routes_lock:
+            self._routes.pop(rid, None)
 
     def _send(self, data: bytes) -> None:
         try:
@@ -113,29 +560,49 @@ class AgentClient:
         except OSError as e:
             raise AgentDisconnected(f"agent connection lost while sending: {e}") from None
 
+    def _post(self, data: bytes) -> None:
+        """Queue a job frame (EXEC, STDIN, ACK, SIGNAL, ATTACH) for the writer thread: callers never block
+        on the socket, and one job's frames keep their order. A frame lost with the connection only
+        matters to jobs that the lost connection ends anyway."""
+        with self._outbox_lock:
+            if self._closed:
+                return
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="amber-agent-writer", daemon=True)
+                self._writer.start()
+            self._outbox.put(data)
+
+    def _write_loop(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            with contextlib.suppress(AgentDisconnected):
+                self._send(data)
+
     def _read_loop(self) -> None:
-        decoder = FrameDecoder()
         try:
             while True:
                 data = self._sock.recv(1 << 20)
                 if not data:
                     self.error = "the VM closed the agent connection"
                     break
-                for frame in decoder.feed(data):
-                    with self._waiters_lock:
-                        q = self._waiters.get(frame.id)
-                    if q is not None:
-                        q.put(frame)
+                for frame in self._decoder.feed(data):
+                    with self._routes_lock:
+                        route = self._routes.get(frame.id)
+                    if route is not None:
+                        route(frame)
         except ProtocolError as e:
             self.error = f"agent protocol error: {e}"
         except OSError as e:
             self.error = self.error or f"agent connection error: {e}"
         finally:
-            with self._waiters_lock:
+            with self._routes_lock:
                 self._closed = True
-                waiters = list(self._waiters.values())
-            for q in waiters:
-                q.put(_CLOSED)
+                routes = list(self._routes.values())
+            with self._outbox_lock:
+                if self._writer is not None:
+                    self._outbox.put(None)
+                    self._writer = None
+            for route in routes:
+                route(_CLOSED)
 
     @staticmethod
     def _get(q: queue.SimpleQueue[Frame | None], deadline: float | None, what: str) -> Frame:
@@ -147,30 +614,40 @@ class AgentClient:
             raise AgentDisconnected(f"{what}: the agent connection closed")
         return frame
 
-    def _call(self, type_: MsgType, fields: Sequence[bytes], what: str, timeout: float | None = 60.0) -> Frame:
+    def _call(self, type_: MsgType, fields: Sequence[bytes], what: str, timeout: float | None = 60.0,
+              *, prefix: bool = True) -> Frame:
         rid, q = self._new_id()
         try:
             self._send(encode_request(type_, rid, fields))
             deadline = None if timeout is None else time.monotonic() + timeout
             frame = self._get(q, deadline, what)
             if frame.type == MsgType.ERROR:
-                raise AgentError(f"{what}: {frame.text(Tag.MESSAGE)}", frame.u32(Tag.ERRNO) or 0)
+                raise _error(frame, what if prefix else None)
             return frame
         finally:
             self._drop(rid)
 
     def close(self) -> None:
-        """Close the connection; waiting requests raise ``AgentDisconnected``. Idempotent."""
+        """Close the connection; waiting requests raise ``AgentDisconnected``, jobs end with it. Idempotent."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        with self._outbox_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._outbox.put(None)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=5)
+
+    def quiesce(self) -> contextlib.AbstractContextManager[None]:
+        """Hold every sender back and make sure the agent has read all that was sent (a ping round trip):
+        a snapshot taken inside carries no half-received request. Blocks ``_send`` until exit."""
+        return _Quiesced(self)
 
     # ---- requests ----
 
     def ping(self, timeout: float = 5.0) -> str:
-        """Round trip to the agent; returns its version string."""
+        """Round trip to the agent; returns its version string ("amber-agent 2")."""
         return self._call(MsgType.PING, [], "ping", timeout).text(Tag.VERSION) or ""
 
     def _first_answer(
@@ -189,15 +666,8 @@ class AgentClient:
         deadline = time.monotonic() + timeout
         try:
             while True:
-                with self._id_lock:
-                    self._next_id = (self._next_id % 0x7FFFFFFF) + 1
-                    rid = self._next_id
-                with self._waiters_lock:
-                    if self._closed:
-                        raise AgentDisconnected(f"{what}: agent connection closed ({self.error})")
-                    self._waiters[rid] = waiter
-                ids.append(rid)
-                self._send(encode_request(type_, rid, fields()))
+                ids.append(self._register(waiter.put))
+                self._send(encode_request(type_, ids[-1], fields()))
                 resend = time.monotonic() + resend_after
                 while True:
                     try:
@@ -216,7 +686,7 @@ class AgentClient:
                         raise AgentDisconnected(f"{what}: agent connection closed ({self.error})")
                     continue
                 if frame.type == MsgType.ERROR:
-                    raise AgentError(f"{what}: {frame.text(Tag.MESSAGE)}", frame.u32(Tag.ERRNO) or 0)
+                    raise _error(frame, what)
                 return frame
         finally:
             for rid in ids:
@@ -226,6 +696,38 @@ class AgentClient:
         """Ping until the agent answers. Pings sent before the guest opens its port are discarded by the
         guest kernel, so they are repeated every ``interval`` seconds."""
         return self._first_answer(MsgType.PING, list, "boot", timeout, alive, interval).text(Tag.VERSION) or ""
+
+    @staticmethod
+    def _command_fields(
+        argv: Sequence[str] | None,
+        shell: str | None,
+        connect: int | None,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        user: str | None,
+        timeout: float | None,
+    ) -> list[bytes]:
+        if (argv is not None) + (shell is not None) + (connect is not None) != 1:
+            raise ValueError("exec needs exactly one of argv, shell or connect")
+        fields: list[bytes] = []
+        if argv is not None:
+            if not argv:
+                raise ValueError("exec argv must not be empty")
+            fields += [encode_field(Tag.ARGV, a) for a in argv]
+        if shell is not None:
+            fields.append(encode_field(Tag.SHELL, shell))
+        if connect is not None:
+            if not 1 <= connect <= 65535:
+                raise ValueError(f"connect port must be in 1..65535, got {connect}")
+            fields.append(encode_field(Tag.PORT, connect))
+        fields += _env_fields(env, "exec env")
+        if cwd:
+            fields.append(encode_field(Tag.CWD, cwd))
+        if user:
+            fields.append(encode_field(Tag.USER, user))
+        if timeout is not None:
+            fields.append(encode_field(Tag.TIMEOUT_MS, max(1, int(timeout * 1000))))
+        return fields
 
     def exec(
         self,
@@ -241,41 +743,25 @@ class AgentClient:
         on_stderr: OutputCallback | None = None,
         on_start: Callable[[RunningExec], None] | None = None,
     ) -> ExecResult:
-        """Run ``argv`` (or ``shell`` through /bin/sh -c) and wait for it to end.
+        """Run ``argv`` (or ``shell`` through /bin/sh -c) and wait for it to end, in this thread.
 
-        Output is streamed to ``on_stdout``/``on_stderr`` as the guest produces it, or collected into the
-        result when no callback is given. ``user`` is "name", "uid", "name:group" or "uid:gid", resolved
-        from the guest's /etc/passwd and /etc/group (default root); ``env`` adds to PATH/HOME/TERM
-        defaults; ``cwd`` defaults to /. ``timeout`` (seconds) makes the agent SIGKILL the command's whole
-        process group, reported as ``timed_out``. Spawn failures (unknown user, missing cwd or command)
-        raise ``AgentError``; a non-zero exit does not raise. ``on_start`` receives a ``RunningExec`` that
-        can signal the command (cancellation) while this call waits.
+        Output is streamed to ``on_stdout``/``on_stderr`` (called in this thread) as the guest produces it,
+        or collected into the result when no callback is given. ``user`` is "name", "uid", "name:group" or
+        "uid:gid", resolved from the guest's /etc/passwd and /etc/group (default root); ``env`` overrides
+        the agent's base environment (``set_env``), which overrides the PATH/HOME/TERM defaults; ``cwd``
+        defaults to /. ``stdin`` is streamed as the command reads it. ``timeout`` (seconds) makes the agent
+        SIGKILL the command's whole process group, reported as ``timed_out``. Spawn failures (unknown user,
+        missing cwd or command) raise ``AgentError``; a non-zero exit does not raise. ``on_start`` receives
+        a ``RunningExec`` that can signal the command (cancellation) while this call waits.
         """
-        if (argv is None) == (shell is None):
-            raise ValueError("exec needs exactly one of argv or shell")
-        fields: list[bytes] = []
-        if argv is not None:
-            if not argv:
-                raise ValueError("exec argv must not be empty")
-            fields += [encode_field(Tag.ARGV, a) for a in argv]
-        if shell is not None:
-            fields.append(encode_field(Tag.SHELL, shell))
-        for k, v in (env or {}).items():
-            if not k or "=" in k:
-                raise ValueError(f"exec env: invalid variable name {k!r}")
-            fields.append(encode_field(Tag.ENV, f"{k}={v}"))
-        if cwd:
-            fields.append(encode_field(Tag.CWD, cwd))
-        if user:
-            fields.append(encode_field(Tag.USER, user))
-        if timeout is not None:
-            fields.append(encode_field(Tag.TIMEOUT_MS, max(1, int(timeout * 1000))))
-        rest = b""
+        fields = self._command_fields(argv, shell, None, env, cwd, user, timeout)
+        data = memoryview(stdin or b"")
+        first, rest = data[:CHUNK], data[CHUNK:]
         if stdin is not None:
-            first, rest = stdin[:CHUNK], stdin[CHUNK:]
-            fields.append(encode_field(Tag.STDIN, first))
+            fields.append(encode_field(Tag.STDIN, bytes(first)))
             if rest:
                 fields.append(encode_field(Tag.STDIN_OPEN, True))
+        sent, acked = len(first), 0
         out: list[bytes] = []
         err: list[bytes] = []
         write_out = on_stdout or out.append
@@ -285,23 +771,23 @@ class AgentClient:
             self._send(encode_request(MsgType.EXEC, rid, fields))
             # The agent's timeout kills the command; ours only guards against a wedged guest.
             deadline = None if timeout is None else time.monotonic() + timeout + 60.0
-            pid = 0
+            pid, started = 0, False
             while True:
                 frame = self._get(q, deadline, "exec")
                 if frame.type == MsgType.STARTED:
-                    pid = frame.u32(Tag.PID) or 0
+                    pid, started = frame.u32(Tag.PID) or 0, True
                     if on_start:
                         on_start(RunningExec(pid, rid, self))
-                    if rest:
-                        for i in range(0, len(rest), CHUNK):
-                            self._send(encode_frame(MsgType.STDIN, rid, rest[i : i + CHUNK]))
-                        self._send(encode_frame(MsgType.STDIN, rid, b""))
+                elif frame.type == MsgType.STDIN_ACK:
+                    acked += frame.u32(Tag.LENGTH) or 0
                 elif frame.type == MsgType.STDOUT:
                     write_out(frame.payload)
                 elif frame.type == MsgType.STDERR:
                     write_err(frame.payload)
                 elif frame.type == MsgType.ERROR:
-                    raise AgentError(frame.text(Tag.MESSAGE) or "exec failed", frame.u32(Tag.ERRNO) or 0)
+                    if started:
+                        continue  # a refused stdin frame after the command closed its stdin: it has ended
+                    raise _error(frame, None)
                 elif frame.type == MsgType.EXIT:
                     return ExecResult(
                         exit_code=frame.u32(Tag.EXIT_CODE),
@@ -311,26 +797,370 @@ class AgentClient:
                         stderr=b"".join(err),
                         pid=pid,
                     )
+                if started and rest and frame.type in (MsgType.STARTED, MsgType.STDIN_ACK):
+                    take = min(len(rest), STDIN_WINDOW - (sent - acked))
+                    for i in range(0, take, STDIN_FRAME):
+                        self._send(encode_frame(MsgType.STDIN, rid, bytes(rest[i : min(take, i + STDIN_FRAME)])))
+                    rest, sent = rest[take:], sent + take
+                    if not rest:
+                        self._send(encode_frame(MsgType.STDIN, rid, b""))
         finally:
             self._drop(rid)
+
+    def start(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        shell: str | None = None,
+        connect: int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        stdin: bytes | None = None,
+        stdin_open: bool = False,
+        timeout: float | None = None,
+        window: int | None = DEFAULT_WINDOW,
+        manual_ack: bool = False,
+        on_start: Callable[[Job], None] | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_exit: Callable[[Job], None] | None = None,
+        on_stdin_credit: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Start a command (as ``exec``) and return at once: no thread waits for it (see ``Job``).
+
+        ``connect=port`` starts a relay instead of a command: the guest connects to 127.0.0.1:port (then
+        ::1) and copies stdin to the socket and the socket to stdout until the socket closes; stdin EOF
+        half-closes it. A failed connection is an ``AgentError`` naming the port (from ``wait_started``).
+        ``stdin`` is sent first (as credit allows); with ``stdin_open`` more may follow (``send_stdin``,
+        ``offer_stdin``) until ``close_stdin``. ``window`` bounds the output in flight (None: unbounded).
+        Callbacks run in the reader thread (see the module docstring).
+        """
+        fields = self._command_fields(argv, shell, connect, env, cwd, user, timeout)
+        if window is not None:
+            if not 1 <= window <= _MAX_ID:
+                raise ValueError(f"window must be 1..{_MAX_ID} bytes")
+            fields.append(encode_field(Tag.WINDOW, window))
+        data = memoryview(stdin or b"")
+        first = data[: min(CHUNK, STDIN_WINDOW)]
+        more = bool(data[len(first):]) or stdin_open
+        if stdin is not None:
+            fields.append(encode_field(Tag.STDIN, bytes(first)))
+        if more:
+            fields.append(encode_field(Tag.STDIN_OPEN, True))
+        rid = self._allocate()
+        job = Job(self, rid, on_start=on_start, on_stdout=on_stdout, on_stderr=on_stderr, on_exit=on_exit,
+                  on_stdin_credit=on_stdin_credit, window=window, manual_ack=manual_ack, stdin_open=more)
+        job._stdin_sent = len(first)
+        job._pending = data[len(first):]
+        job._stdin_closing = more and not stdin_open
+        self._register(job._deliver, rid)
+        self._post(encode_request(MsgType.EXEC, rid, fields))
+        return job
+
+    def relay(
+        self,
+        port: int,
+        *,
+        on_stdout: OutputCallback | None = None,
+        on_exit: Callable[[Job], None] | None = None,
+        window: int | None = DEFAULT_WINDOW,
+        manual_ack: bool = False,
+        on_stdin_credit: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """A byte stream to ``port`` on the guest's loopback (see ``start(connect=)``): ``send_stdin``
+        writes to the socket, ``on_stdout`` gets what it answers, ``close_stdin`` half-closes it."""
+        return self.start(connect=port, stdin_open=True, on_stdout=on_stdout, on_exit=on_exit, window=window,
+                          manual_ack=manual_ack, on_stdin_credit=on_stdin_credit)
+
+    def attach(
+        self,
+        request_id: int,
+        *,
+        on_start: Callable[[Job], None] | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_exit: Callable[[Job], None] | None = None,
+        on_stdin_credit: Callable[[Job], None] | None = None,
+        manual_ack: bool = False,
+    ) -> Job:
+        """Take over a command started on an earlier connection (before the snapshot this VM was restored
+        from): its further STDOUT/STDERR/EXIT frames go to the returned job; ``signal`` and, when its stdin
+        is still open, ``send_stdin``/``close_stdin`` work. The agent confirms the job (``on_start``,
+        ``pid``); a job that ended before the snapshot's last frames reached us ends with an ``AgentError``
+        (ENOENT, exit status lost). Frames are kept from the first byte only for ids given to
+        ``AgentClient(attach=…)``/``restore(attach=…)``; others are routed from now on."""
+        with self._routes_lock:
+            held = self._held.pop(request_id, None)
+        if held is not None:
+            job = held
+            job._claim(on_start, on_stdout, on_stderr, on_exit, on_stdin_credit, manual_ack)
+        else:
+            job = Job(self, request_id, on_start=on_start, on_stdout=on_stdout, on_stderr=on_stderr,
+                      on_exit=on_exit, on_stdin_credit=on_stdin_credit, manual_ack=manual_ack)
+            job._attaching = True
+            self._register(job._deliver, request_id)
+        self._post(encode_request(MsgType.ATTACH, request_id, []))
+        return job
+
+    def set_env(self, env: Mapping[str, str], timeout: float = 30.0) -> None:
+        """Replace the agent's base environment, applied to every later exec under the exec's own env
+        (agent defaults PATH/HOME/TERM ← base ← exec env). Kept in guest memory only (so it survives
+        snapshot and restore); replaced values are zeroed. Values never appear in errors."""
+        self._call(MsgType.SET_ENV, _env_fields(env, "set_env"), "set_env", timeout)
+
+    # ---- files ----
+
+    @staticmethod
+    def _file_fields(path: str, user: str | None, *more: bytes) -> list[bytes]:
+        fields = [encode_field(Tag.PATH, path), *more]
+        if user:
+            fields.append(encode_field(Tag.USER, user))
+        return fields
+
+    def stat(self, path: str, *, user: str | None = None, timeout: float = 60.0) -> FileStat:
+        """``lstat(path)`` in the guest (as ``user``: its permissions apply). ``AgentError.errno`` tells
+        ENOENT, EACCES, ENOTDIR… apart; messages name only the guest path."""
+        frame = self._call(MsgType.STAT, self._file_fields(path, user), "stat", timeout, prefix=False)
+        return FileStat.from_frame(frame)
+
+    def exists(self, path: str, *, user: str | None = None) -> bool:
+        """Whether ``path`` exists (a dangling symlink does); other errors (EACCES…) raise."""
+        try:
+            self.stat(path, user=user)
+        except AgentError as e:
+            if e.errno in (errno_codes.ENOENT, errno_codes.ENOTDIR):
+                return False
+            raise
+        return True
+
+    def list_dir(self, path: str, depth: int = 1, *, user: str | None = None, max_entries: int = 10_000,
+                 timeout: float = 120.0) -> list[FileStat]:
+        """Entries below the directory ``path`` (a symlink to one is followed), ``depth`` levels deep
+        (1 = its children), depth first, sorted by name within each directory; symlinks below are listed,
+        not followed; unreadable subdirectories are listed but not entered. More than ``max_entries``
+        (at most 100 000) raise ``AgentError`` with errno E2BIG."""
+        if not 1 <= depth <= 64:
+            raise ValueError(f"depth must be 1..64, got {depth}")
+        if not 1 <= max_entries <= MAX_LIST_ENTRIES:
+            raise ValueError(f"max_entries must be 1..{MAX_LIST_ENTRIES}, got {max_entries}")
+        fields = self._file_fields(path, user, encode_field(Tag.DEPTH, depth),
+                                   encode_field(Tag.MAX_ENTRIES, max_entries))
+        rid, q = self._new_id()
+        entries: list[FileStat] = []
+        try:
+            self._send(encode_request(MsgType.LIST_DIR, rid, fields))
+            deadline = time.monotonic() + timeout
+            while True:
+                frame = self._get(q, deadline, f"list_dir {path}")
+                if frame.type == MsgType.ENTRIES:
+                    entries += (FileStat.from_frame(decode_entry(v)) for t, v in frame.fields if t == Tag.ENTRY)
+                elif frame.type == MsgType.ERROR:
+                    raise _error(frame)
+                elif frame.type == MsgType.OK:
+                    return entries
+        finally:
+            self._drop(rid)
+
+    def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755, owner: str | None = None,
+              user: str | None = None, timeout: float = 60.0) -> bool:
+        """Create the directory ``path`` (with ``parents``: missing parents too, 0755, and an existing
+        directory is fine); every directory created gets ``owner`` ("user[:group]") if given, the last one
+        exactly ``mode``. Returns whether ``path`` itself was created."""
+        self._check_mode(mode)
+        more = [encode_field(Tag.MODE, mode)]
+        if parents:
+            more.append(encode_field(Tag.FLAGS, MKDIR_PARENTS))
+        if owner:
+            more.append(encode_field(Tag.OWNER, owner))
+        frame = self._call(MsgType.MKDIR, self._file_fields(path, user, *more), "mkdir", timeout, prefix=False)
+        return bool(frame.u32(Tag.STATUS))
+
+    def remove(self, path: str, *, recursive: bool = False, user: str | None = None,
+               timeout: float | None = 600.0) -> None:
+        """Remove a file, symlink or empty directory; with ``recursive`` a whole tree (in a forked guest
+        process, never following symlinks nor entering other filesystems). ``/`` is refused."""
+        more = [encode_field(Tag.FLAGS, REMOVE_RECURSIVE)] if recursive else []
+        self._call(MsgType.REMOVE, self._file_fields(path, user, *more), "remove", timeout, prefix=False)
+
+    def rename(self, old: str, new: str, *, replace: bool = True, user: str | None = None,
+               timeout: float = 60.0) -> None:
+        """``rename(2)``, across directories; an existing ``new`` is replaced unless ``replace=False``
+        (EEXIST). Across filesystems it fails with errno EXDEV."""
+        more = [encode_field(Tag.NEW_PATH, new)]
+        if not replace:
+            more.append(encode_field(Tag.FLAGS, RENAME_NO_REPLACE))
+        self._call(MsgType.RENAME, self._file_fields(old, user, *more), "rename", timeout, prefix=False)
+
+    def chmod(self, path: str, mode: int, *, user: str | None = None, timeout: float = 60.0) -> None:
+        """``chmod(path, mode)`` (follows symlinks), ``mode`` including set-id and sticky bits."""
+        self._check_mode(mode)
+        self._call(MsgType.CHMOD, self._file_fields(path, user, encode_field(Tag.MODE, mode)), "chmod", timeout,
+                   prefix=False)
+
+    @staticmethod
+    def _check_mode(mode: int) -> None:
+        if not 0 <= mode <= 0o7777:
+            raise ValueError(f"mode must be 0..0o7777, got {mode:#o}")
+
+    def read_file_chunks(
+        self,
+        path: str,
+        *,
+        chunk: int = CHUNK,
+        offset: int = 0,
+        length: int | None = None,
+        user: str | None = None,
+        timeout: float = 60.0,
+    ) -> Iterator[bytes]:
+        """The regular file ``path`` from ``offset`` (``length`` bytes, default: to its end) as chunks of at
+        most ``chunk`` bytes (≤ 1 MiB). A few chunks are requested ahead (at most ``PIPELINE * chunk``
+        bytes held), never the whole file. Raises ``AgentError`` (errno ENOENT, EACCES, EISDIR…) at the first
+        ``next()``, and ESTALE if the file is replaced while it is read. Stopping early is fine."""
+        if not 1 <= chunk <= CHUNK:
+            raise ValueError(f"chunk must be 1..{CHUNK} bytes")
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        end = None if length is None else offset + length
+        waiter: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+        inflight: list[tuple[int, int]] = []  # (request id, requested bytes), in offset order
+        ahead = offset
+        eof = False
+        inode: int | None = None
+        early: dict[int, Frame] = {}  # answers that overtook the one we wait for (the agent keeps order)
+        try:
+            while True:
+                while not eof and len(inflight) < PIPELINE and (end is None or ahead < end):
+                    n = chunk if end is None else min(chunk, end - ahead)
+                    rid = self._register(waiter.put)
+                    inflight.append((rid, n))
+                    self._send(encode_request(MsgType.READ_FILE, rid, self._file_fields(
+                        path, user, encode_field(Tag.OFFSET, ahead, wide=True), encode_field(Tag.LENGTH, n))))
+                    ahead += n
+                if not inflight:
+                    return
+                rid, n = inflight[0]
+                frame = early.pop(rid, None) or self._get(waiter, time.monotonic() + timeout, f"read_file {path}")
+                if frame.id != rid:
+                    early[frame.id] = frame
+                    continue
+                inflight.pop(0)
+                self._drop(rid)
+                if frame.type == MsgType.ERROR:
+                    raise _error(frame)
+                ident = frame.u64(Tag.INO) or 0
+                if inode is not None and ident != inode:
+                    raise AgentError(f"read_file {path}: the file was replaced while it was read", errno_codes.ESTALE)
+                inode = ident
+                data = frame.get(Tag.DATA) or b""
+                if data:
+                    yield data
+                if len(data) < n:  # end of file: answers still in flight are dropped
+                    eof = True
+                    for other, _ in inflight:
+                        self._drop(other)
+                    inflight.clear()
+        finally:
+            for rid, _ in inflight:
+                self._drop(rid)
+
+    def write_file_chunks(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        *,
+        mode: int | None = None,
+        owner: str | None = None,
+        make_parents: bool = False,
+        user: str | None = None,
+        atomic: bool = False,
+        timeout: float = 60.0,
+    ) -> int:
+        """Create or replace the regular file ``path`` from ``chunks`` (any sizes; re-cut into 1 MiB frames,
+        a few in flight: never the whole file in memory). The first frame creates or truncates. ``mode``
+        (default: 0644 for a new file, an existing file keeps its mode) and ``owner`` ("user[:group]") are
+        applied then; ``make_parents`` creates missing directories (0755). ``atomic`` writes a temporary
+        file beside ``path`` and renames it over ``path`` at the end (removed on failure), keeping an
+        existing file's mode. Returns the bytes written. Errors carry errno (ENOENT, EACCES, EISDIR…)."""
+        if mode is not None:
+            self._check_mode(mode)
+        if not atomic:
+            return self._write_chunks(path, chunks, mode=mode, owner=owner, make_parents=make_parents, user=user,
+                                      timeout=timeout)
+        if mode is None:
+            try:
+                mode = self.stat(path, user=user).mode
+            except AgentError as e:
+                if e.errno != errno_codes.ENOENT:
+                    raise
+        parent, name = posixpath.split(path)
+        temp = posixpath.join(parent, f".{name}.amber-{secrets.token_hex(4)}.tmp")
+        try:
+            written = self._write_chunks(temp, chunks, mode=mode, owner=owner, make_parents=make_parents, user=user,
+                                         timeout=timeout)
+            self.rename(temp, path, user=user)
+        except BaseException:
+            with contextlib.suppress(AgentError, AgentDisconnected, AgentTimeout):
+                self.remove(temp, user=user)
+            raise
+        return written
+
+    def _write_chunks(self, path: str, chunks: Iterable[bytes], *, mode: int | None, owner: str | None,
+                      make_parents: bool, user: str | None, timeout: float) -> int:
+        waiter: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+        inflight: list[int] = []
+        offset = 0
+
+        def settle(limit: int) -> None:
+            while len(inflight) > limit:
+                frame = self._get(waiter, time.monotonic() + timeout, f"write_file {path}")
+                if frame.id not in inflight:
+                    continue
+                inflight.remove(frame.id)
+                self._drop(frame.id)
+                if frame.type == MsgType.ERROR:
+                    raise _error(frame)
+
+        def send(data: bytes) -> None:
+            nonlocal offset
+            more = [encode_field(Tag.DATA, data), encode_field(Tag.OFFSET, offset, wide=True)]
+            if offset == 0:
+                if mode is not None:
+                    more.append(encode_field(Tag.MODE, mode))
+                if owner:
+                    more.append(encode_field(Tag.OWNER, owner))
+                if make_parents:
+                    more.append(encode_field(Tag.FLAGS, WRITE_MKDIRS))
+            settle(PIPELINE - 1)
+            rid = self._register(waiter.put)
+            inflight.append(rid)
+            self._send(encode_request(MsgType.WRITE_FILE, rid, self._file_fields(path, user, *more)))
+            offset += len(data)
+
+        buf = bytearray()
+        sent_any = False
+        try:
+            for piece in chunks:
+                buf += piece
+                while len(buf) >= CHUNK:
+                    send(bytes(buf[:CHUNK]))
+                    del buf[:CHUNK]
+                    sent_any = True
+            if buf or not sent_any:
+                send(bytes(buf))
+            settle(0)
+        finally:
+            for rid in inflight:
+                self._drop(rid)
+        return offset
 
     def write_file(
         self, path: str, data: bytes, *, mode: int = 0o644, owner: str | None = None, make_parents: bool = False
     ) -> None:
         """Create or replace ``path`` with ``data``, then set ``mode`` and ``owner`` ("user[:group]")."""
-        offset = 0
-        while True:
-            chunk = data[offset : offset + CHUNK]
-            fields = [encode_field(Tag.PATH, path), encode_field(Tag.DATA, chunk), encode_field(Tag.MODE, mode),
-                      encode_field(Tag.OFFSET, offset, wide=True)]
-            if owner:
-                fields.append(encode_field(Tag.OWNER, owner))
-            if make_parents:
-                fields.append(encode_field(Tag.FLAGS, WRITE_MKDIRS))
-            self._call(MsgType.WRITE_FILE, fields, f"write_file {path}")
-            offset += len(chunk)
-            if offset >= len(data):
-                return
+        view = memoryview(data)
+        self._write_chunks(path, (view[i : i + CHUNK].tobytes() for i in range(0, len(view), CHUNK)), mode=mode,
+                           owner=owner, make_parents=make_parents, user=None, timeout=60.0)
 
     def read_file(self, path: str) -> FileInfo:
         """Read a whole regular file with its mode and owner."""
@@ -350,6 +1180,8 @@ class AgentClient:
             if not data or offset >= size:
                 return FileInfo(b"".join(parts), frame.u32(Tag.MODE) or 0, frame.u32(Tag.UID) or 0,
                                 frame.u32(Tag.GID) or 0)
+
+    # ---- probes, sync, signals, post-restore ----
 
     def tcp_probe(self, port: int, *, host: str | None = None, timeout: float = 2.0) -> None:
         """Connect to ``host:port`` inside the guest (an IP literal; default 127.0.0.1, then ::1); raises
@@ -372,7 +1204,7 @@ class AgentClient:
 
     def _signal(self, request_id: int, signum: int) -> None:
         # Fire and forget: the agent answers only a malformed request; the exec sees the command's end.
-        self._send(encode_request(MsgType.SIGNAL, request_id, [encode_field(Tag.SIGNAL, signum)]))
+        self._send(encode_request(MsgType.SIGNAL, request_id, [encode_field(Tag.SIGNAL, _check_signal(signum))]))
 
     def post_restore(
         self,
@@ -386,7 +1218,7 @@ class AgentClient:
 
         Doubles as the first contact after a restore (the agent never closed its port, so nothing sent
         after ``cont`` is lost); re-sent after a second without an answer, which is harmless: the clock is
-        taken at each send and the boot_id is the same.
+        taken at each send and the boot_id is the same. Also resets every job's output window.
         """
 
         def fields() -> list[bytes]:
@@ -397,3 +1229,26 @@ class AgentClient:
             return out
 
         self._first_answer(MsgType.POST_RESTORE, fields, "post-restore", timeout, alive, 1.0)
+
+
+class _Quiesced(contextlib.AbstractContextManager[None]):
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
+
+    def __enter__(self) -> None:
+        client = self._client
+        client._send_lock.acquire()
+        try:
+            rid, q = client._new_id()
+            try:
+                client._sock.sendall(encode_request(MsgType.PING, rid, []))
+                client._get(q, time.monotonic() + 30, "quiesce")
+            finally:
+                client._drop(rid)
+        except BaseException:
+            client._send_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._client._send_lock.release()
+

@@ -26,7 +26,7 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,8 @@ def restore(
     hostname: str | None = None,
     verify_checksums: bool = False,
     timeout: float = 60.0,
+    first_request_id: int | None = None,
+    attach: Iterable[int] = (),
 ) -> MicroVM:
     """Start a new VM from a template artifact and return it once its agent has answered.
 
@@ -289,7 +291,9 @@ def restore(
     missing or resized file (``ArtifactError``). After ``cont`` the agent sets the guest clock to the
     host's, reseeds the guest RNG with fresh host entropy and gives the guest a new boot_id, so restores
     from one template never share clocks or random streams. The VM writes to a fresh overlay (in its run
-    directory, or ``overlay``).
+    directory, or ``overlay``). ``attach`` = agent request ids of jobs running in the guest when the
+    artifact was taken: their frames are kept for ``vm.agent.attach(id)``; ``first_request_id`` seeds the
+    agent client's request ids above every id the guest may still hold.
     """
     data_dir = data_dir.resolve()
     sweep_once(data_dir)
@@ -334,7 +338,7 @@ def restore(
             vm.qmp.execute("cont")
         except QMPError as e:
             raise BootError(vm._failure(f"restore of {art.directory} failed: {e}")) from None
-        agent = vm.connect_agent(timeout, ping=False)
+        agent = vm.connect_agent(timeout, ping=False, first_request_id=first_request_id, attach=attach)
         try:  # the first request doubles as the readiness check: one round trip instead of two
             agent.post_restore(boot_id=new_boot_id(), hostname=hostname, timeout=timeout, alive=vm.alive)
         except VMError as e:

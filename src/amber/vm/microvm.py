@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -200,12 +200,14 @@ class MicroVM:
                     raise VMError(f"{name} did not appear within {timeout:.0f}s") from None
                 time.sleep(0.003)
 
-    def connect_agent(self, timeout: float, *, ping: bool = True) -> AgentClient:
-        """Connect to the agent port and (with ``ping``) wait until the agent answers."""
+    def connect_agent(self, timeout: float, *, ping: bool = True, first_request_id: int | None = None,
+                      attach: Iterable[int] = ()) -> AgentClient:
+        """Connect to the agent port and (with ``ping``) wait until the agent answers (see ``AgentClient``
+        for ``first_request_id`` and ``attach``)."""
         try:
             sock = self._connect(self.files.agent_socket, timeout)
             sock.settimeout(None)
-            self._agent = AgentClient(sock)
+            self._agent = AgentClient(sock, first_request_id=first_request_id, attach=attach)
             if ping:
                 self._agent.wait_ready(timeout, alive=self.alive)
         except VMError as e:
