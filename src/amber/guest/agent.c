@@ -845,7 +845,11 @@ static void handle_write_file(uint32_t id, const struct req *r) {
     if (owner && resolve_user(owner, &ident, msg, sizeof msg) < 0) { reply_error(id, EINVAL, "write_file: %s", msg); goto out; }
     if (as_user(id, user, "write_file") < 0) goto out;
     if ((flags & WF_MKDIRS) && mkdirs(path) < 0) { reply_error(id, errno, "write_file: mkdir for %s: %s", path, strerror(errno)); goto out; }
-    /* O_NONBLOCK: a FIFO at `path` must not block PID 1 (it is refused below). */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+        reply_error(id, S_ISDIR(st.st_mode) ? EISDIR : EINVAL, "write_file: %s is not a regular file", path);
+        goto out;
+    }
+    /* O_NONBLOCK: a FIFO put at `path` meanwhile must not block PID 1 (it is refused below). */
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
     if (fd >= 0) created = 1;
     else if (errno == EEXIST) fd = open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);

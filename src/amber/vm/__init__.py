@@ -6,10 +6,15 @@ Public API (everything else is internal):
 - ``boot(disk, data_dir=…, cpus=, memory_mib=, network=, memory_backend=, accel=, overlay=, hostname=,
   boot_timeout=)`` → ``MicroVM``
 - ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, network=, accel=, overlay=, hostname=,
-  verify_checksums=, timeout=])`` → ``MicroVM`` (clock set, RNG reseeded, new boot_id)
-- ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``: exec,
-  write_file, read_file, tcp_probe, http_probe, sync, post_restore); ``checkpoint_disk(new_overlay)`` →
-  ``DiskChain``; ``snapshot(out_dir)`` → ``TemplateArtifact``; ``close()``
+  verify_checksums=, timeout=, first_request_id=, attach=])`` → ``MicroVM`` (clock set, RNG reseeded, new
+  boot_id; ``attach`` keeps the frames of jobs started before the snapshot for ``vm.agent.attach(id)``)
+- ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``);
+  ``checkpoint_disk(new_overlay)`` → ``DiskChain``; ``snapshot(out_dir)`` → ``TemplateArtifact``; ``close()``
+- ``AgentClient``: ``exec`` (blocking), ``start``/``relay``/``attach`` → ``Job`` (driven by the reader
+  thread, no thread per command), ``set_env``; files ``stat``/``exists``/``list_dir``/``mkdir``/``remove``/
+  ``rename``/``chmod``/``read_file_chunks``/``write_file_chunks`` (→ ``FileStat``; each optionally as a guest
+  ``user``), ``write_file``/``read_file``; ``tcp_probe``, ``http_probe``, ``sync``, ``post_restore``, ``quiesce``
+- ``amber.vm.aio.AsyncJob``: the asyncio face of a ``Job`` (await start and exit, iterate output)
 - ``DiskChain.of(base, *layers)``, ``TemplateArtifact.load(dir)``, ``sweep_stale(data_dir)``
 
 Guarantees and limits:
@@ -24,11 +29,15 @@ Guarantees and limits:
   /etc/resolv.conf.
 - One snapshot per VM (QEMU cannot migrate twice). A restored VM can be snapshotted, but its RAM is a private
   copy of the template's, so that snapshot writes all of it to ``state.bin`` (not lazy).
-- Thread-safe: ``exec`` and agent requests may run concurrently from many threads (up to 64 jobs);
-  ``checkpoint_disk`` and ``snapshot`` must not overlap other disk writes of the same VM.
+- Thread-safe: ``exec`` and agent requests may run concurrently from many threads (up to 256 guest jobs:
+  commands, relays, probes and recursive removals); ``Job`` callbacks run in the agent's reader thread and
+  must not wait for agent answers; ``checkpoint_disk`` and ``snapshot`` must not overlap other disk writes
+  of the same VM.
+- Agent errors carry the guest's ``errno`` (``AgentError.errno``); their messages name only guest paths
+  and never contain env values.
 """
 
-from amber.vm.agent import AgentClient, ExecResult, FileInfo, RunningExec
+from amber.vm.agent import AgentClient, ExecResult, FileInfo, FileStat, FileType, Job, RunningExec
 from amber.vm.artifact import TemplateArtifact, restore
 from amber.vm.errors import (
     AgentDisconnected,
@@ -58,6 +67,9 @@ __all__ = [
     "DiskLayer",
     "ExecResult",
     "FileInfo",
+    "FileStat",
+    "FileType",
+    "Job",
     "MachineDescription",
     "MachineMismatch",
     "MemoryBackend",
