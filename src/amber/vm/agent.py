@@ -233,6 +233,7 @@ class Job:
         self._stdin_lock = threading.Lock()
         self._started = threading.Event()
         self._done = threading.Event()
+        self._settled = threading.Event()  # started or done, whichever comes first
         self._on_start, self._on_exit, self._on_stdin_credit = on_start, on_exit, on_stdin_credit
         self._on_stdout, self._on_stderr = on_stdout, on_stderr
         self._out: list[bytes] = []
@@ -272,7 +273,7 @@ class Job:
 
     def wait_started(self, timeout: float | None = None) -> int:
         """Block until the command runs (its pid) or failed to start (raises its ``AgentError``)."""
-        if not self._started.wait(timeout) and not self._done.wait(0):
+        if not self._settled.wait(timeout):
             raise AgentTimeout(f"job {self.request_id}: not started within {timeout}s")
         if self.pid is None:
             self._raise()
@@ -419,6 +420,7 @@ class Job:
                     self._stdin_open = frame.has(Tag.STDIN_OPEN)
                     self._window = frame.u32(Tag.WINDOW) or None  # the guest reset its count at ATTACH
                 self._started.set()
+                self._settled.set()
                 pump = bool(self._pending)
                 if self._on_start:
                     self._call(self._on_start, self)
@@ -456,6 +458,7 @@ class Job:
         self.result, self.error = result, error
         self._pending = memoryview(b"")
         self._done.set()
+        self._settled.set()
         self._credit.notify_all()
         self._client._drop(self.request_id)
         if self._on_exit:

@@ -8,13 +8,13 @@ Streaming jobs (the default) deliver output to ``output()`` with backpressure: a
 the guest when the iterator hands it out, so a consumer that stops reading stalls only its own command
 (after the job's window, 1 MiB by default). Iterate ``output()`` to the end or use ``collect=True``
 (output collected into ``wait()``'s result) — a streaming job whose output nobody reads stops once its
-window is full.
+window is full, and then it also stops reading its stdin: feed stdin and read output concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -103,8 +103,9 @@ class AsyncJob:
 
     # ---- reader-thread callbacks: hand over to the loop ----
 
-    def _soon(self, fn: object, *args: object) -> None:
-        self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[arg-type]
+    def _soon(self, fn: Callable[..., object], *args: object) -> None:
+        if not self._loop.is_closed():  # a loop that ended has nobody left to tell
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_start(self, job: Job) -> None:
         self._soon(self._set_started, job.pid or 0)
