@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from amber.vm import AgentError, Job, MicroVM
-from amber.vm.agent import DEFAULT_WINDOW, STDIN_WINDOW
+from amber.vm.agent import STDIN_WINDOW
 from amber.vm.aio import AsyncJob, Stream
 from tests.vm.test_exec import wait_for_port
 
@@ -72,7 +73,8 @@ def test_a_long_lived_command_with_open_stdin_and_reader_thread_callbacks(vm: Mi
     assert pid > 1 and job.pid == pid and job.stdin_open
     for i in range(5):
         job.send_stdin(f"line {i}\n".encode())
-        until(lambda i=i: got.out.endswith(f"line {i}\n".encode()), f"echo of line {i}")
+        line = f"line {i}\n".encode()
+        until(lambda: got.out.endswith(line), f"echo of line {i}")  # noqa: B023 - used before the next round
     assert not job.done
     job.close_stdin()
     result = job.wait(30)
@@ -100,8 +102,6 @@ def test_jobs_collect_output_signal_and_report_spawn_failures(vm: MicroVM) -> No
     # Initial stdin larger than a frame is streamed as the command reads it.
     data = bytes(range(256)) * 12_000
     r = vm.agent.start(["sha256sum"], stdin=data).wait(60)
-    import hashlib
-
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
 
 

@@ -213,13 +213,14 @@ def test_agent_zeroes_request_data_after_each_frame(agent: Path) -> None:
             encode_request(MsgType.SET_ENV, 1, [encode_field(Tag.ENV, b"TOKEN=" + secret)]),
             encode_request(MsgType.EXEC, 2, [encode_field(Tag.SHELL, b"echo " + secret),
                                              encode_field(Tag.ENV, b"TOKEN=" + secret)]),
-            encode_request(MsgType.WRITE_FILE, 3, [encode_field(Tag.PATH, "/tmp/f"), encode_field(Tag.DATA, secret * 100)]),
+            encode_request(MsgType.WRITE_FILE, 3, [encode_field(Tag.PATH, "/tmp/f"),
+                                                   encode_field(Tag.DATA, secret * 100)]),
             encode_frame(MsgType.STDIN, 4, secret),
             encode_frame(MsgType.PING, 5),
         ]
         proc.stdin.write(b"".join(requests))
         proc.stdin.flush()
-        decoder, got = FrameDecoder(), []
+        decoder, got = FrameDecoder(), list[Frame]()
         deadline = time.monotonic() + 30
         while not any(f.id == 5 for f in got):
             assert time.monotonic() < deadline, "no answer to the ping"

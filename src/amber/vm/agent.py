@@ -32,7 +32,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -506,6 +506,7 @@ class AgentClient:
         self._routes_lock = threading.Lock()
         self._closed = False
         self.error: str | None = None
+        self.dropped_bytes = 0  # output of jobs with no route (see the reader), for diagnostics
         self._decoder = FrameDecoder(resync=True)
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._outbox_lock = threading.Lock()
@@ -592,6 +593,12 @@ class AgentClient:
                         route = self._routes.get(frame.id)
                     if route is not None:
                         route(frame)
+                    elif frame.type in (MsgType.STDOUT, MsgType.STDERR):
+                        # Output of a job nobody attached (started on an earlier connection): dropped, and
+                        # acknowledged so that a windowed job does not stall forever.
+                        self.dropped_bytes += len(frame.payload)
+                        ack = [encode_field(Tag.LENGTH, len(frame.payload))]
+                        self._post(encode_request(MsgType.ACK, frame.id, ack))
         except ProtocolError as e:
             self.error = f"agent protocol error: {e}"
         except OSError as e:
@@ -1015,7 +1022,7 @@ class AgentClient:
         length: int | None = None,
         user: str | None = None,
         timeout: float = 60.0,
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """The regular file ``path`` from ``offset`` (``length`` bytes, default: to its end) as chunks of at
         most ``chunk`` bytes (≤ 1 MiB). A few chunks are requested ahead (at most ``PIPELINE * chunk``
         bytes held), never the whole file. Raises ``AgentError`` (errno ENOENT, EACCES, EISDIR…) at the first
