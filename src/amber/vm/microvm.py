@@ -352,7 +352,8 @@ class MicroVM:
                 raise SnapshotError(f"guest sync before snapshot failed: {e}") from None
             state = staging / "state.bin"
             started = time.monotonic()
-            self._migrate_to(state)
+            with self.agent.quiesce():  # no request half-received by the guest goes into the snapshot
+                self._migrate_to(state)
             snapshot_seconds = time.monotonic() - started
             with contextlib.suppress(QMPError):
                 self.qmp.execute("quit")

@@ -280,7 +280,7 @@ class FrameDecoder:
             self._resyncing = False
             return True
 
-    def feed(self, data: bytes) -> Iterator[Frame]:
+    def feed(self, data: bytes | memoryview) -> Iterator[Frame]:
         self._buf += data
         if self._resyncing and not self._resync():
             return
@@ -292,7 +292,8 @@ class FrameDecoder:
                 raise ProtocolError(f"frame of {n} bytes is larger than any the agent sends")
             if len(self._buf) < HEADER.size + n:
                 return
-            payload = bytes(self._buf[HEADER.size : HEADER.size + n])
+            with memoryview(self._buf) as view:  # one copy out of the buffer, not two
+                payload = bytes(view[HEADER.size : HEADER.size + n])
             del self._buf[: HEADER.size + n]
             fields = [] if type_ in RAW_PAYLOAD else decode_fields(payload)
             yield Frame(type_, id_, payload, fields)
