@@ -90,12 +90,20 @@ def test_output_of_unattached_jobs_is_dropped_without_stalling_them(busybox_disk
     # Each round writes more than a pipe holds: the job blocks at once if its output is not read, and a
     # 4 KiB window that nobody acknowledges would stop the guest from reading it.
     chatty = "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/rounds; head -c 100000 /dev/zero; done"
+    attached_too = chatty.replace("/dev/shm/rounds", "/dev/shm/rounds2")
     with boot(busybox_disk, data_dir=data_dir, memory_mib=256) as vm:
         job = vm.agent.start(shell=chatty, window=4096, on_stdout=lambda _d: None)
         job.wait_started(30)
+        other = vm.agent.start(shell=attached_too, window=4096, on_stdout=lambda _d: None)
+        other.wait_started(30)
         until(lambda: int(vm.exec(["cat", "/dev/shm/rounds"]).stdout or 0) >= 3, "rounds before the snapshot")
         art = vm.snapshot(tmp_path / "art")
-    with restore(art.directory, data_dir=data_dir) as box:  # nothing attached
+    received = bytearray()
+    with restore(art.directory, data_dir=data_dir, attach=[other.request_id]) as box:  # only `other` attached
+        mine = box.agent.attach(other.request_id, on_stdout=received.extend)
+        mine.wait_started(30)
         start = int(box.exec(["cat", "/dev/shm/rounds"]).stdout)
         until(lambda: int(box.exec(["cat", "/dev/shm/rounds"]).stdout) >= start + 5, "rounds after the restore")
         assert box.agent.dropped_bytes > 0
+        # The attached one is acknowledged at its own window's pace: far more than one window arrives.
+        until(lambda: len(received) > 1_000_000, "output of the attached windowed job")

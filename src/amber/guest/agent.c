@@ -25,7 +25,7 @@
  *        reach the command (or are dropped because it closed its stdin): the host's stdin credit.
  *   SIGNAL {SIGNAL}                        (to the exec's process group; no answer unless malformed)
  *   ACK {LENGTH, FLAGS 1=reset}            output consumed by the host (WINDOW); no answer
- *   ATTACH                                 -> OK {PID, STDIN_OPEN} for a job still in the table, else ERROR
+ *   ATTACH                                 -> OK {PID, STDIN_OPEN, WINDOW} for a job still in the table, else ERROR
  *   SET_ENV {ENV*}                         -> OK; replaces the base environment (old values scrubbed)
  *   WRITE_FILE {PATH, DATA, MODE, OWNER, OFFSET, FLAGS 1=mkdirs, USER}  -> OK (OFFSET 0 creates/truncates)
  *   READ_FILE {PATH, OFFSET, LENGTH, USER} -> OK {SIZE, MODE, UID, GID, INO, MTIME_NS, DATA}
@@ -699,6 +699,7 @@ static void handle_attach(uint32_t id) {
     begin(M_OK, id);
     field_u32(T_PID, (uint32_t)j->pid);
     if (j->in >= 0 || j->in_open) field(T_STDIN_OPEN, NULL, 0);
+    if (j->window) field_u32(T_WINDOW, j->window);  /* the new host must ACK at that pace */
     end();
 }
 

@@ -116,7 +116,8 @@ class AgentClient:
     first byte until ``attach(id)`` claims them.
     """
 
-    def __init__(self, sock: socket.socket, *, first_request_id: int | None = None, attach: Iterable[int] = ()) -> None:
+    def __init__(self, sock: socket.socket, first_request_id: int | None = None, *,
+                 attach: Iterable[int] = ()) -> None:
         if first_request_id is not None and not 1 <= first_request_id <= MAX_ID:
             raise ValueError(f"first_request_id must be in 1..{MAX_ID}, got {first_request_id}")
         self._sock = sock

@@ -13,7 +13,7 @@ Requests and answers, in short (``→`` reply frames to the same id):
   ``STDOUT``/``STDERR`` (raw), ``STDIN_ACK {LENGTH}``, ``EXIT {EXIT_CODE|SIGNAL, TIMED_OUT}`` — or ``ERROR``.
   ``PORT`` relays stdin/stdout to ``127.0.0.1:PORT`` (then ``::1``) in the guest.
 - ``STDIN`` (raw; empty = EOF), ``SIGNAL {SIGNAL}``, ``ACK {LENGTH, FLAGS}`` (output consumed, for
-  ``WINDOW``): no answer unless malformed. ``ATTACH`` → ``OK {PID, STDIN_OPEN}`` or ``ERROR`` (ENOENT).
+  ``WINDOW``): no answer unless malformed. ``ATTACH`` → ``OK {PID, STDIN_OPEN, WINDOW}`` or ``ERROR`` (ENOENT).
 - ``SET_ENV {ENV*}`` → ``OK`` (replaces the agent's base environment).
 - Files (each with an optional ``USER``): ``WRITE_FILE {PATH, DATA, MODE, OWNER, OFFSET, FLAGS}``,
   ``READ_FILE {PATH, OFFSET, LENGTH}`` → ``OK {SIZE, MODE, UID, GID, INO, MTIME_NS, DATA}``,
