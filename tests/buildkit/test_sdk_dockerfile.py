@@ -19,6 +19,7 @@ from nullspace.template import CommandReadinessProbe
 from amber.vm.artifact import restore
 from tests.buildkit.conftest import Images, scan_for
 from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
+from tests.contract.test_log_bytes import EXPECTED_LINES, PRINT_EVERYTHING
 from tests.support.server import AmberServer, running_server
 
 pytestmark = [pytest.mark.vm, pytest.mark.docker]
@@ -156,6 +157,26 @@ def test_failed_run_step_reports_instruction_exit_code_and_output(
     tail = message.split("last output:\n", 1)[1].splitlines()
     assert tail == [f"out-{i}" for i in range(12, 31)] + ["broken"]  # the last 20 of 31 lines
     assert entries[-1].kind.value == "error" and entries[-1].phase == "step"
+
+
+def test_every_byte_a_run_step_prints_reaches_the_sdk(
+    server: AmberServer, keys: dict[str, str], images: Images
+) -> None:
+    """Issue 12: U+2028, U+2029, U+0085, CR-only lines, NUL and invalid UTF-8 printed by a RUN survive the SSE
+    stream, the SSE replay and polling, which show the same text (invalid UTF-8 as U+FFFD)."""
+    dockerfile = f"FROM {images.public}\nRUN {PRINT_EVERYTHING} && echo {unique('nocache')}\n"
+    streamed: list[TemplateBuildLogEntry] = []
+    build = Template.build(Template.from_dockerfile_content(dockerfile), unique("bytes"), on_log_entry=streamed.append,
+                           **conn(server, keys))  # fmt: skip
+    assert build.status.value == "ready"
+    texts = [e.message for e in streamed]
+    for line in EXPECTED_LINES:
+        assert line in texts, (line, texts)
+    handle = TemplateBuild.connect(build.build_id, **conn(server, keys))
+    assert [e.message for e in handle.logs(offset=0)] == texts
+    assert [e.message for e in handle.get_status().entries] == texts
+    handle.close()
+    build.close()
 
 
 def test_private_bases_and_a_second_tenant(server: AmberServer, keys: dict[str, str], images: Images) -> None:

@@ -263,14 +263,15 @@ def qemu_processes_for(data_dir: Path) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("when", ["step", "boot"])
+@pytest.mark.parametrize("when", ["step", "boot", "snapshot"])
 def test_cancel_stops_the_vm_and_leaves_nothing_behind(
     executor: NativeExecutor, data_dir: Path, base_ref: str, blob: Path, when: str
 ) -> None:
+    last = "sleep 3600" if when != "snapshot" else "true"
     request = {
         "base_image": base_ref,
         "build_config": {"vcpus": 1, "memory_mib": 256},
-        "steps": [{"action": "run", "command": f"echo cancel-{when} > /x"}, {"action": "run", "command": "sleep 3600"}],
+        "steps": [{"action": "run", "command": f"echo cancel-{when} > /x"}, {"action": "run", "command": last}],
     }
     build = Build()
     cancel = asyncio.Event()
@@ -281,6 +282,8 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
             cancel.set()
         if when == "boot" and event.phase == LogPhase.VM_CREATE:
             cancel.set()  # the first vm_create entry comes right before the boot starts
+        if when == "snapshot" and event.phase == LogPhase.SNAPSHOT:
+            cancel.set()  # right before the snapshot starts: it is cancelled (or a timeout fires) mid-way
 
     job = BuildJob(build_id=f"tb_cancel_{when}", template_id="tmpl_cancel", request=validate_create_request(request),
                    data_dir=data_dir)  # fmt: skip
@@ -295,6 +298,7 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
     assert qemu_processes_for(data_dir) == []
     assert not (data_dir / "builds" / f"tb_cancel_{when}").exists()
     assert not (data_dir / "artifacts" / f"tb_cancel_{when}").exists()
+    assert not list((data_dir / "artifacts").glob(f".tb_cancel_{when}.tmp-*")), "snapshot staging left behind"
     layers = data_dir / "cache" / "build" / "layers"
     unpublished = [p for p in layers.glob("*.qcow2") if not Path(f"{p}.ok").exists()]
     assert unpublished == []

@@ -1,9 +1,10 @@
 """Server-Sent Events for build logs (§3.2, C1-C3): replay from an offset, then optionally follow live.
 
-Framing per entry: ``id: <offset>``, ``event: log``, ``data: <one-line JSON>``. While idle a comment line
-``: keepalive`` is sent every ``sse_heartbeat_secs`` (the SDK's read timeout is 30 s on reconnects). The
-stream closes after a terminal entry (``end``, ``error``, ``cancelled``), after the replay when not
-following, or when the build is terminal or gone.
+Framing per entry: ``id: <offset>``, ``event: log``, ``data: <one-line JSON>`` — one line for every client
+whatever the build printed (U+2028, U+0085, CR, NUL … are escaped, see ``amber.contract.jsonline``). While idle
+a comment line ``: keepalive`` is sent every ``sse_heartbeat_secs`` (the SDK's read timeout is 30 s on
+reconnects). The stream closes after a terminal entry (``end``, ``error``, ``cancelled``), after the replay when
+not following, or when the build is terminal or gone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from amber.builds.logbus import Published
 from amber.builds.service import BuildService
+from amber.contract.jsonline import line_safe
 from amber.contract.status import TERMINAL_STATUSES
 
 _PAGE = 500
@@ -21,7 +23,9 @@ KEEPALIVE = b": keepalive\n\n"
 
 
 def frame(item: Published) -> bytes:
-    return f"id: {item.offset}\nevent: log\ndata: {item.entry_json}\n\n".encode()
+    """One SSE event. Entries are stored line-safe (``amber.contract.jsonline``); ``line_safe`` again costs
+    nothing for them and keeps entries written by older versions from splitting."""
+    return f"id: {item.offset}\nevent: log\ndata: {line_safe(item.entry_json)}\n\n".encode()
 
 
 async def log_entries(service: BuildService, build_id: str, start: int, *, follow: bool) -> AsyncIterator[

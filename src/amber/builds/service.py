@@ -29,7 +29,7 @@ from amber.builds.logbus import LogBus, Published
 from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.queue import WorkerIdentity, orphaned_builds, stranded_waiting
 from amber.builds.views import build_summary, build_view, dumps, template_info, ts
-from amber.contract.failures import FAILURE_LOG_PHASES, FailurePhase, failure_detail
+from amber.contract.failures import FAILURE_LOG_PHASES, FailurePhase, failure_detail, failure_message
 from amber.contract.logs import CACHE_SUMMARY_KEYS, CacheKind, CacheStatus, LogEvent, cache_summary_key
 from amber.contract.request import CreateTemplateRequest, persistable_request
 from amber.contract.runtime import safe_runtime_defaults
@@ -277,7 +277,7 @@ class BuildService:
         ]
         needs_memory = bool(req.base_image_auth or req.registry_auth or req.build_secrets or inline)
         build_tags = tags if tags is not None else req.effective_tags
-        build_config = req.build_config.model_dump(mode="json", exclude_none=True) if req.build_config else {}
+        build_config = definition.get("build_config", {})  # declared fields only, like the definition
 
         def write(session: Session) -> tuple[dict[str, Any], Published | None]:
             resolve_for_build(session, self.blobs, caller.namespace_id, blob_entries)
@@ -533,6 +533,7 @@ class BuildService:
         extra: dict[str, Any] | None = None,
     ) -> bool:
         """End an active build with ``status=error`` and a terminal ``error`` entry carrying the detail."""
+        message = failure_message(message)
 
         def write(session: Session) -> Published | None:
             build = session.get(Build, build_id)

@@ -8,12 +8,12 @@ Optional fields are omitted, never ``null``; timestamps are RFC 3339 UTC with ``
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from amber.contract.jsonline import dumps_line
 from amber.contract.runtime import safe_runtime_defaults
 from amber.contract.status import TERMINAL_STATUSES
 from amber.store import catalog
@@ -26,7 +26,8 @@ def ts(value: datetime) -> str:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON that stays one line for every client (log entries are SSE ``data:`` lines)."""
+    return dumps_line(value)
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:

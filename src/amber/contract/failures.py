@@ -87,6 +87,13 @@ LOG_PHASE_FAILURES = {
 }
 
 
+def failure_message(text: str) -> str:
+    """A failure message as stored and shown (the ``error`` entry, ``TemplateBuild.error``, ``error_detail``): the
+    text with NUL as U+FFFD, since it quotes build output and PostgreSQL text cannot hold NUL. (Log lines keep
+    every character; only this summary changes.)"""
+    return text.replace("\x00", "\ufffd")
+
+
 def failure_detail(
     *,
     code: str,

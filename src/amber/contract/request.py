@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from amber.contract._models import OpenModel
+from amber.contract._models import OpenModel, declared_json
 from amber.contract.credentials import BaseImageAuth, BuildSecret, RegistryAuth
 from amber.contract.errors import InvalidRequest
 from amber.contract.runtime import RuntimeConfig
@@ -151,10 +151,11 @@ def structural_problems(data: Any) -> list[InvalidRequest]:
 
 
 def persistable_request(req: CreateTemplateRequest, *, keep_inline_content: bool = False) -> dict[str, Any]:
-    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values and (unless asked)
-    inline context bytes removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id`` and ``source``;
-    ``registry_auth`` keeps ``registry`` and the auth ``kind``."""
-    data = req.model_dump(mode="json", exclude_none=True)
+    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values, unknown keys
+    (a client's additions to open models, ignored by the contract) and (unless asked) inline context bytes
+    removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id`` and ``source``; ``registry_auth``
+    keeps ``registry`` and the auth ``kind``."""
+    data = declared_json(req)
     if req.base_image_auth is not None:
         data["base_image_auth"] = {"kind": req.base_image_auth.kind}
     if req.registry_auth is not None:

@@ -453,8 +453,17 @@ class NativeExecutor:
         attempt.pumps.clear()
         await log.info(LogPhase.SNAPSHOT, "snapshotting the running VM")
         started = time.monotonic()
+        snapshot = asyncio.ensure_future(asyncio.to_thread(machine.snapshot, attempt.artifact_dir))
         try:
-            await asyncio.to_thread(machine.snapshot, attempt.artifact_dir)
+            await asyncio.shield(snapshot)
+        except asyncio.CancelledError:
+            # Cancelled or timed out mid-snapshot: end the VM so the snapshot thread fails at once and removes its
+            # staging directory, and wait for it, so nothing is written after the cleanup removes the artifact.
+            await asyncio.to_thread(machine.close)
+            await asyncio.wait({snapshot})
+            if not snapshot.cancelled():
+                snapshot.exception()  # retrieved: the failure is the cancellation's consequence
+            raise
         except Exception as exc:
             raise BuildFailed(f"snapshot failed: {exc}", phase=FailurePhase.SNAPSHOT) from None
         finally:
