@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     lease_secs: float = 30.0  # a worker renews its claim on a build this often x3; expired → interrupted
     claim_ttl_secs: int = 600  # lifetime of a name claim
     max_blob_bytes: int = 8 * 1024**3  # largest single build-context file accepted
+    # JSON request bodies (every endpoint but raw uploads, see amber.api.body): larger → 413, deeper → 400.
+    max_json_body_bytes: int = 8 * 1024**2  # the SDK's plan/validate send context files inline (base64, +33 %)
+    max_json_depth: int = 64  # nested arrays/objects; the contract's requests need fewer than 10
     sse_heartbeat_secs: float = 10.0  # idle SSE streams get a comment line this often (SDK needs <= 15 s)
     log_poll_secs: float = 2.0  # followers re-check the database this often (entries written by other hosts)
     cache_max_bytes: int | None = None  # all caches under data_dir/cache together; 0 = unbounded; default below

@@ -76,6 +76,20 @@ def test_preflight_upload_and_reuse(api: Api) -> None:
                  "upload_expired")
 
 
+def test_completed_blobs_are_immutable(api: Api) -> None:
+    """Issue 12: the same bytes again are 204; different bytes (same size, longer, shorter) are 409."""
+    data = b"immutable " + unique("blob").encode()
+    result = api.acme.post("/v1/templates/blobs/preflight", json={"files": [descriptor("imm.txt", data)]}).json()
+    blob_id = result["files"][0]["blob_id"]
+    headers = {"content-type": "application/octet-stream"}
+    assert api.acme.put(f"/v1/templates/blobs/{blob_id}", content=data, headers=headers).status_code == 204
+    for other in (data[:-1] + b"?", data + b"!", data[:-1], b""):
+        body = assert_error(api.acme.put(f"/v1/templates/blobs/{blob_id}", content=other, headers=headers), 409,
+                            "conflict")
+        assert "immutable" in body["error"] and "preflight" in body["error"]
+    assert api.acme.put(f"/v1/templates/blobs/{blob_id}", content=data, headers=headers).status_code == 204
+
+
 def test_preflight_rejects_bad_descriptors(api: Api) -> None:
     bad_sha = {"path": "a", "entry_type": "file", "sha256": "XYZ", "size_bytes": 1}
     body = upload_error(api.acme.post("/v1/templates/blobs/preflight", json={"files": [bad_sha]}),

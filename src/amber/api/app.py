@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from amber.api.body import JsonBodyMiddleware
 from amber.api.deps import AppState
 from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
@@ -60,6 +61,8 @@ def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
 
         return await db.read(lambda session: catalog.readable_by_name(session, namespace, name, caller))
 
+    settings = state.settings
+    app.add_middleware(JsonBodyMiddleware, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth)
     app.add_middleware(RefsRoutingMiddleware, ref_exists=ref_exists)
     app.add_middleware(RequestIdMiddleware)
 

@@ -2,7 +2,8 @@
 
 Files live at ``<root>/sha256/<2 hex>/<64 hex>``; an upload streams into ``<root>/tmp`` while being hashed
 and is renamed into place only when its SHA-256 and size match what preflight promised, so a reader never
-sees a partial or wrong file. Same bytes from several namespaces are stored once.
+sees a partial or wrong file. Same bytes from several namespaces are stored once. A stored file is never
+replaced: a repeated upload is only compared with it (``same_bytes``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 
 _MIN_FREE_BYTES = 256 * 1024**2  # refuse uploads that would leave less than this on the disk
+_COMPARE_SLACK = 8 * 1024**2  # a repeated upload longer than its blob is read this far past it, then refused
 
 
 @dataclass
@@ -44,6 +46,19 @@ class BlobStore:
 
     def has(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
+
+    async def same_bytes(self, chunks: AsyncIterator[bytes], *, sha256: str, size_bytes: int) -> bool:
+        """Read a whole stream (storing nothing) and say whether it is exactly ``size_bytes`` bytes with digest
+        ``sha256``: a stored blob is immutable, so a repeated upload is only ever compared with it."""
+        digest = hashlib.sha256()
+        received = 0
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > size_bytes + _COMPARE_SLACK:
+                return False  # too long to be the same; stop reading
+            if received <= size_bytes:
+                digest.update(chunk)
+        return received == size_bytes and digest.hexdigest() == sha256
 
     async def ingest(self, chunks: AsyncIterator[bytes], *, sha256: str, size_bytes: int, max_bytes: int) -> Path:
         """Store a stream whose digest and size must equal ``sha256``/``size_bytes``. Raises ``UploadRejected``."""
