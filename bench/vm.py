@@ -11,7 +11,12 @@ Per mode and N iterations (median printed, with min-max): cold boot to first age
 artifact); artifact sizes; restore to first agent reply (including clock/RNG/boot_id duties), one at a time
 and 5 in parallel; RSS of an idle restored sandbox. Not a pass/fail test; targets are printed alongside.
 
-Run: ``.venv/bin/python bench/vm.py [-n 10]`` as root, after ``make setup``.
+Network isolation (``--network``, or part of the full run): cold boot and restore without a NIC, with a NIC
+and internet off (QEMU in an empty network namespace) and with internet on (QEMU in the isolation group,
+the nftables table checked before each launch), interleaved round by round so drift hits all alike; plus
+the bare cost of each confinement step (``unshare --net``, the ``nft`` check).
+
+Run: ``.venv/bin/python bench/vm.py [-n 10] [--network]`` as root, after ``make setup``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.busybox import make_busybox_tree
 
 from amber.guest.install import ensure_guest
+from amber.isolation import ensure_host_rules
 from amber.settings import get_settings
 from amber.vm import MemoryBackend, MicroVM, TemplateArtifact, boot, restore
 from amber.vm.microvm import resolve_accel
@@ -65,9 +72,9 @@ def fmt_s(values: list[float]) -> str:
     return f"{med(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
 
 
-def timed_restore(artifact: TemplateArtifact, data_dir: Path) -> tuple[float, MicroVM]:
+def timed_restore(artifact: TemplateArtifact, data_dir: Path, *, internet: bool = False) -> tuple[float, MicroVM]:
     started = time.monotonic()
-    vm = restore(artifact, data_dir=data_dir)
+    vm = restore(artifact, data_dir=data_dir, internet=internet)
     return time.monotonic() - started, vm
 
 
@@ -113,9 +120,56 @@ def run_mode(backend: MemoryBackend, n: int, disk: Path, data_dir: Path, work: P
     return res
 
 
+NETWORK_VARIANTS = (("no NIC", False, False), ("NIC, internet off", True, False), ("NIC, internet on", True, True))
+
+
+def _timed(action: Callable[[], object]) -> float:
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def run_network(n: int, disk: Path, data_dir: Path, work: Path) -> None:
+    """Boot and restore cost of the NIC and of each confinement, printed as a table."""
+    boots: dict[str, list[float]] = {name: [] for name, _, _ in NETWORK_VARIANTS}
+    restores: dict[str, list[float]] = {name: [] for name, _, _ in NETWORK_VARIANTS}
+    for i in range(n):
+        for name, nic, internet in NETWORK_VARIANTS:
+            started = time.monotonic()
+            with boot(disk, data_dir=data_dir, memory_mib=MEMORY_MIB, nic=nic, internet=internet):
+                boots[name].append(time.monotonic() - started)
+        print(f"  network boots {i + 1}/{n}", file=sys.stderr)
+    artifacts = {}
+    for nic in (False, True):
+        with boot(disk, data_dir=data_dir, memory_mib=MEMORY_MIB, nic=nic) as vm:
+            vm.exec(shell=SERVICE)
+            artifacts[nic] = vm.snapshot(work / f"net-{nic}")
+    for i in range(n):
+        for name, nic, internet in NETWORK_VARIANTS:
+            seconds, vm = timed_restore(artifacts[nic], data_dir, internet=internet)
+            vm.close()
+            restores[name].append(seconds)
+        print(f"  network restores {i + 1}/{n}", file=sys.stderr)
+    unshare = [_timed(lambda: subprocess.run(["unshare", "--net", "--", "true"], check=True)) for _ in range(n)]
+    plain = [_timed(lambda: subprocess.run(["true"], check=True)) for _ in range(n)]
+    check = [_timed(ensure_host_rules) for _ in range(n)]
+    print(f"\nnetwork isolation: accel={resolve_accel(None)}, {MEMORY_MIB} MiB guest, 1 vCPU, median of {n} (min-max)")
+    width = max(len(name) for name, _, _ in NETWORK_VARIANTS)
+    print(f"{'':{width}}  {'cold boot → agent':28} {'restore → agent':28}")
+    for name, _, _ in NETWORK_VARIANTS:
+        print(f"{name:{width}}  {fmt_s(boots[name]):28} {fmt_s(restores[name]):28}")
+    base_boot, base_restore = med(boots["no NIC"]), med(restores["no NIC"])
+    for name, _, _ in NETWORK_VARIANTS[1:]:
+        print(f"  {name}: boot {1000 * (med(boots[name]) - base_boot):+.0f} ms, "
+              f"restore {1000 * (med(restores[name]) - base_restore):+.0f} ms against no NIC")
+    print(f"process start: plain {fmt_s(plain)}, through unshare --net {fmt_s(unshare)}; "
+          f"nft table check {fmt_s(check)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=10, help="iterations per measurement (default 10)")
+    parser.add_argument("--network", action="store_true", help="only the network isolation measurements")
     args = parser.parse_args()
     guest_root = get_settings().data_dir.resolve()
     ensure_guest(guest_root)
@@ -127,6 +181,9 @@ def main() -> None:
         tree = make_busybox_tree(work / "tree")
         disk = work / "busybox.ext4"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree), str(disk), "64M"], check=True)
+        run_network(args.n, disk, data_dir, work)
+        if args.network:
+            return
         lazy = run_mode(MemoryBackend.FILE, args.n, disk, data_dir, work)
         naive = run_mode(MemoryBackend.RAM, args.n, disk, data_dir, work)
 

@@ -11,6 +11,7 @@ mkdir -p "$STAMP_DIR"
 DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio lz4 kmod file binutils socat
   docker-registry apache2-utils skopeo umoci debootstrap attr
+  nftables
   docker.io
   postgresql
   gcc make libc6-dev

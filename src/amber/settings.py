@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Directories whose repositories ``git_clone`` may read by local path or file:// URL (after realpath);
     # empty = none. Env: a JSON list or ``:``-separated paths.
     git_local_roots: Annotated[list[Path], NoDecode] = []
+    # The group whose sockets the host's nftables table ``inet amber`` confines (guests with internet, host-side
+    # fetches for users): no host address, no other guest, only the outside world. Give no other process it.
+    isolation_gid: int = 64511
 
     @field_validator("git_local_roots", mode="before")
     @classmethod

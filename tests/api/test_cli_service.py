@@ -42,7 +42,9 @@ def test_doctor_reports_every_check(tmp_path: Path) -> None:
     result = run(["doctor"], tmp_path)
     lines = result.stdout.splitlines()
     names = [line.split()[1] for line in lines]
-    assert names == ["kvm", "qemu", "qemu-img", "kernel", "dockerd", "disk"], result.stdout
+    assert names == ["kvm", "qemu", "qemu-img", "kernel", "dockerd", "isolation", "disk"], result.stdout
+    isolation = next(line for line in lines if line.split()[1] == "isolation")
+    assert isolation.startswith("ok") and "inet amber" in isolation
     assert all(line.split()[0] in ("ok", "warn", "FAIL") for line in lines)
     kernel = next(line for line in lines if line.split()[1] == "kernel")
     assert kernel.startswith("FAIL") and "amber setup-guest" in kernel  # a fresh data dir has no guest kernel

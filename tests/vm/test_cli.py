@@ -5,12 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+from tests.support.network import HostListener, OutsideWorld
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,38 +18,21 @@ def amber(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, timeout=300)
 
 
-class _Hello(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"hello from the host\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def host_http() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    thread.join()
-
-
-def test_vm_run_with_network_streams_output_and_exits_with_the_status(
-    busybox_disk: Path, data_dir: Path, host_http: int
+def test_vm_run_with_internet_streams_output_and_exits_with_the_status(
+    busybox_disk: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    done = amber(data_dir, "vm", "run", str(busybox_disk), "--memory", "192", "--cpus", "2", "--network", "--",
-                 "sh", "-c", f"wget -qO- http://10.0.2.2:{host_http}/ && nproc && free -m | grep -o 'Mem: *[0-9]*' "
-                             "&& echo to-stderr >&2 && exit 7")
+    with OutsideWorld(tmp_path) as outside, HostListener() as host:
+        done = amber(data_dir, "vm", "run", str(busybox_disk), "--memory", "192", "--cpus", "2", "--internet", "--",
+                     "sh", "-c", f"nc {outside.address} {outside.port} </dev/null && nproc "
+                                 "&& free -m | grep -o 'Mem: *[0-9]*' "
+                                 f"&& (nc 10.0.2.2 {host.port} </dev/null || echo host-refused) "
+                                 "&& echo to-stderr >&2 && exit 7")
+        assert host.connections == []
     assert done.returncode == 7, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[:2] == ["hello from the host", "2"]
+    assert lines[:2] == ["outside-world", "2"]
     assert 150 <= int(lines[2].split()[1]) <= 192  # guest-visible RAM: 192 MiB minus the kernel's share
+    assert lines[3] == "host-refused"
     assert "to-stderr" in done.stderr and "booting the VM: done in" in done.stderr
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from amber.isolation import IsolationError, ensure_host_rules
 from amber.settings import Settings
 
 _MIN_FREE_GIB = 10.0
@@ -61,6 +62,14 @@ def _dockerd() -> Check:
     return Check("dockerd", True, f"{found} (started by Amber on demand for Dockerfile builds)", required=False)
 
 
+def _isolation() -> Check:
+    try:
+        gid = ensure_host_rules()
+    except IsolationError as e:
+        return Check("isolation", False, f"guests with internet cannot be isolated: {e}")
+    return Check("isolation", True, f"nftables table inet amber confines group {gid} (guest network)")
+
+
 def _disk(settings: Settings) -> Check:
     target = settings.data_dir if settings.data_dir.exists() else Path.cwd()
     free = shutil.disk_usage(target).free / 1024**3
@@ -71,7 +80,8 @@ def _disk(settings: Settings) -> Check:
 def doctor(
     data_dir: Path = typer.Option(None, "--data-dir", envvar="AMBER_DATA_DIR", help="Amber's data directory."),
 ) -> None:
-    """Report what is missing (KVM, QEMU, guest kernel, dockerd, disk space). Exit 1 if a requirement fails."""
+    """Report what is missing (KVM, QEMU, guest kernel, dockerd, network isolation, disk space). Exit 1 if a
+    requirement fails. The isolation check installs the nftables table guests need (idempotent)."""
     settings = Settings()
     if data_dir is not None:
         settings.data_dir = data_dir
@@ -81,6 +91,7 @@ def doctor(
         _binary("qemu-img", "qemu-img", "qemu-utils"),
         _guest_kernel(settings),
         _dockerd(),
+        _isolation(),
         _disk(settings),
     ]
     for check in checks:

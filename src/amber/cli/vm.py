@@ -67,13 +67,13 @@ def run(
     command: list[str] = typer.Argument(None, help="Command to run (after --)."),
     cpus: int = typer.Option(1, "--cpus", min=1, max=64),
     memory: int = typer.Option(512, "--memory", min=64, help="Guest memory in MiB."),
-    network: bool = typer.Option(False, "--network", help="User-mode network (internet access)."),
+    internet: bool = typer.Option(False, "--internet", help="Internet access (never the host nor other guests)."),
     data_dir: Path = DATA_DIR,
 ) -> None:
     """Boot DISK (never modified: the VM writes to a throwaway overlay), run the command, exit with its status."""
     try:
         with _step("booting the VM"):
-            vm = boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, network=network)
+            vm = boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, internet=internet)
         with vm:
             code = _run_command(vm, command or [])
     except VMError as e:
@@ -91,7 +91,7 @@ def snapshot(
     ready_timeout: float = typer.Option(120.0, "--ready-timeout", help="Seconds to wait for the port."),
     cpus: int = typer.Option(1, "--cpus", min=1, max=64),
     memory: int = typer.Option(512, "--memory", min=64, help="Guest memory in MiB."),
-    network: bool = typer.Option(False, "--network"),
+    internet: bool = typer.Option(False, "--internet", help="Internet access (never the host nor other guests)."),
     data_dir: Path = DATA_DIR,
 ) -> None:
     """Boot DISK, start the service, wait until its TCP port accepts, and snapshot the running VM to OUT."""
@@ -100,7 +100,7 @@ def snapshot(
         raise typer.Exit(2)
     try:
         with _step("booting the VM"):
-            vm = boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, network=network)
+            vm = boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, internet=internet)
         with vm:
             # The start command runs for the VM's whole life: its exec never returns before the snapshot.
             def service() -> None:

@@ -3,9 +3,9 @@ snapshots to template artifacts and lazy copy-on-write restores.
 
 Public API (everything else is internal):
 
-- ``boot(disk, data_dir=…, cpus=, memory_mib=, network=, memory_backend=, accel=, overlay=, hostname=,
+- ``boot(disk, data_dir=…, cpus=, memory_mib=, internet=, memory_backend=, accel=, overlay=, hostname=,
   boot_timeout=)`` → ``MicroVM``
-- ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, network=, accel=, overlay=, hostname=,
+- ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, internet=, accel=, overlay=, hostname=,
   verify_checksums=, timeout=, first_request_id=, attach=])`` → ``MicroVM`` (clock set, RNG reseeded, new
   boot_id; ``attach`` keeps the frames of jobs started before the snapshot for ``vm.agent.attach(id)``)
 - ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``);
@@ -27,6 +27,9 @@ Guarantees and limits:
 - Guest: kernel and agent from ``amber setup-guest``; the agent is PID 1 and nothing is written into the
   image except mount points it needs (/dev, /proc, /sys, /dev/pts, /dev/shm) and, with ``network``,
   /etc/resolv.conf.
+- Network: every VM has a NIC (its presence is part of the machine); ``internet`` is chosen per boot and per
+  restore: on, the guest reaches only the outside world (never the host's loopback or addresses, nor other
+  guests); off, nothing at all (``amber.isolation``; a VM whose network cannot be isolated does not start).
 - One snapshot per VM (QEMU cannot migrate twice). A restored VM can be snapshotted, but its RAM is a private
   copy of the template's, so that snapshot writes all of it to ``state.bin`` (not lazy).
 - Thread-safe: ``exec`` and agent requests may run concurrently from many threads (up to 256 guest jobs:

@@ -275,7 +275,7 @@ def restore(
     data_dir: Path,
     cpus: int | None = None,
     memory_mib: int | None = None,
-    network: bool | None = None,
+    internet: bool = False,
     accel: str | None = None,
     overlay: Path | None = None,
     hostname: str | None = None,
@@ -293,7 +293,9 @@ def restore(
     from one template never share clocks or random streams. The VM writes to a fresh overlay (in its run
     directory, or ``overlay``). ``attach`` = agent request ids of jobs running in the guest when the
     artifact was taken: their frames are kept for ``vm.agent.attach(id)``; ``first_request_id`` seeds the
-    agent client's request ids above every id the guest may still hold.
+    agent client's request ids above every id the guest may still hold. ``internet`` is this restore's own
+    choice (restores of one artifact may differ): on, the guest reaches only the outside world; off, nothing
+    (see ``boot``). An artifact taken without a NIC (before every VM had one) restores without network.
     """
     data_dir = data_dir.resolve()
     sweep_once(data_dir)
@@ -305,7 +307,7 @@ def restore(
         guest,
         cpus=saved.cpus if cpus is None else cpus,
         memory_mib=saved.memory_mib if memory_mib is None else memory_mib,
-        network=saved.network if network is None else network,
+        network=saved.network,
         memory_backend=saved.memory_backend,
         accel=accel or saved.accel,
     )
@@ -328,7 +330,7 @@ def restore(
         create_overlay(art.chain.top.path, art.chain.top.format, top, virtual_size(art.chain.top))
         files = MachineFiles(kernel=art.kernel, initramfs=art.initramfs, chain=art.chain, overlay=top,
                              memory_file=art.memory, share_memory=False, incoming=True)
-        vm = MicroVM.start(run_dir, saved, files)
+        vm = MicroVM.start(run_dir, saved, files, internet=internet)
         try:
             if saved.memory_backend == MemoryBackend.FILE:
                 vm.qmp.execute("migrate-set-capabilities",

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from amber.guest.install import GuestImage, GuestMissing, load_guest
+from amber.isolation import IsolationError, confine
 from amber.settings import get_settings
 from amber.vm import host
 from amber.vm.agent import AgentClient, ExecResult, OutputCallback, RunningExec
@@ -85,7 +86,8 @@ def describe(
     accel: Accel | str | None,
     hostname: str | None = None,
 ) -> MachineDescription:
-    """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version)."""
+    """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version). ``network``
+    is the NIC's presence (every new VM has one; artifacts from before may not)."""
     if not 1 <= cpus <= 64:
         raise VMError(f"cpus must be 1..64, got {cpus}")
     if not 64 <= memory_mib <= 1 << 20:
@@ -145,6 +147,7 @@ class MicroVM:
         description: MachineDescription,
         files: MachineFiles,
         process: subprocess.Popen[bytes],
+        internet: bool,
     ) -> None:
         self.run_dir = run_dir
         self.description = description
@@ -152,6 +155,7 @@ class MicroVM:
         self.chain = files.chain
         self.overlay = files.overlay
         self.process = process
+        self.internet = internet and description.network  # a machine without a NIC has no network at all
         self._top_node = "root"
         self._checkpoints = 0
         self._dirfd = os.open(run_dir, os.O_PATH | os.O_CLOEXEC)
@@ -164,12 +168,18 @@ class MicroVM:
     # ---- life cycle ----
 
     @classmethod
-    def start(cls, run_dir: Path, description: MachineDescription, files: MachineFiles) -> MicroVM:
-        """Spawn QEMU and connect QMP (no agent yet). On failure the caller removes ``run_dir``."""
-        argv = qemu_argv(host.qemu_binary(), description, files)
+    def start(cls, run_dir: Path, description: MachineDescription, files: MachineFiles, *,
+              internet: bool) -> MicroVM:
+        """Spawn QEMU, confined (``amber.isolation``: with ``internet`` only the outside world, else no
+        network at all), and connect QMP (no agent yet). On failure the caller removes ``run_dir``."""
+        try:
+            argv = confine(qemu_argv(host.qemu_binary(), description, files),
+                           internet=internet and description.network)
+        except IsolationError as e:
+            raise BootError(f"cannot isolate the VM's network: {e}") from None
         (run_dir / "qemu.argv").write_text(shlex.join(argv) + "\n")
         process = spawn(argv, run_dir, run_dir / "qemu.log")
-        vm = cls(run_dir=run_dir, description=description, files=files, process=process)
+        vm = cls(run_dir=run_dir, description=description, files=files, process=process, internet=internet)
         try:
             vm._qmp = QMPClient(vm._connect(files.qmp_socket, 30.0))
         except BaseException as e:
@@ -409,21 +419,26 @@ def boot(
     data_dir: Path,
     cpus: int = 1,
     memory_mib: int = 512,
-    network: bool = False,
+    internet: bool = False,
     memory_backend: MemoryBackend = MemoryBackend.FILE,
     accel: Accel | str | None = None,
     overlay: Path | None = None,
     hostname: str | None = None,
     boot_timeout: float = 120.0,
+    nic: bool = True,
 ) -> MicroVM:
     """Boot a microVM from ``disk`` (one image path, or a ``DiskChain``) and wait for its agent.
 
     The chain is read-only; the guest writes to ``overlay`` (created fresh; it must not exist) or, by
-    default, to a private overlay in the run directory. ``network`` adds a user-mode NIC (guest
-    10.0.2.15, host reachable as 10.0.2.2, outbound internet if the host has it). ``accel`` overrides the
-    choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else "amber". Raises
-    ``BootError`` (with the console tail) if the agent does not answer within ``boot_timeout`` seconds;
-    nothing is left behind then.
+    default, to a private overlay in the run directory. Every VM has a user-mode NIC (guest 10.0.2.15,
+    gateway 10.0.2.2, DNS 10.0.2.3); ``internet`` is a runtime choice, not part of the machine: on, the
+    guest reaches the outside world only (never the host's loopback or addresses, nor other guests); off,
+    nothing at all (``amber.isolation``). ``nic=False`` leaves the NIC out (measurements and compatibility
+    tests only: the NIC's presence is part of the machine, so its snapshots can never have network).
+    ``accel`` overrides the choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else
+    "amber". Raises ``BootError`` (with the console tail) if the agent does not answer within
+    ``boot_timeout`` seconds, or if the host cannot isolate the network as asked; nothing is left behind
+    then.
     """
     data_dir = data_dir.resolve()
     sweep_once(data_dir)
@@ -433,7 +448,7 @@ def boot(
             raise BootError(f"disk layer {layer.path} does not exist")
     guest = load_guest_or_fail(data_dir)
     try:
-        desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=network, memory_backend=memory_backend,
+        desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=nic, memory_backend=memory_backend,
                         accel=accel, hostname=hostname)
     except ValueError as e:
         raise BootError(str(e)) from None
@@ -452,7 +467,7 @@ def boot(
             memory_file=run_dir / "memory.bin" if memory_backend == MemoryBackend.FILE else None,
             share_memory=True,
         )
-        vm = MicroVM.start(run_dir, desc, files)
+        vm = MicroVM.start(run_dir, desc, files, internet=internet)
         vm.connect_agent(boot_timeout)
         vm.boot_seconds = time.monotonic() - started
         return vm

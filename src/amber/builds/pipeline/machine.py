@@ -26,7 +26,7 @@ class MachineSpec:
     overlay: Path  # where the guest's writes go first (must not exist)
     cpus: int
     memory_mib: int
-    network: bool
+    network: bool  # internet access (a runtime choice: every build VM has a NIC)
 
 
 class BuildMachine(Protocol):
@@ -90,7 +90,7 @@ class MicroVmBackend:
             data_dir=self.data_dir,
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
-            network=spec.network,
+            internet=spec.network,
             accel=self.accel,
             overlay=spec.overlay,
         )

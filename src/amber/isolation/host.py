@@ -1,0 +1,67 @@
+"""Installing the host rules and launching confined processes (effectful half of ``amber.isolation``)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+
+from amber.isolation.rules import TABLE, host_ruleset
+from amber.settings import get_settings
+
+NFT = "nft"
+SETPRIV = "/usr/bin/setpriv"
+UNSHARE = "/usr/bin/unshare"
+
+_lock = threading.Lock()
+
+
+class IsolationError(Exception):
+    """The host cannot isolate a process as asked (nftables missing, the table gone, no privileges)."""
+
+
+def _nft() -> str:
+    path = shutil.which(NFT) or shutil.which(NFT, path="/usr/sbin:/sbin")
+    if not path:
+        raise IsolationError("network isolation needs nftables (apt-get install nftables; scripts/setup.sh)")
+    return path
+
+
+def _run_nft(args: Sequence[str], script: str | None = None) -> str:
+    result = subprocess.run([_nft(), *args], input=script, capture_output=True, text=True, timeout=30,
+                            check=False)  # fmt: skip
+    if result.returncode != 0:
+        raise IsolationError(f"nft {' '.join(args)} failed: {result.stderr.strip() or result.returncode}")
+    return result.stdout
+
+
+def _table_present(gid: int) -> bool:
+    try:
+        listed = _run_nft(["list", "chain", "inet", TABLE, "output"])
+    except IsolationError:
+        return False
+    return f"meta skgid {gid} jump confined" in listed
+
+
+def ensure_host_rules() -> int:
+    """Make sure table ``inet amber`` is installed with the rule for ``Settings.isolation_gid`` (checked on
+    every call: an administrator's ``nft flush ruleset`` removes it; it is then installed again). Returns the
+    gid. Raises ``IsolationError`` when it cannot be installed."""
+    gid = get_settings().isolation_gid
+    with _lock:
+        if _table_present(gid):
+            return gid
+        _run_nft(["-f", "-"], host_ruleset(confined_gid=gid))
+        if not _table_present(gid):
+            raise IsolationError(f"the nftables table inet {TABLE} did not take the rule for group {gid}")
+        return gid
+
+
+def confine(argv: Sequence[str], *, internet: bool) -> list[str]:
+    """``argv`` wrapped so that it runs network-isolated (see the package docstring). With ``internet`` it
+    runs as root with the isolation group as its only group; without, in a fresh empty network namespace."""
+    if internet:
+        gid = ensure_host_rules()
+        return [SETPRIV, f"--regid={gid}", "--clear-groups", "--", *argv]
+    return [UNSHARE, "--net", "--", *argv]
