@@ -33,13 +33,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from tests.support.images import push_busybox_image  # noqa: E402
+from tests.support.jobs import job_for  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
 
-from amber.builds.executor import BuildArtifact, BuildJob  # noqa: E402
+from amber.builds.executor import BuildArtifact  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
 from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
 from amber.contract.logs import CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
-from amber.contract.validation import validate_create_request  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
 from amber.vm.microvm import resolve_accel  # noqa: E402
@@ -86,13 +86,7 @@ class Timeline:
 
 async def one_build(data_dir: Path, base_ref: str, blob: Path, build_id: str) -> tuple[float, Timeline]:
     executor = NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
-    job = BuildJob(
-        build_id=build_id,
-        template_id=f"tmpl_{build_id}",
-        request=validate_create_request(request(base_ref)),
-        data_dir=data_dir,
-        blob_paths={APP_BLOB: blob},
-    )
+    job = job_for(request(base_ref), build_id, data_dir, blob_paths={APP_BLOB: blob})
     timeline = Timeline()
     started = time.monotonic()
     result = await executor.run(job, timeline.emit, asyncio.Event())

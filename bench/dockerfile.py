@@ -43,15 +43,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from tests.support.images import Layer, build_image, push_image  # noqa: E402
+from tests.support.jobs import job_for  # noqa: E402
 from tests.support.registry import running_registry  # noqa: E402
 
 from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs  # noqa: E402
 from amber.buildkit.daemon import ManagedDockerd, managed_dockerd, stop_managed_dockerds  # noqa: E402
-from amber.builds.executor import BuildArtifact, BuildJob  # noqa: E402
+from amber.builds.executor import BuildArtifact  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
 from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
 from amber.contract.logs import LogEvent  # noqa: E402
-from amber.contract.validation import validate_create_request  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
 
@@ -214,8 +214,7 @@ def e2e_request(base: str) -> dict[str, Any]:
 async def amber_e2e(data_dir: Path, base: str, build_id: str) -> tuple[float, dict[str, float]]:
     """One build through the pipeline's executor; returns (seconds, seconds per log phase)."""
     executor = NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
-    job = BuildJob(build_id=build_id, template_id=f"tmpl_{build_id}",
-                   request=validate_create_request(e2e_request(base)), data_dir=data_dir)  # fmt: skip
+    job = job_for(e2e_request(base), build_id, data_dir)
     marks: list[tuple[float, str]] = []
     started = time.monotonic()
 

@@ -16,17 +16,18 @@ from typing import Any
 import pytest
 
 from amber.buildkit.daemon import managed_dockerd
-from amber.builds.executor import BuildArtifact, BuildJob
+from amber.builds.executor import BuildArtifact
 from amber.builds.pipeline import NativeExecutor
 from amber.builds.pipeline.machine import MicroVmBackend
+from amber.builds.planning import BuildPlan, render_plan
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogEvent, LogKind, LogPhase
-from amber.contract.validation import validate_create_request
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
 from amber.vm.artifact import restore
 from amber.vm.process import sweep_stale
 from tests.support.images import push_busybox_image
+from tests.support.jobs import job_for
 from tests.support.registry import Registry, running_registry
 
 pytestmark = pytest.mark.vm
@@ -75,6 +76,7 @@ def blob(data_dir: Path) -> Path:
 class Build:
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
+        self.plan: BuildPlan | None = None
 
     async def emit(self, event: LogEvent) -> None:
         self.events.append(event)
@@ -103,14 +105,9 @@ def run_build(
     base_template_artifact: Path | None = None,
 ) -> tuple[Build, BuildArtifact | BuildFailed]:
     build = Build()
-    job = BuildJob(
-        build_id=build_id,
-        template_id="tmpl_" + build_id,
-        request=validate_create_request(request),
-        data_dir=data_dir,
-        blob_paths={APP_BLOB: blob},
-        base_template_artifact=base_template_artifact,
-    )
+    job = job_for(request, build_id, data_dir, blob_paths={APP_BLOB: blob},
+                  base_template_artifact=base_template_artifact)  # fmt: skip
+    build.plan = job.plan
 
     async def go() -> BuildArtifact | BuildFailed:
         try:
@@ -172,6 +169,14 @@ def test_cold_build_runs_every_phase_and_restores(
     assert "RUNTIME_ENV" in defaults["default_env_keys"] and "yes" not in str(defaults)
     assert result.cache_summary["layer_stores"] >= 4 and result.cache_summary["final_artifact_stores"] == 1
     assert result.source_digest and result.dockerfile_digest and result.context_digest
+    # What /plan shows for this request is what the build did; the user is the image's, unknown to the plan.
+    assert build.plan is not None
+    shown = render_plan(build.plan)
+    assert (shown.source_digest, shown.dockerfile_digest) == (result.source_digest, result.dockerfile_digest)
+    assert shown.context_manifest is not None and shown.context_manifest.context_digest == result.context_digest
+    assert shown.build_plan.default_workdir == defaults["default_workdir"] == "/srv"
+    assert shown.build_plan.readiness == defaults["readiness"] and shown.build_plan.start_cmd == defaults["start_cmd"]
+    assert shown.build_plan.default_user is None and defaults["default_user"] == "root"
 
     with restore(result.artifact_dir, data_dir=data_dir) as vm:
         vm.agent.tcp_probe(8080)  # the started service is still listening
@@ -285,8 +290,7 @@ def test_cancel_stops_the_vm_and_leaves_nothing_behind(
         if when == "snapshot" and event.phase == LogPhase.SNAPSHOT:
             cancel.set()  # right before the snapshot starts: it is cancelled (or a timeout fires) mid-way
 
-    job = BuildJob(build_id=f"tb_cancel_{when}", template_id="tmpl_cancel", request=validate_create_request(request),
-                   data_dir=data_dir)  # fmt: skip
+    job = job_for(request, f"tb_cancel_{when}", data_dir)
 
     async def go() -> None:
         # The guard only keeps a broken cancel from hanging the suite; the sleep would take an hour.
@@ -328,6 +332,10 @@ def test_dockerfile_source_is_built_by_buildkit_then_started_and_snapshotted(
     assert readiness["kind"] == "command" and "wget" in readiness["command"] and readiness["interval_ms"] == 1000
     assert result.oci_metadata is not None
     assert result.oci_metadata["healthcheck"]["mapped_readiness"] == readiness
+    # /plan reads the HEALTHCHECK and the WORKDIR from the Dockerfile: it shows what the build did.
+    assert build.plan is not None
+    shown = render_plan(build.plan).build_plan
+    assert shown.readiness == readiness and shown.default_workdir == "/srv" and shown.default_user is None
     with restore(result.artifact_dir, data_dir=data_dir) as vm:
         assert vm.exec(["cat", "/bk.txt"]).stdout == b"from-buildkit\n"
         assert "FROM_DOCKERFILE=yes" in vm.exec(["cat", "/tmp/start-env"]).stdout.decode()

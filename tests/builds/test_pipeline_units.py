@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from amber.builds.executor import BuildInputs
 from amber.builds.pipeline.context import BuildContextFiles, ContextError, GuestDir, GuestFile, copy_operations
 from amber.builds.pipeline.credentials import base_image_credentials, to_registry_credentials
 from amber.builds.pipeline.guest_ops import LineSplitter, agent_user
@@ -172,9 +173,9 @@ def test_credentials_from_every_form() -> None:
         {"base_image": "127.0.0.1:5000/a:1",
          "registry_auth": [{"registry": "127.0.0.1:5000", "auth": {"kind": "basic", "username": "r", "password": "s"}}]}
     )  # fmt: skip
-    found = base_image_credentials("127.0.0.1:5000/a:1", None, None, {}, via_registry.registry_auth)
+    found = base_image_credentials("127.0.0.1:5000/a:1", BuildInputs.of(via_registry))
     assert found == BasicCredentials("r", "s")
-    assert base_image_credentials("ghcr.io/a/b", None, None, {}, via_registry.registry_auth) is None
+    assert base_image_credentials("ghcr.io/a/b", BuildInputs.of(via_registry)) is None
     assert "p" not in repr(to_registry_credentials(req.base_image_auth))
 
 

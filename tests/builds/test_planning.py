@@ -17,18 +17,16 @@ from nullspace.template import (
     _template_build_validation_response_from_payload,
 )
 
-from amber.builds.planning import plan_json, plan_request, validate_request
+from amber.builds.planning import make_plan, plan_json, plan_request, validate_request
 from amber.builds.planning.cache import (
     base_layer_key,
     copied_entries,
     dockerfile_base_key,
     final_artifact_key,
-    final_decision,
-    layer_decisions,
     step_key,
 )
-from amber.builds.planning.digests import context_manifest, plan_content_digest
-from amber.builds.planning.runtime import ImageDefaults, map_healthcheck, runtime_defaults
+from amber.builds.planning.digests import content_digest, context_manifest
+from amber.builds.planning.runtime import ImageDefaults, map_healthcheck
 from amber.builds.planning.source import classify_base_ref, resolve_source
 from amber.builds.planning.steps import (
     CopyOp,
@@ -145,7 +143,7 @@ def test_source_resolution() -> None:
     assert (resolve_source(decl).source_type, resolve_source(decl).backend) == ("declarative", "native")
     amb = parse_create_request({"base_image": "acme/app:1"})
     assert resolve_source(amb).source_type == "oci_import"
-    assert resolve_source(amb, template_exists=lambda ref: ref == "acme/app:1").source_type == "template_base"
+    assert resolve_source(amb, base_is_template=True).source_type == "template_base"
     bk = parse_create_request(
         {"base_image": BASE, "build_backend": "buildkit", "steps": [{"action": "run", "command": "x"}]}
     )
@@ -184,7 +182,7 @@ def _keys(steps: list[dict[str, Any]], envs: dict[str, str], files: list[dict[st
     ctx = req.build_context.files if req.build_context else []
     keys = []
     for plan in plan_steps(req.step_list):
-        parent = step_key(parent, plan, copied_entries(plan, ctx, plan_content_digest), envs)
+        parent = step_key(parent, plan, copied_entries(plan, ctx, content_digest), envs)
         keys.append(parent)
     return keys
 
@@ -230,15 +228,15 @@ def test_copy_step_key_follows_file_content_only_for_copied_files() -> None:
 def test_cache_decisions_follow_skip_cache_and_force_upload() -> None:
     run = {"action": "run", "command": "true"}
     req = parse_create_request({"base_image": BASE, "steps": [run, {"action": "skip_cache"}, run, run]})
-    base, steps = layer_decisions(req, plan_steps(req.step_list))
+    base, steps, final = make_plan(req).cache_decisions()
     assert base.lookup and steps[0].lookup
     assert [d.reason for d in steps[1:]] == [CacheReason.BUILDER_CACHE_BOUNDARY] * 3
-    assert final_decision(req, steps).reason == CacheReason.BUILDER_CACHE_BOUNDARY
+    assert final.reason == CacheReason.BUILDER_CACHE_BOUNDARY
 
     whole = parse_create_request({"base_image": BASE, "steps": [run], "skip_cache": True})
-    base, steps = layer_decisions(whole, plan_steps(whole.step_list))
+    base, steps, final = make_plan(whole).cache_decisions()
     assert base.reason == steps[0].reason == CacheReason.WHOLE_BUILD_SKIP_CACHE
-    assert final_decision(whole, steps).reason == CacheReason.WHOLE_BUILD_SKIP_CACHE
+    assert final.reason == CacheReason.WHOLE_BUILD_SKIP_CACHE
 
     forced = parse_create_request(
         {
@@ -246,18 +244,18 @@ def test_cache_decisions_follow_skip_cache_and_force_upload() -> None:
             "steps": [run, {"action": "copy", "sources": ["a"], "dst": "/a", "force_upload": True}, run],
         }
     )
-    _, steps = layer_decisions(forced, plan_steps(forced.step_list))
+    _, steps, _ = make_plan(forced).cache_decisions()
     assert [d.reason for d in steps] == [None, CacheReason.FORCE_UPLOAD, CacheReason.BUILDER_CACHE_BOUNDARY]
 
     plain = parse_create_request({"base_image": BASE, "steps": [run, run]})
-    _, steps = layer_decisions(plain, plan_steps(plain.step_list))
-    assert all(d.lookup for d in steps) and final_decision(plain, steps).lookup
+    _, steps, final = make_plan(plain).cache_decisions()
+    assert all(d.lookup for d in steps) and final.lookup
 
 
 def test_final_key_covers_start_command_readiness_and_runtime() -> None:
     def key(extra: dict[str, Any], **vm: Any) -> str:
         req = parse_create_request({"base_image": BASE, "start_cmd": "httpd", **extra})
-        rt = runtime_defaults(req, [], ImageDefaults())
+        rt = make_plan(req).runtime_defaults(ImageDefaults())
         shape = {"vcpus": 1, "memory_mib": 512, "disk_mb": None, "internet_access": True} | vm
         return final_artifact_key("L", rt, guest_fingerprint="g", **shape)
 
@@ -283,7 +281,7 @@ def test_runtime_defaults_precedence_and_env_keys_only() -> None:
             "start_cmd": "s",
         }
     )
-    rt = runtime_defaults(req, plan_steps(req.step_list), image)
+    rt = make_plan(req).runtime_defaults(image)
     assert (rt.user, rt.workdir) == ("app", "/img/app")
     assert "SECRETISH" not in rt.env  # build envs never reach the start command
     js = rt.to_json()
@@ -294,9 +292,9 @@ def test_runtime_defaults_precedence_and_env_keys_only() -> None:
             "runtime_config": {"default_user": "root", "default_workdir": "/w", "default_envs": {"IMG": "2"}},
         }
     )
-    rt2 = runtime_defaults(req2, [], image)
+    rt2 = make_plan(req2).runtime_defaults(image)
     assert (rt2.user, rt2.workdir, rt2.env["IMG"]) == ("root", "/w", "2")
-    assert runtime_defaults(parse_create_request({"base_image": BASE}), [], ImageDefaults()).env["PATH"]
+    assert make_plan(parse_create_request({"base_image": BASE})).runtime_defaults(ImageDefaults()).env["PATH"]
 
 
 def test_image_healthcheck_maps_to_a_command_probe_when_none_is_given() -> None:
@@ -307,12 +305,12 @@ def test_image_healthcheck_maps_to_a_command_probe_when_none_is_given() -> None:
     assert map_healthcheck({"Test": ["NONE"]}) is None
     assert map_healthcheck({"Test": ["CMD", "test", "-e", "/a b"]}) is not None
     req = parse_create_request({"base_image": BASE, "start_cmd": "srv"})
-    rt = runtime_defaults(req, [], ImageDefaults(healthcheck=hc))
+    rt = make_plan(req).runtime_defaults(ImageDefaults(healthcheck=hc))
     assert rt.readiness is not None and rt.readiness_from_healthcheck
     given_probe = parse_create_request(
         {"base_image": BASE, "start_cmd": "srv", "runtime_config": {"readiness": {"kind": "timeout", "timeout_ms": 5}}}
     )
-    rt2 = runtime_defaults(given_probe, [], ImageDefaults(healthcheck=hc))
+    rt2 = make_plan(given_probe).runtime_defaults(ImageDefaults(healthcheck=hc))
     assert rt2.readiness is not None and rt2.readiness.kind == "timeout" and not rt2.readiness_from_healthcheck
 
 
@@ -343,8 +341,8 @@ def test_context_manifest_is_order_independent() -> None:
         BuildContextFile(path="a", entry_type="file", blob_id="sha256-1"),
         BuildContextFile(path="d", entry_type="dir"),
     ]
-    assert context_manifest(files, plan_content_digest) == context_manifest(files[::-1], plan_content_digest)
-    assert context_manifest(files, plan_content_digest).file_count == 1
+    assert context_manifest(files, content_digest) == context_manifest(files[::-1], content_digest)
+    assert context_manifest(files, content_digest).file_count == 1
 
 
 def test_plan_request_on_parsed_model_matches_plan_json() -> None:

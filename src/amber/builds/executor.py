@@ -1,9 +1,10 @@
 """The seam between the service (queue, workers, log bus) and the build pipeline.
 
-The service hands a ``BuildJob`` to a ``BuildExecutor``; the executor reports progress as ``LogEvent``s
-through the ``emit`` callback and returns a ``BuildArtifact`` or raises ``BuildFailed``. The service owns
-offsets, timestamps and persistence of log entries; the executor owns everything that touches images,
-disks and VMs. Secrets and registry credentials travel only inside the ``BuildJob``, in memory.
+The service hands a ``BuildJob`` to a ``BuildExecutor``: the ``BuildPlan`` decided at accept, the memory-only
+``BuildInputs`` and where the store keeps the blobs and the base template. The executor reports progress as
+``LogEvent``s through the ``emit`` callback and returns a ``BuildArtifact`` or raises ``BuildFailed``. The
+service owns offsets, timestamps and persistence of log entries; the executor owns everything that touches
+images, disks and VMs. Secrets, registry credentials and inline context bytes travel only in ``BuildInputs``.
 """
 
 from __future__ import annotations
@@ -14,21 +15,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from amber.builds.planning.build_plan import BuildPlan
+from amber.contract.credentials import BaseImageAuth
 from amber.contract.logs import Emit
+from amber.contract.request import CreateTemplateRequest
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build needs that is never persisted: held in the accepting process's memory, never logged."""
+
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)  # build_secrets id -> value
+    registry_credentials: Mapping[str, BaseImageAuth] = field(default_factory=dict, repr=False)  # host -> auth
+    base_image_credentials: BaseImageAuth | None = field(default=None, repr=False)  # ``base_image_auth``
+    inline_files: Mapping[str, str] = field(default_factory=dict, repr=False)  # context path -> content_base64
+
+    @classmethod
+    def of(cls, req: CreateTemplateRequest) -> BuildInputs:
+        files = req.build_context.files if req.build_context else []
+        return cls(
+            secrets={s.id: s.value.get_secret_value() for s in req.build_secrets or []},
+            registry_credentials={r.registry: r.auth for r in req.registry_auth or []},
+            base_image_credentials=req.base_image_auth,
+            inline_files={f.path: f.content_base64 for f in files if f.content_base64 is not None},
+        )
+
+    @property
+    def needed(self) -> bool:
+        """Does the build depend on any of them (then only the accepting process can run it)?"""
+        return bool(self.secrets or self.registry_credentials or self.base_image_credentials or self.inline_files)
 
 
 @dataclass
 class BuildJob:
-    """Everything one build attempt needs. ``secrets`` and ``registry_credentials`` are memory-only."""
+    """Everything one build attempt needs."""
 
     build_id: str
     template_id: str
-    request: Any  # amber.contract.request.CreateTemplateRequest (validated)
+    plan: BuildPlan
     data_dir: Path
-    secrets: Mapping[str, str] = field(default_factory=dict)  # build_secrets id -> value
-    registry_credentials: Mapping[str, Any] = field(default_factory=dict)  # host -> credentials
-    base_image_credentials: Any = None  # resolved base_image_auth, if any
-    blob_paths: Mapping[str, Path] = field(default_factory=dict)  # blob id (sha256 digest) -> file
+    inputs: BuildInputs = field(default_factory=BuildInputs)
+    blob_paths: Mapping[str, Path] = field(default_factory=dict)  # blob id -> its file in the blob store
     base_template_artifact: Path | None = None  # artifact dir of the template ``base_image`` names, if it does
 
 
@@ -44,8 +71,6 @@ class BuildArtifact:
     dockerfile_digest: str | None = None
     context_digest: str | None = None
     size_bytes: int = 0
-
-
 
 
 class BuildExecutor(Protocol):

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amber.builds.executor import BuildExecutor, BuildJob
+from amber.builds.executor import BuildExecutor, BuildInputs, BuildJob
 from amber.builds.pipeline.prune import prune
 from amber.builds.service import BuildService
+from amber.builds.service.accept import stored_plan
+from amber.contract.errors import InvalidRequest
 from amber.contract.failures import LOG_PHASE_FAILURES, BuildFailed, FailurePhase, failure_reason
 from amber.contract.logs import LogEvent, LogPhase
-from amber.contract.request import CreateTemplateRequest
-from amber.contract.validation import validate_create_request
 from amber.store import catalog
 from amber.store.blobs import resolve_for_build
 from amber.store.builds import claim_next, renew_lease
@@ -130,32 +130,24 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await self.service.recover()
 
-    def _job(self, build: Build) -> BuildJob:
-        service = self.service
-        memory = service.memory.get(build.id)
-        request: CreateTemplateRequest = memory.request if memory else validate_create_request(build.definition)
-        return BuildJob(
-            build_id=build.id,
-            template_id=build.artifact_id,
-            request=request,
-            data_dir=Path(service.settings.data_dir),
-            secrets={s.id: s.value.get_secret_value() for s in request.build_secrets or []},
-            registry_credentials={r.registry: r.auth for r in request.registry_auth or []},
-            base_image_credentials=request.base_image_auth,
-            blob_paths={},  # filled in _run (needs the database)
-        )
-
     async def _run(self, build: Build) -> None:
         service = self.service
         settings = service.settings
-        if build.pinned_worker is not None and build.id not in service.memory:
+        inputs = service.memory.get(build.id)
+        if build.pinned_worker is not None and inputs is None:
             await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,
                                reason="inputs_lost",
                                message="build interrupted: its secrets, credentials or inline context were lost")
             return
-        job = self._job(build)
-        files = job.request.build_context.files if job.request.build_context else []
-        entries = [(f.path, f.blob_id) for f in files if f.blob_id is not None]
+        try:
+            plan = await service.db.run(lambda s: stored_plan(s, build))
+        except InvalidRequest as exc:
+            await service.fail(build.id, code="build_error", phase=FailurePhase.PREPARE.value,
+                               reason=failure_reason(FailurePhase.PREPARE), message=f"invalid build definition: {exc}")
+            return
+        job = BuildJob(build_id=build.id, template_id=build.artifact_id, plan=plan,
+                       data_dir=Path(settings.data_dir), inputs=inputs or BuildInputs())  # fmt: skip
+        entries = plan.blob_entries
         if entries:
             try:
                 paths = await service.db.run(
@@ -165,13 +157,13 @@ class WorkerPool:
                                    reason="missing_parts", message=str(exc))
                 return
             job.blob_paths = {k: Path(v) for k, v in paths.items()}
-        if build.base_artifact_id is not None:
-            base_id = build.base_artifact_id
+        if plan.base_template is not None:
+            base_id = plan.base_template.artifact_id
             base_dir = await service.db.run(lambda s: catalog.artifact_dir(s, base_id))
             if base_dir is None:
                 await service.fail(build.id, code="build_error", phase=FailurePhase.PREPARE.value,
                                    reason="base_template_deleted",
-                                   message=f"the base template artifact {build.base_artifact_id} was deleted "
+                                   message=f"the base template artifact {base_id} was deleted "
                                            "after this build was accepted")
                 return
             job.base_template_artifact = Path(base_dir)

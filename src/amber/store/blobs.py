@@ -139,3 +139,15 @@ def resolve_for_build(
                               {"reason": "missing_parts", "blob_id": blob_id, "path": path})
         out[blob_id] = str(store.path_for(blob.sha256))
     return out
+
+
+def blob_digests(session: Session, namespace_id: str, blob_ids: list[str]) -> dict[str, str]:
+    """``blob_id -> sha256:<hex>`` of the content the preflight announced, for the namespace's blobs among
+    ``blob_ids`` (uploaded or not; unknown ids are left out). Blob bytes are stored content-addressed, so an
+    uploaded blob's file has exactly this digest."""
+    out: dict[str, str] = {}
+    for blob_id in blob_ids:
+        blob = session.get(Blob, blob_id)
+        if blob is not None and blob.namespace_id == namespace_id:
+            out[blob_id] = "sha256:" + blob.sha256
+    return out

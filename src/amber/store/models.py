@@ -127,6 +127,7 @@ class Build(Base):
     source_type: Mapped[str] = mapped_column(String(16))
     tags: Mapped[list[str]] = mapped_column(default=list)
     definition: Mapped[dict[str, Any]] = mapped_column(default=dict)  # sanitised CreateTemplateRequest JSON
+    plan: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)  # the BuildPlan it executes (JSON)
     base_image_auth_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     registry_auth_hosts: Mapped[list[str]] = mapped_column(default=list)
     secret_ids: Mapped[list[str]] = mapped_column(default=list)

@@ -3,9 +3,7 @@ retry, promote, plan, validate)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -24,15 +22,11 @@ from amber.api.schemas.responses import (
     TemplateInfo,
 )
 from amber.api.sse import sse_stream, wait_terminal
-from amber.builds.planning import plan_json, validate_request
 from amber.contract.errors import InvalidRef, InvalidRequest
 from amber.contract.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
-from amber.contract.runtime import safe_runtime_defaults
-from amber.contract.template_refs import check_tag, try_parse_ref
+from amber.contract.template_refs import check_tag
 from amber.contract.validation import validate_create_request
-from amber.store import catalog
 from amber.store.blobs import BlobProblem
-from amber.store.errors import NotFound
 from amber.store.keys import Caller
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
@@ -67,41 +61,6 @@ async def _read_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError:
         raise InvalidRequest("body", "request body is not valid JSON") from None
-
-
-def _template_exists(state: AppState, caller: Caller) -> Callable[[str], bool]:
-    """A synchronous lookup for the planner (``ns/name`` may be a template or an image); runs in a thread."""
-
-    def exists(ref: str) -> bool:
-        query = try_parse_ref(ref)
-        if query is None:
-            return False
-        with state.db.read_session() as session:
-            try:
-                catalog.resolve_base_template(session, caller, query)
-            except NotFound:
-                return False
-        return True
-
-    return exists
-
-
-def _template_runtime(state: AppState, caller: Caller) -> Callable[[str], dict[str, Any] | None]:
-    """The runtime defaults (TemplateRuntimeDefaults JSON) of the template a ``base_image`` names, for the
-    planner: a template base inherits its start command and readiness probe. Runs in a thread."""
-
-    def runtime(ref: str) -> dict[str, Any] | None:
-        query = try_parse_ref(ref)
-        if query is None:
-            return None
-        with state.db.read_session() as session:
-            try:
-                resolved = catalog.resolve_base_template(session, caller, query)
-            except NotFound:
-                return None
-            return safe_runtime_defaults(resolved.artifact.runtime_defaults) if resolved.artifact else None
-
-    return runtime
 
 
 async def _accept(request: Request, state: AppState, caller: Caller) -> dict[str, Any]:
@@ -212,8 +171,7 @@ async def promote_template_build(build_id: str, body: PromoteTemplateBuildReques
 async def plan_template_build(request: Request, caller: Caller = Depends(current_caller),
                               state: AppState = Depends(app_state)) -> Response:
     data = await with_context_dockerfile(await _read_body(request), state, caller)
-    exists, runtime = _template_exists(state, caller), _template_runtime(state, caller)
-    return _json(await asyncio.to_thread(plan_json, data, template_exists=exists, template_runtime=runtime))
+    return _json(await state.builds.plan(caller, data))
 
 
 @router.post("/validate", response_model=TemplateBuildValidationResponse, responses=_ERRORS,
@@ -232,6 +190,4 @@ async def validate_template_build(request: Request, caller: Caller = Depends(cur
             "build_context", "file_upload_error")
         return _json({"valid": False, "warnings": [], "errors": [
             {"code": code, "message": str(exc), "phase": "request", "field": field}]})
-    exists, runtime = _template_exists(state, caller), _template_runtime(state, caller)
-    result = await asyncio.to_thread(validate_request, data, template_exists=exists, template_runtime=runtime)
-    return _json(result.to_json())
+    return _json(await state.builds.validate(caller, data))

@@ -1,8 +1,8 @@
-"""The base image's registry credentials for one build, from whatever form the service hands over.
+"""The base image's registry credentials for one build, from the memory-only ``BuildInputs``.
 
-``BuildJob.base_image_credentials`` may be the request's ``base_image_auth`` model, a plain dict of the same
-shape or already an ``amber.oci`` credentials object; ``registry_auth`` entries for the base image's host are
-used when no ``base_image_auth`` was given. Values stay in memory and are never logged.
+A credential may be the request's ``base_image_auth`` model, a plain dict of the same shape or already an
+``amber.oci`` credentials object; a ``registry_auth`` entry for the base image's host is used when no
+``base_image_auth`` was given. Values stay in memory and are never logged.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from amber.builds.executor import BuildInputs
 from amber.contract.images import canonical_host, registry_host
 from amber.oci.credentials import (
     AwsEcrCredentials,
@@ -44,19 +45,13 @@ def to_registry_credentials(value: Any) -> RegistryCredentials | None:
     return credentials_from_base_image_auth(_plain(value))
 
 
-def base_image_credentials(
-    base_image: str, explicit: Any, request_auth: Any, registry_credentials: Mapping[str, Any], request_registry: Any
-) -> RegistryCredentials | None:
-    """The credentials to pull ``base_image`` with: the job's resolved auth, else the request's
-    ``base_image_auth``, else a ``registry_auth``/``registry_credentials`` entry for its host."""
-    for candidate in (explicit, request_auth):
-        if candidate is not None:
-            return to_registry_credentials(candidate)
+def base_image_credentials(base_image: str, inputs: BuildInputs) -> RegistryCredentials | None:
+    """The credentials to pull ``base_image`` with: ``base_image_auth``, else the ``registry_auth`` entry for its
+    host. Raises ``CredentialsError``."""
+    if inputs.base_image_credentials is not None:
+        return to_registry_credentials(inputs.base_image_credentials)
     host = registry_host(base_image)
-    for key, value in registry_credentials.items():
+    for key, value in inputs.registry_credentials.items():
         if canonical_host(key) == host:
             return to_registry_credentials(value)
-    for entry in request_registry or []:
-        if canonical_host(entry.registry) == host:
-            return to_registry_credentials(entry.auth)
     return None

@@ -27,13 +27,14 @@ from typing import Any
 
 from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
 from amber.buildkit.daemon import managed_dockerd
+from amber.builds.executor import BuildInputs
 from amber.builds.pipeline.credentials import to_registry_credentials
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
+from amber.builds.planning.build_plan import BuildPlan
 from amber.builds.planning.cache import CacheDecision, dockerfile_base_key
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogPhase
-from amber.contract.request import CreateTemplateRequest
 from amber.oci.config import ImageConfig
 from amber.oci.credentials import BasicCredentials, exchange_credentials
 from amber.oci.errors import ImageImportError
@@ -45,12 +46,10 @@ def _basic(value: Any) -> BasicCredentials | None:
     return exchange_credentials(credentials) if credentials is not None else None
 
 
-def dockerfile_cache_decision(
-    req: CreateTemplateRequest, decision: CacheDecision, secrets: Mapping[str, str]
-) -> CacheDecision:
+def dockerfile_cache_decision(plan: BuildPlan, decision: CacheDecision) -> CacheDecision:
     """The base decision for a ``dockerfile`` source: ``skip_cache`` as for any build, and a build with secrets
     never reads or writes the cache (BuildKit gives it keys of its own; reason ``whole_build_skip_cache``)."""
-    if decision.lookup and (secrets or req.build_secrets):
+    if decision.lookup and plan.uses_secrets:
         return CacheDecision(CacheReason.WHOLE_BUILD_SKIP_CACHE)
     return decision
 
@@ -65,14 +64,12 @@ class DockerfileDisk:
 
 
 async def build_dockerfile_disk(
-    req: CreateTemplateRequest,
+    plan: BuildPlan,
+    inputs: BuildInputs,
     *,
     data_dir: Path,
     work_dir: Path,
     blob_paths: Mapping[str, Path],
-    secrets: Mapping[str, str],
-    registry_credentials: Mapping[str, Any],
-    base_image_credentials: Any,
     emit: Emit,
     log: BuildLog,
     cancel: asyncio.Event,
@@ -83,22 +80,23 @@ async def build_dockerfile_disk(
 ) -> DockerfileDisk:
     """The root disk of the Dockerfile's target (cached by image ID) and its image config. Raises
     ``BuildFailed``. Entries this build holds are appended to ``claims`` (the caller releases them)."""
-    cfg = req.build_config
-    disk_mb = cfg.disk_mb if cfg else None
+    source = plan.dockerfile_source
+    assert source is not None, "a dockerfile source's plan"
+    disk_mb = plan.vm.disk_mb
     request = DockerfileBuildRequest(
-        dockerfile=req.dockerfile,
-        dockerfile_path=req.dockerfile_path,
-        context_files=list(req.build_context.files) if req.build_context else [],
+        dockerfile=plan.dockerfile,
+        dockerfile_path=source.dockerfile_path,
+        context_files=plan.context_files(inputs.inline_files),
         blob_paths=blob_paths,
-        build_args=dict(req.build_args or {}),
-        build_target=req.build_target,
-        internet_access=not (cfg is not None and cfg.internet_access is False),
-        skip_cache=bool(req.skip_cache),
-        build_envs=dict(req.build_envs or {}),  # engineer D: build_envs reach the Dockerfile's RUN steps (R56)
+        build_args=dict(source.build_args),
+        build_target=source.build_target,
+        internet_access=plan.vm.internet_access,
+        skip_cache=plan.skip_cache,
+        build_envs=dict(plan.build_envs),  # build_envs reach the Dockerfile's RUN steps, never the image (R56)
     )
     try:
-        credentials = {host: c for host, v in registry_credentials.items() if (c := _basic(v)) is not None}
-        base_credential = _basic(base_image_credentials if base_image_credentials is not None else req.base_image_auth)
+        credentials = {host: c for host, v in inputs.registry_credentials.items() if (c := _basic(v)) is not None}
+        base_credential = _basic(inputs.base_image_credentials)
     except (ImageImportError, ValueError) as exc:
         raise BuildFailed(f"registry credentials: {exc}", phase=FailurePhase.AUTH) from None
     tree, staging = work_dir / "tree", work_dir / "buildkit"
@@ -108,7 +106,7 @@ async def build_dockerfile_disk(
         """Called between the image solve and the tree export: a cached disk for this image → no export."""
         subject = f"Dockerfile image {image_id}"
         if not decision.lookup:
-            why = "skip_cache is set" if req.skip_cache else "the build uses secrets"
+            why = "skip_cache is set" if plan.skip_cache else "the build uses secrets"
             await log.cache(CacheKind.LAYER, CacheStatus.BYPASS, subject, f"base disk rebuilt ({why}): {subject}",
                             reason=decision.reason)  # fmt: skip
             return True
@@ -138,7 +136,7 @@ async def build_dockerfile_disk(
             staging_dir=staging,
             emit=emit,
             cancel=cancel,
-            secrets=secrets,
+            secrets=inputs.secrets,
             registry_credentials=credentials,
             base_image_credential=base_credential,
             want_tree=want_tree,

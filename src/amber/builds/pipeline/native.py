@@ -40,32 +40,19 @@ from amber.builds.pipeline.machine import BuildMachine, MachineSpec, VmBackend
 from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST, prepare_template_base
-from amber.builds.planning.cache import (
-    CacheDecision,
-    copied_entries,
-    final_artifact_key,
-    final_decision,
-    layer_decisions,
-    step_key,
-)
-from amber.builds.planning.digests import context_manifest, dockerfile_digest, source_digest
+from amber.builds.planning.build_plan import BuildPlan
+from amber.builds.planning.cache import CacheDecision, final_artifact_key, step_key
 from amber.builds.planning.runtime import (
     ImageDefaults,
     RuntimeDefaults,
     image_defaults,
     image_env,
     map_healthcheck,
-    runtime_defaults,
     step_state,
 )
-from amber.builds.planning.source import resolve_source
-from amber.builds.planning.steps import StepPlan, plan_steps, render_dockerfile
-from amber.contract.errors import InvalidRequest
+from amber.builds.planning.steps import StepPlan
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogPhase
-from amber.contract.request import DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, CreateTemplateRequest
-from amber.contract.sources import BuildContextFile
-from amber.contract.validation import validate_create_request
 from amber.oci.errors import ImageImportError
 
 BOOT_WAIT_SECS = 180.0  # longer than the VM driver's own boot timeout
@@ -85,9 +72,10 @@ class BaseImage:
 
 
 @dataclass(frozen=True)
-class _BuildPlan:
-    """What one build will do, decided before any VM runs."""
+class _Keyed:
+    """The stored plan over the base the build got: cache keys and decisions, runtime defaults, step env."""
 
+    plan: BuildPlan
     base: BaseImage
     context: BuildContextFiles
     keys: list[str]  # chain key per step
@@ -95,11 +83,9 @@ class _BuildPlan:
     final_key: str
     final_decision: CacheDecision
     runtime: RuntimeDefaults
+    user: str  # runtime.user and .workdir, known: the base's image config is complete
+    workdir: str
     step_env: dict[str, str]  # image env + build_envs: what steps see
-    vcpus: int
-    memory_mib: int
-    network: bool
-    digests: dict[str, str | None]
 
 
 @dataclass
@@ -115,20 +101,6 @@ class _Attempt:
     open_claim: EntryClaim | None = None  # the cache entry the running step writes into
     pumps: list[OutputPump] = field(default_factory=list)
     done: bool = False
-
-
-def _request_of(job: BuildJob) -> CreateTemplateRequest:
-    """The job's request as a model. A stored (sanitised) definition carries no credential values: those come
-    from ``BuildJob.base_image_credentials`` / ``registry_credentials`` instead."""
-    if isinstance(job.request, CreateTemplateRequest):
-        return job.request
-    data = dict(job.request)
-    for key in ("base_image_auth", "registry_auth", "build_secrets"):
-        data.pop(key, None)
-    try:
-        return validate_create_request(data)
-    except InvalidRequest as exc:
-        raise BuildFailed(f"invalid build definition: {exc}", phase=FailurePhase.PREPARE) from None
 
 
 class NativeExecutor:
@@ -147,14 +119,13 @@ class NativeExecutor:
         self.vm = vm
 
     async def run(self, job: BuildJob, emit: Emit, cancel: asyncio.Event) -> BuildArtifact:
-        req = _request_of(job)
-        plans = plan_steps(req.step_list)
+        plans = list(job.plan.steps)
         log = BuildLog(emit, len(plans))
         data_dir = job.data_dir.resolve()  # the artifact path is stored: never relative to a working directory
         attempt = _Attempt(
             work_dir=data_dir / "builds" / job.build_id, artifact_dir=data_dir / "artifacts" / job.build_id
         )
-        work = asyncio.ensure_future(self._build(job, req, plans, log, attempt, cancel))
+        work = asyncio.ensure_future(self._build(job, plans, log, attempt, cancel))
         stop = asyncio.ensure_future(cancel.wait())
         try:
             finished, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -177,7 +148,6 @@ class NativeExecutor:
     async def _build(
         self,
         job: BuildJob,
-        req: CreateTemplateRequest,
         plans: list[StepPlan],
         log: BuildLog,
         attempt: _Attempt,
@@ -191,12 +161,12 @@ class NativeExecutor:
         except Exception as exc:
             raise BuildFailed(f"the build VM cannot start on this server: {exc}", phase=FailurePhase.PREPARE) from None
         try:
-            context = BuildContextFiles(list(req.build_context.files) if req.build_context else [], job.blob_paths)
+            context = BuildContextFiles(job.plan.context_files(job.inputs.inline_files), job.blob_paths)
         except ContextError as exc:
             raise BuildFailed(str(exc), phase=FailurePhase.PREPARE) from None
-        base_decision, decisions = layer_decisions(req, plans)
-        base = await self._prepare_base(job, req, base_decision, fingerprint, attempt, log, cancel)
-        plan = await self._plan(req, plans, base, decisions, context, fingerprint)
+        base_decision, decisions, final = job.plan.cache_decisions()
+        base = await self._prepare_base(job, base_decision, fingerprint, attempt, log, cancel)
+        plan = self._keyed(job.plan, base, decisions, final, context, fingerprint)
 
         # cache: how far the step layers go, and whether the whole artifact exists
         hits = 0
@@ -228,7 +198,7 @@ class NativeExecutor:
         await self._run_steps(machine, plan, plans, hits, attempt, log)
         await log.info(LogPhase.SYNC, "syncing guest filesystems")
         await asyncio.to_thread(machine.agent.sync)
-        await self._start_and_wait(machine, plan.runtime, attempt, log, cancel)
+        await self._start_and_wait(machine, plan, attempt, log, cancel)
         await self._snapshot(machine, attempt, log)
         artifact = await self._finish(attempt, log, plan, write_manifest=True)
         await self._store_final(plan, final_dir, attempt, log)
@@ -238,7 +208,6 @@ class NativeExecutor:
     async def _prepare_base(
         self,
         job: BuildJob,
-        req: CreateTemplateRequest,
         decision: CacheDecision,
         fingerprint: str,
         attempt: _Attempt,
@@ -247,24 +216,23 @@ class NativeExecutor:
     ) -> BaseImage:
         """``preparing``: the root disk to start from (a BuildKit build, a parent template's disk chain, or an
         OCI image cached by manifest digest)."""
-        source = resolve_source(req)
-        if source.source_type == "dockerfile":
-            decision = dockerfile_cache_decision(req, decision, job.secrets)
+        plan = job.plan
+        if plan.base_kind == "dockerfile":
+            decision = dockerfile_cache_decision(plan, decision)
             built = await build_dockerfile_disk(
-                req, data_dir=self.data_dir, work_dir=attempt.work_dir, blob_paths=job.blob_paths,
-                secrets=job.secrets, registry_credentials=job.registry_credentials,
-                base_image_credentials=job.base_image_credentials, emit=log.forward, log=log, cancel=cancel,
-                store=self.cache, decision=decision, claims=attempt.claims, guest_fingerprint=fingerprint,
+                plan, job.inputs, data_dir=self.data_dir, work_dir=attempt.work_dir, blob_paths=job.blob_paths,
+                emit=log.forward, log=log, cancel=cancel, store=self.cache, decision=decision, claims=attempt.claims,
+                guest_fingerprint=fingerprint,
             )  # fmt: skip
             return BaseImage(
                 (built.disk,), image_defaults(built.image_config), built.key or f"dockerfile:{job.build_id}",
                 built.image_config.oci_metadata() or None, cacheable=decision.lookup, entry=built.entry,
                 uncacheable_reason=decision.reason or CacheReason.BUILDER_CACHE_BOUNDARY,
             )  # fmt: skip
-        if source.base_is_template or job.base_template_artifact is not None:
-            await log.info(LogPhase.PREPARING, f"preparing base template {source.base_ref}")
+        if plan.base_kind == "template":
+            await log.info(LogPhase.PREPARING, f"preparing base template {plan.base_ref}")
             template = await prepare_template_base(
-                source.base_ref,
+                plan.base_ref,
                 job.base_template_artifact,
                 decision=decision,
                 log=log,
@@ -274,19 +242,16 @@ class NativeExecutor:
             )
             return BaseImage(template.chain, template.defaults, template.key, template.oci_metadata,
                              entry=template.entry)
-        await log.info(LogPhase.PREPARING, f"preparing base image {source.base_ref}")
+        await log.info(LogPhase.PREPARING, f"preparing base image {plan.base_ref}")
         try:
-            credentials = base_image_credentials(
-                source.base_ref, job.base_image_credentials, req.base_image_auth, job.registry_credentials,
-                req.registry_auth,
-            )  # fmt: skip
+            credentials = base_image_credentials(plan.base_ref, job.inputs)
         except (ValueError, ImageImportError) as exc:
             raise BuildFailed(f"base_image_auth: {exc}", phase=FailurePhase.AUTH) from None
         disk, resolved, key, entry = await prepare_oci_base(
-            source.base_ref,
+            plan.base_ref,
             credentials=credentials,
             decision=decision,
-            disk_mb=req.build_config.disk_mb if req.build_config else None,
+            disk_mb=plan.vm.disk_mb,
             log=log,
             store=self.cache,
             layer_cache=self.layer_cache,
@@ -297,49 +262,34 @@ class NativeExecutor:
         return BaseImage((disk,), image_defaults(resolved.config), key, resolved.config.oci_metadata() or None,
                          entry=entry)
 
-    async def _plan(
+    def _keyed(
         self,
-        req: CreateTemplateRequest,
-        plans: list[StepPlan],
+        plan: BuildPlan,
         base: BaseImage,
         decisions: list[CacheDecision],
+        final: CacheDecision,
         context: BuildContextFiles,
         fingerprint: str,
-    ) -> _BuildPlan:
-        """Everything decided before the VM: keys, cache decisions, runtime defaults, VM shape, digests."""
-        content = await asyncio.to_thread(
-            lambda: {e.path: e.sha256() for e in context.entries.values() if not e.is_dir}
-        )
-        files = list(req.build_context.files) if req.build_context else []
-
-        def digest_of(entry: BuildContextFile) -> str:
-            return content.get(entry.path.rstrip("/"), "")
-
-        build_envs = dict(req.build_envs or {})
+    ) -> _Keyed:
+        """The plan over this base: chain keys, final key, decisions (none cached over a private base), runtime."""
+        build_envs = dict(plan.build_envs)
         keys: list[str] = []
         parent = base.key
-        for step in plans:
-            parent = step_key(parent, step, copied_entries(step, files, digest_of), build_envs)
+        for step in plan.steps:
+            parent = step_key(parent, step, plan.copied(step), build_envs)
             keys.append(parent)
-        runtime = runtime_defaults(req, plans, base.defaults)
-        cfg = req.build_config
-        vcpus = (cfg.vcpus if cfg and cfg.vcpus else None) or DEFAULT_VCPUS
-        memory = (cfg.memory_mib if cfg and cfg.memory_mib else None) or DEFAULT_MEMORY_MIB
-        network = not (cfg is not None and cfg.internet_access is False)
-        disk_mb = cfg.disk_mb if cfg else None
+        runtime = plan.runtime_defaults(base.defaults)
+        assert runtime.user is not None and runtime.workdir is not None, "a booted base's image config is complete"
+        vm = plan.vm
         final_key = final_artifact_key(
-            parent, runtime, vcpus=vcpus, memory_mib=memory, disk_mb=disk_mb, internet_access=network,
-            guest_fingerprint=fingerprint,
+            parent, runtime, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_mb=vm.disk_mb,
+            internet_access=vm.internet_access, guest_fingerprint=fingerprint,
         )  # fmt: skip
         if not base.cacheable:
-            decisions = [CacheDecision(base.uncacheable_reason) for _ in plans]
-        final = final_decision(req, decisions) if base.cacheable else CacheDecision(base.uncacheable_reason)
-        manifest = context_manifest(files, digest_of) if files else None
-        source = resolve_source(req)
-        dockerfile = req.dockerfile
-        if dockerfile is None:
-            dockerfile = render_dockerfile(source.base_ref, plans, build_envs, req.start_cmd)
-        return _BuildPlan(
+            decisions = [CacheDecision(base.uncacheable_reason) for _ in plan.steps]
+            final = CacheDecision(base.uncacheable_reason)
+        return _Keyed(
+            plan=plan,
             base=dataclasses.replace(base, oci_metadata=_with_mapped_readiness(base.oci_metadata, base.defaults)),
             context=context,
             keys=keys,
@@ -347,19 +297,13 @@ class NativeExecutor:
             final_key=final_key,
             final_decision=final,
             runtime=runtime,
+            user=runtime.user,
+            workdir=runtime.workdir,
             step_env=image_env(base.defaults) | build_envs,
-            vcpus=vcpus,
-            memory_mib=memory,
-            network=network,
-            digests={
-                "source_digest": source_digest(req, manifest.digest if manifest else None),
-                "dockerfile_digest": dockerfile_digest(dockerfile),
-                "context_digest": manifest.digest if manifest else None,
-            },
         )
 
     def _overlay_for(
-        self, position: int, plan: _BuildPlan, plans: list[StepPlan], attempt: _Attempt
+        self, position: int, plan: _Keyed, plans: list[StepPlan], attempt: _Attempt
     ) -> tuple[Path, EntryClaim | None]:
         """Where the writes of step ``position`` (0-based) go: straight into its cache entry (claimed now), or a
         private file when the cache is bypassed or another build is making that entry; past the last step, the
@@ -377,16 +321,17 @@ class NativeExecutor:
         return claim.path, claim
 
     async def _boot(
-        self, plan: _BuildPlan, plans: list[StepPlan], hits: int, attempt: _Attempt, log: BuildLog
+        self, plan: _Keyed, plans: list[StepPlan], hits: int, attempt: _Attempt, log: BuildLog
     ) -> BuildMachine:
         """``vm_create``: boot the base and the cached layers, writing into the first uncached step's entry."""
         chain = (*plan.base.chain, *(self.cache.layer_path(k) for k in plan.keys[:hits]))
         overlay, attempt.open_claim = self._overlay_for(hits, plan, plans, attempt)
-        await log.info(LogPhase.VM_CREATE, f"booting the build VM: {plan.vcpus} vCPU, {plan.memory_mib} MiB, "
-                                           f"network {'on' if plan.network else 'off'}")  # fmt: skip
+        vm = plan.plan.vm
+        await log.info(LogPhase.VM_CREATE, f"booting the build VM: {vm.vcpus} vCPU, {vm.memory_mib} MiB, "
+                                           f"network {'on' if vm.internet_access else 'off'}")  # fmt: skip
         started = time.monotonic()
-        spec = MachineSpec(chain=chain, overlay=overlay, cpus=plan.vcpus, memory_mib=plan.memory_mib,
-                           network=plan.network)  # fmt: skip
+        spec = MachineSpec(chain=chain, overlay=overlay, cpus=vm.vcpus, memory_mib=vm.memory_mib,
+                           network=vm.internet_access)  # fmt: skip
         # Shielded: if the build is cancelled mid-boot, the cleanup still gets the VM (and stops it).
         attempt.booting = asyncio.ensure_future(asyncio.to_thread(self.vm.boot, spec))
         try:
@@ -397,11 +342,13 @@ class NativeExecutor:
         return attempt.machine
 
     async def _run_steps(
-        self, machine: BuildMachine, plan: _BuildPlan, plans: list[StepPlan], hits: int, attempt: _Attempt,
+        self, machine: BuildMachine, plan: _Keyed, plans: list[StepPlan], hits: int, attempt: _Attempt,
         log: BuildLog,
     ) -> None:  # fmt: skip
         """``step``: run every uncached step, then freeze its writes into a layer and publish it."""
-        state = GuestState(*step_state(plans[:hits], plan.base.defaults))
+        user, workdir = step_state(plans[:hits], plan.base.defaults)
+        assert user is not None and workdir is not None, "a booted base's image config is complete"
+        state = GuestState(user, workdir)
         for position in range(hits, len(plans)):
             step = plans[position]
             await self._report_step_cache(log, step, plan.decisions[position], len(plans))
@@ -411,7 +358,8 @@ class NativeExecutor:
             try:
                 await asyncio.to_thread(
                     apply_ops, machine.agent, step.ops, context=plan.context, state=state, env=plan.step_env,
-                    on_line=pump.line, step_index=step.index, scratch=attempt.work_dir / "git", network=plan.network,
+                    on_line=pump.line, step_index=step.index, scratch=attempt.work_dir / "git",
+                    network=plan.plan.vm.internet_access,
                     git_local_roots=self.git_local_roots,
                 )  # fmt: skip
             except StepError as exc:
@@ -430,16 +378,16 @@ class NativeExecutor:
                                 f"step {step.index} stored in the layer cache", step=step.index)  # fmt: skip
 
     async def _start_and_wait(
-        self, machine: BuildMachine, runtime: RuntimeDefaults, attempt: _Attempt, log: BuildLog,
-        cancel: asyncio.Event,
+        self, machine: BuildMachine, plan: _Keyed, attempt: _Attempt, log: BuildLog, cancel: asyncio.Event,
     ) -> None:  # fmt: skip
         """``startup`` and ``readiness``: launch the start command and wait until the probe passes."""
+        runtime = plan.runtime
         loop = asyncio.get_running_loop()
         start_exit: asyncio.Future[str] = loop.create_future()
         if runtime.start_cmd:
-            attempt.pumps.append(await self._start(machine, runtime, log, start_exit, loop))
+            attempt.pumps.append(await self._start(machine, plan, log, start_exit, loop))
         if runtime.readiness is not None:
-            await self._wait_ready(machine, runtime, log, start_exit, cancel)
+            await self._wait_ready(machine, plan, log, start_exit, cancel)
         elif runtime.start_cmd:
             await log.info(LogPhase.READINESS, "no readiness probe: snapshotting right after the start")
         if start_exit.done():
@@ -470,7 +418,7 @@ class NativeExecutor:
             attempt.machine = None
         await log.info(LogPhase.SNAPSHOT, f"snapshot written in {time.monotonic() - started:.2f} s")
 
-    async def _store_final(self, plan: _BuildPlan, final_dir: Path, attempt: _Attempt, log: BuildLog) -> None:
+    async def _store_final(self, plan: _Keyed, final_dir: Path, attempt: _Attempt, log: BuildLog) -> None:
         """Keep the finished artifact as the final-artifact cache entry (hard links), unless bypassed."""
         if not plan.final_decision.lookup:
             await log.cache(CacheKind.FINAL_ARTIFACT, CacheStatus.BYPASS, "template artifact",
@@ -503,7 +451,7 @@ class NativeExecutor:
     async def _start(
         self,
         machine: BuildMachine,
-        runtime: RuntimeDefaults,
+        plan: _Keyed,
         log: BuildLog,
         start_exit: asyncio.Future[str],
         loop: asyncio.AbstractEventLoop,
@@ -511,6 +459,7 @@ class NativeExecutor:
         """Start the start command in the guest without waiting for it; its output is logged until the
         returned pump is closed (at the snapshot). ``start_exit`` is set if it fails (non-zero exit, signal)
         before the snapshot; a zero exit is allowed (daemons fork and return)."""
+        runtime = plan.runtime
         command = runtime.start_cmd or ""
         await log.info(LogPhase.STARTUP, f"starting: {command}")
         pump = OutputPump(log, LogPhase.STARTUP, None, limit=200)
@@ -518,8 +467,8 @@ class NativeExecutor:
 
         def run() -> None:
             try:
-                run_shell(machine.agent, command, env=runtime.env, cwd=runtime.workdir,
-                          user=agent_user(runtime.user), on_line=on_line, what="start command")  # fmt: skip
+                run_shell(machine.agent, command, env=runtime.env, cwd=plan.workdir,
+                          user=agent_user(plan.user), on_line=on_line, what="start command")  # fmt: skip
             except StepError as exc:
                 loop.call_soon_threadsafe(_settle, start_exit, exc.message.removeprefix("start command "))
                 return
@@ -535,11 +484,12 @@ class NativeExecutor:
     async def _wait_ready(
         self,
         machine: BuildMachine,
-        runtime: RuntimeDefaults,
+        plan: _Keyed,
         log: BuildLog,
         start_exit: asyncio.Future[str],
         cancel: asyncio.Event,
     ) -> None:
+        runtime = plan.runtime
         readiness = runtime.readiness
         assert readiness is not None
         source = " (from the image HEALTHCHECK)" if runtime.readiness_from_healthcheck else ""
@@ -556,8 +506,8 @@ class NativeExecutor:
                 if readiness.kind == "http":
                     status = agent.http_probe(readiness.port or 0, readiness.path or "/", timeout=min(timeout, 2.0))
                     return None if 200 <= status < 400 else f"HTTP status {status}"
-                result = agent.exec(shell=readiness.command or "true", env=dict(runtime.env), cwd=runtime.workdir,
-                                    user=agent_user(runtime.user), timeout=timeout)  # fmt: skip
+                result = agent.exec(shell=readiness.command or "true", env=dict(runtime.env), cwd=plan.workdir,
+                                    user=agent_user(plan.user), timeout=timeout)  # fmt: skip
                 return None if result.ok else f"command exited with code {result.exit_code}"
             except Exception as exc:
                 return str(exc) or type(exc).__name__
@@ -578,17 +528,20 @@ class NativeExecutor:
         await log.info(LogPhase.READINESS, f"ready after {time.monotonic() - started:.2f} s ({attempts} attempts)")
 
     async def _finish(
-        self, attempt: _Attempt, log: BuildLog, plan: _BuildPlan, *, write_manifest: bool
+        self, attempt: _Attempt, log: BuildLog, plan: _Keyed, *, write_manifest: bool
     ) -> BuildArtifact:
         """``finalize``: the pipeline's own manifest next to the VM artifact, and the ``BuildArtifact``."""
         await log.info(LogPhase.FINALIZE, "finalizing the template artifact")
         runtime_json = plan.runtime.to_json()
+        digests = plan.plan.digests
         if write_manifest:
             meta = {
                 "runtime_defaults": runtime_json,
                 "runtime_env": plan.runtime.env,  # values stay server-side; the API shows keys only (R55)
                 "oci_metadata": plan.base.oci_metadata,
-                **plan.digests,
+                "source_digest": digests.source_digest,
+                "dockerfile_digest": digests.dockerfile_digest,
+                "context_digest": digests.context_digest,
             }
             await asyncio.to_thread(_write_json, attempt.artifact_dir / ARTIFACT_MANIFEST, meta)
         size = await asyncio.to_thread(_tree_size, attempt.artifact_dir)
@@ -598,9 +551,9 @@ class NativeExecutor:
             runtime_defaults=runtime_json,
             oci_metadata=plan.base.oci_metadata,
             cache_summary=log.cache_summary(),
-            source_digest=plan.digests.get("source_digest"),
-            dockerfile_digest=plan.digests.get("dockerfile_digest"),
-            context_digest=plan.digests.get("context_digest"),
+            source_digest=digests.source_digest,
+            dockerfile_digest=digests.dockerfile_digest,
+            context_digest=digests.context_digest,
             size_bytes=size,
         )
 

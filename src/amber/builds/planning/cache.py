@@ -27,7 +27,6 @@ from amber.builds.planning.digests import ContentDigest, context_entry, digest_j
 from amber.builds.planning.runtime import RuntimeDefaults
 from amber.builds.planning.steps import CopyOp, StepPlan
 from amber.contract.logs import CacheReason
-from amber.contract.request import CreateTemplateRequest
 from amber.contract.sources import BuildContextFile
 
 LAYER_FORMAT = "amber-layer-v1"  # bump when the on-disk layout of layers or artifacts changes
@@ -125,9 +124,9 @@ class CacheDecision:
         return self.reason is None
 
 
-def layer_decisions(req: CreateTemplateRequest, plans: Sequence[StepPlan]) -> tuple[CacheDecision, list[CacheDecision]]:
-    """(base decision, one decision per step) per the module rules."""
-    if req.skip_cache:
+def layer_decisions(skip_cache: bool, plans: Sequence[StepPlan]) -> tuple[CacheDecision, list[CacheDecision]]:
+    """(base decision, one decision per step) per the module rules; ``skip_cache`` is the request's top-level one."""
+    if skip_cache:
         bypass = CacheDecision(CacheReason.WHOLE_BUILD_SKIP_CACHE)
         return bypass, [bypass for _ in plans]
     out: list[CacheDecision] = []
@@ -146,8 +145,8 @@ def layer_decisions(req: CreateTemplateRequest, plans: Sequence[StepPlan]) -> tu
     return CacheDecision(), out
 
 
-def final_decision(req: CreateTemplateRequest, steps: Sequence[CacheDecision]) -> CacheDecision:
-    if req.skip_cache:
+def final_decision(skip_cache: bool, steps: Sequence[CacheDecision]) -> CacheDecision:
+    if skip_cache:
         return CacheDecision(CacheReason.WHOLE_BUILD_SKIP_CACHE)
     if any(not d.lookup for d in steps):
         return CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY)

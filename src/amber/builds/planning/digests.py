@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +40,19 @@ def dockerfile_digest(text: str) -> str:
 ContentDigest = Callable[[BuildContextFile], str]
 
 
-def plan_content_digest(entry: BuildContextFile) -> str:
-    """Content identity of a context file without touching blob storage: inline bytes are hashed, a blob is
-    identified by its id (blob ids are content-addressed)."""
+def content_digest(entry: BuildContextFile, blob_digests: Mapping[str, str] | None = None) -> str:
+    """Content identity of a context file: inline bytes are hashed; an uploaded blob has the digest the store
+    recorded for it (``blob_digests``, blob id → ``sha256:…``; blobs are stored content-addressed); a blob the
+    store does not know yet (a plan before the upload) is named by its id. Directories have none ("")."""
+    if entry.entry_type == "dir":
+        return ""
     if entry.content_base64 is not None:
         return digest_bytes(base64.b64decode(entry.content_base64))
-    return f"blob:{entry.blob_id}"
+    return (blob_digests or {}).get(entry.blob_id or "", f"blob:{entry.blob_id}")
+
+
+def context_manifest_id(context_digest: str) -> str:
+    return "ctx_" + context_digest.removeprefix("sha256:")[:24]
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class ContextManifest:
 
     @property
     def manifest_id(self) -> str:
-        return "ctx_" + self.digest.removeprefix("sha256:")[:24]
+        return context_manifest_id(self.digest)
 
 
 def context_entry(entry: BuildContextFile, content_digest: ContentDigest) -> tuple[str, str, str, str]:

@@ -1,13 +1,20 @@
 """Runtime defaults of a template: who runs the start command, where, with which env, and when it is ready.
 
-Pure. Precedence for user and workdir: ``runtime_config`` > the last ``user``/``workdir`` step > the image
-config > root and ``/``. Env: the image config's ``Env`` overlaid by ``runtime_config.default_envs``;
-``build_envs`` never reach the start command (R53, R56). The API exposes env *keys* only (R55).
+Pure, and the one rule for them: ``runtime_defaults`` serves the executed build and the plan alike. Precedence
+for user and workdir: ``runtime_config`` > the last ``user``/``workdir`` step (a relative ``workdir`` resolves
+against the one before it, Docker's rule) > the image config > root and ``/``. Env: the image config's ``Env``
+overlaid by ``runtime_config.default_envs``; ``build_envs`` never reach the start command (R53, R56). The API
+exposes env *keys* only (R55). Readiness: ``runtime_config.readiness``; else, with a ``start_cmd``, the image's
+HEALTHCHECK mapped by ``map_healthcheck`` (R38); else an inherited start command's own probe.
 
 A template base is the image: its runtime defaults (user, workdir, env) are the child's image config, and, as
 a Docker image's CMD and HEALTHCHECK, its start command and readiness probe are inherited while the child sets
 no ``start_cmd`` (a child ``runtime_config.readiness`` still replaces the probe); a child ``start_cmd``
 replaces both.
+
+A plan may know the image only in part (an OCI image is resolved only when the build runs; a Dockerfile's final
+stage shows some of its config): ``ImageDefaults(complete=False)``, where an unset field is *unknown*, so the
+rule leaves what depends on it unknown (None) instead of guessing root or ``/``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class ImageDefaults:
     healthcheck: Mapping[str, Any] | None = None  # OCI Healthcheck: Test, Interval, Timeout, StartPeriod, Retries
     start_cmd: str | None = None  # a parent template's start command (template bases only)
     readiness: Readiness | None = None  # a parent template's readiness probe (template bases only)
+    complete: bool = True  # False: known only in part (planning); an unset field is then unknown, not absent
 
 
 @dataclass(frozen=True)
@@ -172,9 +180,33 @@ def map_healthcheck(healthcheck: Mapping[str, Any] | None) -> Readiness | None:
 
 
 @dataclass(frozen=True)
+class RuntimeSettings:
+    """What a request itself says about the runtime (``start_cmd`` and ``runtime_config``, normalised)."""
+
+    user: str | None = None
+    workdir: str | None = None
+    envs: tuple[tuple[str, str], ...] = ()
+    start_cmd: str | None = None
+    readiness: Readiness | None = None
+
+    @classmethod
+    def of(cls, req: CreateTemplateRequest) -> RuntimeSettings:
+        rc = req.runtime_config
+        if rc is None:
+            return cls(start_cmd=req.start_cmd or None)
+        return cls(
+            user=rc.default_user or None,
+            workdir=rc.default_workdir or None,
+            envs=tuple((rc.default_envs or {}).items()),
+            start_cmd=req.start_cmd or None,
+            readiness=normalise_readiness(rc.readiness) if rc.readiness is not None else None,
+        )
+
+
+@dataclass(frozen=True)
 class RuntimeDefaults:
-    user: str
-    workdir: str
+    user: str | None  # None only when planned over an image not known yet
+    workdir: str | None  # likewise
     env: dict[str, str] = field(repr=False)  # values stay server-side
     start_cmd: str | None
     readiness: Readiness | None
@@ -182,11 +214,11 @@ class RuntimeDefaults:
 
     def to_json(self) -> dict[str, Any]:
         """TemplateRuntimeDefaults: env keys only, never values (R55)."""
-        out: dict[str, Any] = {
-            "default_env_keys": sorted(self.env),
-            "default_user": self.user,
-            "default_workdir": self.workdir,
-        }
+        out: dict[str, Any] = {"default_env_keys": sorted(self.env)}
+        if self.user is not None:
+            out["default_user"] = self.user
+        if self.workdir is not None:
+            out["default_workdir"] = self.workdir
         if self.start_cmd:
             out["start_cmd"] = self.start_cmd
         if self.readiness is not None:
@@ -194,16 +226,17 @@ class RuntimeDefaults:
         return out
 
 
-def step_state(plans: Sequence[StepPlan], image: ImageDefaults) -> tuple[str, str]:
-    """(user, workdir) in force after the steps, starting from the image config."""
-    user = image.user or "root"
-    workdir = image.workdir or "/"
+def step_state(plans: Sequence[StepPlan], image: ImageDefaults) -> tuple[str | None, str | None]:
+    """(user, workdir) in force after the steps, starting from the image config (None: not known yet)."""
+    user = image.user or ("root" if image.complete else None)
+    workdir = image.workdir or ("/" if image.complete else None)
     for plan in plans:
         for op in plan.ops:
             if isinstance(op, UserOp):
                 user = op.user
             elif isinstance(op, WorkdirOp):
-                workdir = resolve_workdir(workdir, op.path)
+                absolute = op.path.startswith("/")
+                workdir = resolve_workdir(workdir or "/", op.path) if absolute or workdir is not None else None
     return user, workdir
 
 
@@ -213,29 +246,23 @@ def image_env(image: ImageDefaults) -> dict[str, str]:
     return env
 
 
-def runtime_defaults(req: CreateTemplateRequest, plans: Sequence[StepPlan], image: ImageDefaults) -> RuntimeDefaults:
-    rc = req.runtime_config
+def runtime_defaults(runtime: RuntimeSettings, plans: Sequence[StepPlan], image: ImageDefaults) -> RuntimeDefaults:
+    """The one rule (module docstring): what the request says, the steps, then the image."""
     user, workdir = step_state(plans, image)
-    if rc is not None and rc.default_user:
-        user = rc.default_user
-    if rc is not None and rc.default_workdir:
-        workdir = rc.default_workdir
-    env = image_env(image)
-    if rc is not None and rc.default_envs:
-        env.update(rc.default_envs)
-    start_cmd = req.start_cmd or image.start_cmd or None
+    env = image_env(image) | dict(runtime.envs)
+    start_cmd = runtime.start_cmd or image.start_cmd or None
     readiness: Readiness | None = None
     mapped = False
-    if rc is not None and rc.readiness is not None:
-        readiness = normalise_readiness(rc.readiness)
-    elif req.start_cmd:
+    if runtime.readiness is not None:
+        readiness = runtime.readiness
+    elif runtime.start_cmd:
         readiness = map_healthcheck(image.healthcheck)
         mapped = readiness is not None
     elif start_cmd:  # the parent template's start command, with its probe
         readiness = image.readiness
     return RuntimeDefaults(
-        user=user,
-        workdir=workdir,
+        user=runtime.user or user,
+        workdir=runtime.workdir or workdir,
         env=env,
         start_cmd=start_cmd,
         readiness=readiness,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from amber.contract.images import explicit_registry, registry_host
+from amber.contract.images import explicit_registry
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.sources import Backend, SourceType, dockerfile_from_images
 from amber.contract.template_refs import SLUG_RE, UUID_RE
@@ -46,9 +45,10 @@ class SourceInfo:
     base_is_template: bool
 
 
-def resolve_source(req: CreateTemplateRequest, *, template_exists: Callable[[str], bool] | None = None) -> SourceInfo:
-    """Classify a validated request. ``template_exists`` (from the store) settles ambiguous ``ns/name`` refs;
-    without it they are treated as OCI images.
+def resolve_source(req: CreateTemplateRequest, *, base_is_template: bool = False) -> SourceInfo:
+    """Classify a validated request (``build_plan.make_plan`` does, once per build). ``base_is_template``: the
+    store resolved ``base_image`` to a template, which settles an ambiguous ``ns/name`` ref; without it such a
+    ref is an OCI image.
 
     Non-empty ``steps`` → ``declarative``; a bare base (``steps`` absent or ``[]``, C21) → ``template_base`` or
     ``oci_import``; ``dockerfile`` → ``dockerfile``.
@@ -59,12 +59,8 @@ def resolve_source(req: CreateTemplateRequest, *, template_exists: Callable[[str
         return SourceInfo("dockerfile", backend, images[-1] if images else "scratch", False)
     base = req.base_image or ""
     kind = classify_base_ref(base)
-    is_template = kind == "template" or (kind == "ambiguous" and template_exists is not None and template_exists(base))
+    is_template = kind == "template" or (kind == "ambiguous" and base_is_template)
     if req.steps:
         return SourceInfo("declarative", backend, base, is_template)
     return SourceInfo("template_base" if is_template else "oci_import", backend, base, is_template)
 
-
-def base_registry(req: CreateTemplateRequest) -> str | None:
-    """The registry host of an OCI base image, or None for a Dockerfile source."""
-    return registry_host(req.base_image) if req.base_image is not None else None

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 
 from amber.blobs.store import BlobStore
+from amber.builds.executor import BuildInputs
 from amber.builds.logbus import LogBus
 from amber.builds.queue import WorkerIdentity
-from amber.builds.service.accept import MemoryInputs
 from amber.builds.service.failures import Failures
 from amber.builds.service.lifecycle import Lifecycle
 from amber.settings import Settings
@@ -34,7 +34,7 @@ class BuildService(Lifecycle, Failures):
         self.bus = bus
         self.blobs = blobs
         self.identity = WorkerIdentity.current()
-        self.memory: dict[str, MemoryInputs] = {}
+        self.memory: dict[str, BuildInputs] = {}  # memory-only inputs of builds accepted here
         self.cancel_events: dict[str, asyncio.Event] = {}
         self.work_available = asyncio.Event()
 

@@ -22,7 +22,7 @@ from amber.builds.service.failures import cache_summary_so_far
 from amber.builds.views import template_info, ts
 from amber.contract.runtime import safe_runtime_defaults
 from amber.contract.status import ACTIVE_STATUSES
-from amber.contract.validation import validate_create_request
+from amber.contract.validation import request_from_definition
 from amber.store import catalog
 from amber.store.catalog import Resolved
 from amber.store.errors import Conflict, Invalid
@@ -75,28 +75,18 @@ class Lifecycle(Accepting):
                 "start a new build instead (contexts uploaded through the blob preflight are retryable)",
                 field="build_context",
             )
-        data = dict(original.definition)
-        data.pop("claim_token", None)
         if original.base_image_auth_kind is not None and fresh.get("base_image_auth") is None:
             raise Invalid(
                 "base_image_auth: the original build used private base-image credentials, which are never "
                 "stored; send fresh base_image_auth with the retry",
                 field="base_image_auth",
             )
-        if fresh.get("base_image_auth") is not None:
-            data["base_image_auth"] = fresh["base_image_auth"]
-        else:
-            data.pop("base_image_auth", None)
         if original.registry_auth_hosts and fresh.get("registry_auth") is None:
             raise Invalid(
                 "registry_auth: the original build used registry credentials, which are never stored; send "
                 "fresh registry_auth with the retry",
                 field="registry_auth",
             )
-        if fresh.get("registry_auth") is not None:
-            data["registry_auth"] = fresh["registry_auth"]
-        else:
-            data.pop("registry_auth", None)
         if original.secret_ids:
             sent = {s.get("id") for s in fresh.get("build_secrets") or [] if isinstance(s, dict)}
             missing = [i for i in original.secret_ids if i not in sent]
@@ -106,13 +96,12 @@ class Lifecycle(Accepting):
                     "(secret values are never stored)",
                     field="build_secrets",
                 )
-        if fresh.get("build_secrets") is not None:
-            data["build_secrets"] = fresh["build_secrets"]
-        else:
-            data.pop("build_secrets", None)
+        definition = {k: v for k, v in original.definition.items() if k != "claim_token"}
         if fresh.get("tags") is not None:
-            data["tags"] = fresh["tags"]
-        req = validate_create_request(data)
+            definition["tags"] = fresh["tags"]
+        req = request_from_definition(definition, base_image_auth=fresh.get("base_image_auth"),
+                                      registry_auth=fresh.get("registry_auth"),
+                                      build_secrets=fresh.get("build_secrets"))  # fmt: skip
         return await self.accept(caller, req, request_id="", retry_of=original, tags=req.effective_tags
                                  if fresh.get("tags") is not None else list(original.tags))
 
