@@ -20,7 +20,7 @@ from amber.builds.pipeline.git_clone import (
     tar_tree,
     unpack_script,
 )
-from amber.builds.pipeline.native import _start_failed
+from amber.builds.pipeline.phases.start import start_failed
 from amber.builds.planning.steps import GitCloneOp, plan_step
 from amber.contract.steps import GitCloneStep
 
@@ -135,7 +135,7 @@ def test_unpack_script_refuses_a_non_empty_destination(tmp_path: Path) -> None:
 
 
 def test_start_failure_text_puts_the_cause_before_the_output() -> None:
-    assert (_start_failed("exited with code 4; last output:\ndying", "before it was ready")
+    assert (start_failed("exited with code 4; last output:\ndying", "before it was ready")
             == "the start command exited with code 4 before it was ready; last output:\ndying")  # fmt: skip
-    assert _start_failed("was killed by signal 9 without output", "before the snapshot") == (
+    assert start_failed("was killed by signal 9 without output", "before the snapshot") == (
         "the start command was killed by signal 9 without output before the snapshot")

@@ -1,9 +1,11 @@
-"""The build pipeline behind ``BuildExecutor``: every source ends as a snapshotted microVM template.
+"""The build pipeline behind ``BuildExecutor``: a stored ``BuildPlan`` becomes a snapshotted microVM template.
 
-``create_executor(settings)`` is what the service's workers call. OCI bases are imported natively
-(``amber.oci``/``amber.rootfs``), Dockerfile sources are built by BuildKit (``amber.buildkit``), template bases
-reuse the parent's disk (``BuildJob.base_template_artifact``); steps, start command, readiness and snapshot run
-in a build VM (``amber.vm``). See ``docs/pipeline.md``.
+``create_executor(settings)`` is what the service's workers call. ``native`` runs the ``phases`` (``base``,
+``steps``, ``start``, ``snapshot``, ``finalize``) over one ``attempt``, every cached result through the one
+``runner``: OCI bases are imported natively (``amber.oci``/``amber.rootfs``), Dockerfile sources are built by
+BuildKit (``amber.buildkit``), template bases reuse the parent's disk (``BuildJob.base_template_artifact``);
+steps, start command, readiness and snapshot run in a build VM (``machine`` over ``amber.vm``). ``store`` is the
+cache on disk, ``prune`` its eviction. See ``docs/pipeline.md``.
 """
 
 from __future__ import annotations

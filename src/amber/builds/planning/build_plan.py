@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from amber.builds.planning.cache import CacheDecision, copied_entries, final_decision, layer_decisions
+from amber.builds.planning.cache import (
+    CacheDecision,
+    copied_entries,
+    final_artifact_key,
+    final_decision,
+    layer_decisions,
+    step_key,
+)
 from amber.builds.planning.digests import content_digest, context_manifest, dockerfile_digest, source_digest
 from amber.builds.planning.dockerfile_source import final_stage_image
 from amber.builds.planning.runtime import (
@@ -30,6 +37,7 @@ from amber.builds.planning.runtime import (
     inherited_defaults,
     readiness_from_json,
     runtime_defaults,
+    runtime_from_json,
 )
 from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import (
@@ -137,6 +145,20 @@ class BuildPlan:
         """(base disk, one per step, final artifact) — the cache rules of ``cache.py``."""
         base, steps = layer_decisions(self.skip_cache, self.steps)
         return base, steps, final_decision(self.skip_cache, steps)
+
+    def step_keys(self, base_key: str) -> list[str]:
+        """The chain key of every step over the base disk keyed ``base_key`` (``cache.py``)."""
+        build_envs = dict(self.build_envs)
+        keys: list[str] = []
+        for step in self.steps:
+            keys.append(step_key(keys[-1] if keys else base_key, step, self.copied(step), build_envs))
+        return keys
+
+    def final_key(self, last_key: str, runtime: RuntimeDefaults, guest_fingerprint: str) -> str:
+        """The final artifact's key over the last layer (or the base) keyed ``last_key``."""
+        vm = self.vm
+        return final_artifact_key(last_key, runtime, vcpus=vm.vcpus, memory_mib=vm.memory_mib, disk_mb=vm.disk_mb,
+                                  internet_access=vm.internet_access, guest_fingerprint=guest_fingerprint)  # fmt: skip
 
     def copied(self, step: StepPlan) -> list[tuple[str, str, str, str]]:
         """The context entries ``step`` copies, with content digests (a step key input)."""
@@ -280,7 +302,7 @@ def make_plan(
         base_kind = "template" if source.base_is_template else "oci"
         text = render_dockerfile(source.base_ref, steps, dict(build_envs), req.start_cmd)
         parent = base_template.runtime_defaults if base_template is not None else None
-        image = inherited_defaults(parent) if parent is not None else ImageDefaults(complete=False)
+        image = inherited_defaults(runtime_from_json(parent)) if parent is not None else ImageDefaults(complete=False)
     return BuildPlan(
         source_type=source.source_type,
         backend=source.backend,

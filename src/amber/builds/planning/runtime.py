@@ -109,16 +109,14 @@ def readiness_from_json(value: Any) -> Readiness | None:
     return Readiness(**{k: v for k, v in value.items() if k in names})
 
 
-def inherited_defaults(runtime: Mapping[str, Any] | None, env: Mapping[str, Any] | None = None) -> ImageDefaults:
-    """A parent template's runtime defaults (its TemplateRuntimeDefaults JSON and, server-side, its env values)
-    as the image defaults of a child build."""
-    runtime = runtime or {}
+def inherited_defaults(parent: RuntimeDefaults) -> ImageDefaults:
+    """A parent template's runtime defaults as the image defaults of a child build (module docstring)."""
     return ImageDefaults(
-        user=runtime.get("default_user"),
-        env=tuple((str(k), str(v)) for k, v in (env or {}).items()),
-        workdir=runtime.get("default_workdir"),
-        start_cmd=runtime.get("start_cmd") or None,
-        readiness=readiness_from_json(runtime.get("readiness")),
+        user=parent.user,
+        env=tuple(parent.env.items()),
+        workdir=parent.workdir,
+        start_cmd=parent.start_cmd,
+        readiness=parent.readiness,
     )
 
 
@@ -224,6 +222,20 @@ class RuntimeDefaults:
         if self.readiness is not None:
             out["readiness"] = self.readiness.to_json()
         return out
+
+
+def runtime_from_json(value: Mapping[str, Any], env: Mapping[str, Any] | None = None) -> RuntimeDefaults:
+    """``RuntimeDefaults.to_json()`` back, with the env values kept server-side (``env``; the JSON has keys only,
+    so without them the env is empty)."""
+    readiness = readiness_from_json(value.get("readiness"))
+    return RuntimeDefaults(
+        user=value.get("default_user"),
+        workdir=value.get("default_workdir"),
+        env={str(k): str(v) for k, v in (env or {}).items()},
+        start_cmd=value.get("start_cmd") or None,
+        readiness=readiness,
+        readiness_from_healthcheck=bool(value.get("readiness_from_healthcheck")) and readiness is not None,
+    )
 
 
 def step_state(plans: Sequence[StepPlan], image: ImageDefaults) -> tuple[str | None, str | None]:

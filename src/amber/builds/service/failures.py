@@ -103,20 +103,17 @@ class Failures(Journal):
         await asyncio.to_thread(sweep_stale, self.settings.data_dir)
         running, stranded = await self.db.run(scan)
         ended = []
-        for build_id in running:
-            if await self.fail(
-                build_id, code="build_error", phase=FailurePhase.INTERRUPTED.value, reason="worker_lost",
-                message="build interrupted: the server running it stopped (restart or crash) before it finished; "
-                        "its VM and scratch files were cleaned up",
-            ):
-                ended.append(build_id)
-        for build_id in stranded:
-            if await self.fail(
-                build_id, code="build_error", phase=FailurePhase.INTERRUPTED.value, reason="inputs_lost",
-                message="build interrupted: the server restarted before the build started, and its secrets, "
-                        "credentials or inline context are never stored; start it again with fresh inputs",
-            ):
-                ended.append(build_id)
+        for build_ids, reason, message in (
+            (running, "worker_lost", "build interrupted: the server running it stopped (restart or crash) before it "
+                                     "finished; its VM and scratch files were cleaned up"),
+            (stranded, "inputs_lost", "build interrupted: the server restarted before the build started, and its "
+                                      "secrets, credentials or inline context are never stored; start it again "
+                                      "with fresh inputs"),
+        ):  # fmt: skip
+            for build_id in build_ids:
+                if await self.fail(build_id, code="build_error", phase=FailurePhase.INTERRUPTED.value, reason=reason,
+                                   message=message):  # fmt: skip
+                    ended.append(build_id)
         await asyncio.to_thread(self._discard_build_files, ended)
         return ended
 
