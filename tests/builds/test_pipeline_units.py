@@ -1,24 +1,36 @@
-"""Host-side pieces of the pipeline without a VM: the cache store's claim/publish protocol, COPY semantics,
-the readiness loop, credentials conversion, and output line splitting."""
+"""Host-side pieces of the pipeline without a VM: the cache store's claim/publish protocol, the cached runner,
+COPY semantics, the readiness loop, credentials conversion, output line splitting, and the artifact metadata."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import fcntl
+import json
 import multiprocessing
 from pathlib import Path
 
 import pytest
 
+from amber.builds.artifact_metadata import (
+    ARTIFACT_METADATA,
+    ArtifactMetadata,
+    ArtifactMetadataError,
+    read_artifact_metadata,
+    write_artifact_metadata,
+)
 from amber.builds.executor import BuildInputs
 from amber.builds.pipeline.context import BuildContextFiles, ContextError, GuestDir, GuestFile, copy_operations
 from amber.builds.pipeline.credentials import base_image_credentials, to_registry_credentials
+from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.guest_ops import LineSplitter, agent_user
 from amber.builds.pipeline.readiness import NotReady, wait_until_ready
-from amber.builds.pipeline.store import CacheStore
-from amber.builds.planning.runtime import Readiness
+from amber.builds.pipeline.runner import CachedRunner, Entry
+from amber.builds.pipeline.store import CacheStore, EntryHold
+from amber.builds.planning.cache import CacheDecision
+from amber.builds.planning.runtime import Readiness, RuntimeDefaults
 from amber.builds.planning.steps import CopyOp
+from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogEvent, LogKind
 from amber.contract.request import parse_create_request
 from amber.contract.sources import BuildContextFile
 from amber.oci.credentials import BasicCredentials
@@ -160,6 +172,94 @@ def test_readiness_stops_on_cancel() -> None:
         asyncio.run(go())
 
 
+# --- the cached runner -------------------------------------------------------------------------------------------
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    async def emit(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+    def statuses(self) -> list[tuple[int | None, CacheStatus | None, CacheReason | None]]:
+        return [(e.step_index, e.cache_status, e.cache_reason) for e in self.events if e.kind == LogKind.CACHE]
+
+
+def test_cached_runner_stores_a_miss_and_serves_the_hit_without_making_it(tmp_path: Path) -> None:
+    store, made = CacheStore(tmp_path / "cache"), []
+    work = tmp_path / "work"
+    work.mkdir()
+
+    async def make(target: Path) -> None:
+        made.append(target)
+        target.write_bytes(b"disk")
+
+    async def go() -> None:
+        for build in ("first", "second"):
+            events, holds = _Events(), list[EntryHold]()
+            runner = CachedRunner(store, BuildLog(events.emit, 0), holds)
+            entry = Entry(CacheKind.LAYER, store.base_path("sha256:" + "3" * 64), CacheDecision(), "base disk", "img")
+            result = await runner.run(entry, work / f"{build}.raw", make)
+            assert result.hold is not None and result.path.read_bytes() == b"disk"
+            if build == "first":
+                assert not result.hit and events.statuses() == [
+                    (None, CacheStatus.MISS, CacheReason.MISSING_OR_INCOMPATIBLE), (None, CacheStatus.STORED, None)]
+                assert entry.path.samefile(result.path)  # linked, not copied
+            else:
+                assert result.hit and result.path == entry.path and events.statuses() == [(None, CacheStatus.HIT, None)]
+            for hold in holds:
+                hold.release()
+
+    asyncio.run(go())
+    assert made == [work / "first.raw"]  # the hit ran nothing
+
+
+def test_cached_runner_keeps_bypassed_and_unparented_results_private(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    async def make(target: Path) -> None:
+        target.write_bytes(b"layer")
+
+    async def go() -> list[tuple[int | None, CacheStatus | None, CacheReason | None]]:
+        events, holds = _Events(), list[EntryHold]()
+        runner = CachedRunner(store, BuildLog(events.emit, 2), holds)
+        bypass = Entry(CacheKind.LAYER, store.layer_path("sha256:" + "4" * 64),
+                       CacheDecision(CacheReason.BUILDER_CACHE_BOUNDARY), "step 1/2", "RUN x", step=1)
+        orphan = Entry(CacheKind.LAYER, store.layer_path("sha256:" + "5" * 64), CacheDecision(), "step 2/2",
+                       "RUN y", parent=None, chained=True, step=2)  # fmt: skip
+        for entry, name in ((bypass, "a"), (orphan, "b")):
+            result = await runner.run(entry, work / name, make)
+            assert result.hold is None and not result.hit and result.path == work / name
+            assert not entry.path.exists() and not store.is_complete(entry.path)
+        assert holds == []
+        return events.statuses()
+
+    assert asyncio.run(go()) == [(1, CacheStatus.BYPASS, CacheReason.BUILDER_CACHE_BOUNDARY),
+                                 (2, CacheStatus.MISS, CacheReason.MISSING_OR_INCOMPATIBLE)]  # fmt: skip
+
+
+def test_cached_runner_leaves_an_entry_another_build_holds_to_it(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    path = store.base_path("sha256:" + "6" * 64)
+    other = store.claim(path)  # another build is storing the same entry
+    assert other is not None
+    (tmp_path / "mine.raw").write_bytes(b"mine")
+
+    async def go() -> Path | None:
+        events, holds = _Events(), list[EntryHold]()
+        runner = CachedRunner(store, BuildLog(events.emit, 0), holds)
+        entry = Entry(CacheKind.LAYER, path, CacheDecision(), "base disk", "img")
+        stored = await runner.store_result(entry, tmp_path / "mine.raw")
+        assert holds == [] and all(s != CacheStatus.STORED for _, s, _ in events.statuses())
+        return stored.path if stored is not None else None
+
+    assert asyncio.run(go()) is None
+    other.release()
+
+
 # --- credentials, users, output ---------------------------------------------------------------------------------
 
 
@@ -191,3 +291,24 @@ def test_line_splitter_keeps_partial_lines_until_flush() -> None:
     assert lines == ["one", "two"]
     splitter.flush()
     assert lines == ["one", "two", "thr"]
+
+
+# --- amber-artifact.json ------------------------------------------------------------------------------------------
+
+
+def test_artifact_metadata_reads_back_what_was_written(tmp_path: Path) -> None:
+    """The one writer and the one reader agree, env values included (they live only in this file)."""
+    runtime = RuntimeDefaults(user="app", workdir="/srv", env={"PATH": "/bin", "TOKEN": "v"}, start_cmd="srv",
+                              readiness=Readiness(kind="command", command="true", startup_grace_secs=0),
+                              readiness_from_healthcheck=True)  # fmt: skip
+    written = ArtifactMetadata(runtime=runtime, oci_metadata={"image_digest": "sha256:" + "9" * 64},
+                               source_digest="sha256:s", dockerfile_digest="sha256:d", context_digest=None)  # fmt: skip
+    write_artifact_metadata(tmp_path, written)
+    assert read_artifact_metadata(tmp_path) == written
+    stored = json.loads((tmp_path / ARTIFACT_METADATA).read_text())
+    assert stored["runtime_defaults"]["default_env_keys"] == ["PATH", "TOKEN"] and stored["runtime_env"]["TOKEN"] == "v"
+    with pytest.raises(ArtifactMetadataError, match=r"amber-artifact\.json"):
+        read_artifact_metadata(tmp_path / "missing")
+    (tmp_path / ARTIFACT_METADATA).write_text("[]")
+    with pytest.raises(ArtifactMetadataError, match="not template artifact metadata"):
+        read_artifact_metadata(tmp_path)

@@ -4,6 +4,8 @@ SDK's own parsers), source classification, digests, cache keys and decisions, ru
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from nullspace.template import (
     _template_build_validation_response_from_payload,
 )
 
-from amber.builds.planning import make_plan, plan_json, plan_request, validate_request
+from amber.builds.planning import BaseTemplate, BuildPlan, make_plan, plan_json, plan_request, validate_request
 from amber.builds.planning.cache import (
     base_layer_key,
     copied_entries,
@@ -409,3 +411,57 @@ def test_dockerfile_matches_the_sdk_renderer_for_any_steps(
     ours = render_dockerfile(BASE, plan_steps(req.step_list), envs, start_cmd)
     sdk_steps = [TemplateStep(s["action"], {k: v for k, v in s.items() if k != "action"}) for s in steps]
     assert ours == _steps_to_dockerfile(BASE, sdk_steps, envs, start_cmd)
+
+
+# --- the stored plan ---------------------------------------------------------------------------------------------
+
+
+def test_a_stored_plan_reads_back_equal_and_holds_no_secret(tmp_path: Path) -> None:
+    """The plan stored at accept is the plan the worker executes: it reads back equal, and never carries a
+    credential, a secret value or inline context bytes."""
+    blob = "blob_" + "7" * 20
+    secret_bytes = base64.b64encode(b"inline-bytes-never-stored").decode()
+    requests: list[tuple[dict[str, Any], BaseTemplate | None]] = [
+        (sdk_payload(every_step_builder(tmp_path)), None),
+        ({"dockerfile": f"FROM {BASE} AS a\nRUN --mount=type=secret,id=tok true\nFROM a\nUSER app\n",
+          "build_target": "a", "build_args": {"V": "1"}, "dockerfile_path": "Dockerfile", "skip_cache": True,
+          "build_secrets": [{"id": "tok", "value": "s3cr3t-value"}],
+          "registry_auth": [{"registry": "127.0.0.1:5000",
+                             "auth": {"kind": "basic", "username": "u", "password": "pw-never-stored"}}],
+          "build_context": {"files": [{"path": "ctx/a", "entry_type": "file", "content_base64": secret_bytes},
+                                      {"path": "ctx/b", "entry_type": "file", "blob_id": blob},
+                                      {"path": "ctx/d", "entry_type": "dir"}]}}, None),
+        ({"base_image": "tmpl_parent", "steps": [{"action": "run", "command": "true"}],
+          "base_image_auth": {"kind": "basic", "username": "u", "password": "pw-never-stored"}},
+         BaseTemplate("tmpl_parent", "tmpl_parent", {"default_user": "app", "default_workdir": "/srv",
+                                                     "default_env_keys": [], "start_cmd": "srv",
+                                                     "readiness": {"kind": "tcp", "port": 80}})),
+    ]  # fmt: skip
+    for data, base in requests:
+        plan = make_plan(validate_create_request(data), base, {blob: "sha256:" + "8" * 64})
+        stored = json.dumps(plan.to_json())
+        assert BuildPlan.from_json(json.loads(stored)) == plan
+        for value in ("s3cr3t-value", "pw-never-stored", secret_bytes):
+            assert value not in stored
+    assert plan.base_kind == "template" and plan.runtime_defaults().start_cmd == "srv"
+    with pytest.raises(ValueError, match="format"):
+        BuildPlan.from_json({**plan.to_json(), "format": 0})
+    with pytest.raises(ValueError, match="does not read back"):
+        BuildPlan.from_json({"format": plan.to_json()["format"]})
+
+
+def test_context_digests_come_from_the_store_and_match_the_bytes() -> None:
+    """An uploaded blob is keyed by the digest the store recorded (its bytes are content-addressed): equal to the
+    digest of the same bytes sent inline, so the step keys and context digest do not depend on how they came."""
+    data = b"same bytes"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    copy = [{"action": "copy", "sources": ["f"], "dst": "/f"}]
+    inline = make_plan(validate_create_request({"base_image": BASE, "steps": copy, "build_context": {"files": [
+        {"path": "f", "entry_type": "file", "content_base64": base64.b64encode(data).decode()}]}}))
+    uploaded = make_plan(validate_create_request({"base_image": BASE, "steps": copy, "build_context": {"files": [
+        {"path": "f", "entry_type": "file", "blob_id": "blob_1"}]}}), blob_digests={"blob_1": digest})
+    assert inline.step_keys("sha256:" + "0" * 64) == uploaded.step_keys("sha256:" + "0" * 64)
+    assert inline.digests.context_digest == uploaded.digests.context_digest
+    unknown = make_plan(validate_create_request({"base_image": BASE, "steps": copy, "build_context": {"files": [
+        {"path": "f", "entry_type": "file", "blob_id": "blob_1"}]}}))  # a plan before the upload: named by its id
+    assert unknown.context[0].digest == "blob:blob_1"

@@ -24,14 +24,11 @@ import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from amber.builds.pipeline.events import BuildLog
 from amber.builds.pipeline.store import CacheStore, EntryClaim, EntryHold
 from amber.builds.planning.cache import CacheDecision
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus
-
-T = TypeVar("T")
 
 _WHY = {
     CacheReason.WHOLE_BUILD_SKIP_CACHE: "skip_cache is set for the whole build",
@@ -60,13 +57,12 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Cached(Generic[T]):
-    """Where a phase's result is: the cache entry of a hit, or what ``make`` wrote (``value`` is its return)."""
+class Cached:
+    """Where a phase's result is: the cache entry of a hit, or what ``make`` wrote."""
 
     path: Path
     hold: EntryHold | None  # the held cache entry (a hit or a stored result); None: the result is private
     hit: bool
-    value: T | None = None
 
 
 class CachedRunner:
@@ -76,16 +72,15 @@ class CachedRunner:
         self.holds = holds
 
     async def run(
-        self, entry: Entry, private: Path, make: Callable[[Path], Awaitable[T]], *, reuse: bool = True
-    ) -> Cached[T]:
+        self, entry: Entry, private: Path, make: Callable[[Path], Awaitable[None]], *, reuse: bool = True
+    ) -> Cached:
         """The sequence of the module docstring. ``reuse=False``: produce without looking up (a running build
         continues its own chain; its miss is still logged)."""
         hit = await self.lookup(entry, reuse=reuse)
         if hit is not None:
             return Cached(hit.path, hit, hit=True)
-        value = await make(private)
-        stored = await self.store_result(entry, private)
-        return Cached(private, stored, hit=False, value=value)
+        await make(private)
+        return Cached(private, await self.store_result(entry, private), hit=False)
 
     async def lookup(self, entry: Entry, *, reuse: bool = True) -> EntryHold | None:
         """Step 1, and the miss/bypass log of step 2: the held hit, or None (then produce and ``store_result``)."""
