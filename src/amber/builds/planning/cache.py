@@ -33,23 +33,23 @@ LAYER_FORMAT = "amber-layer-v1"  # bump when the on-disk layout of layers or art
 
 
 def base_layer_key(manifest_digest: str, *, disk_mb: int | None, guest_fingerprint: str) -> str:
-    if not manifest_digest.startswith("sha256:"):
-        raise ValueError(f"base layers are keyed by manifest digest, got {manifest_digest!r}")
-    return digest_json(
-        {"kind": "base", "format": LAYER_FORMAT, "manifest": manifest_digest, "disk_mb": disk_mb,
-         "guest": guest_fingerprint}
-    )  # fmt: skip
+    """The root disk of an OCI image: keyed by its manifest digest, never its tag."""
+    return _disk_key("base", "manifest", manifest_digest, disk_mb, guest_fingerprint,
+                     "base layers are keyed by manifest digest")  # fmt: skip
 
 
 def dockerfile_base_key(image_id: str, *, disk_mb: int | None, guest_fingerprint: str) -> str:
     """The root disk of a ``dockerfile`` source: keyed by the image BuildKit built (its config digest covers every
     layer's diff_id, so equal IDs mean equal trees), never by the Dockerfile text (``RUN date``)."""
-    if not image_id.startswith("sha256:"):
-        raise ValueError(f"Dockerfile base disks are keyed by image ID, got {image_id!r}")
-    return digest_json(
-        {"kind": "dockerfile", "format": LAYER_FORMAT, "image": image_id, "disk_mb": disk_mb,
-         "guest": guest_fingerprint}
-    )  # fmt: skip
+    return _disk_key("dockerfile", "image", image_id, disk_mb, guest_fingerprint,
+                     "Dockerfile base disks are keyed by image ID")  # fmt: skip
+
+
+def _disk_key(kind: str, field: str, digest: str, disk_mb: int | None, guest_fingerprint: str, rule: str) -> str:
+    if not digest.startswith("sha256:"):
+        raise ValueError(f"{rule}, got {digest!r}")
+    return digest_json({"kind": kind, "format": LAYER_FORMAT, field: digest, "disk_mb": disk_mb,
+                        "guest": guest_fingerprint})  # fmt: skip
 
 
 def copied_entries(
