@@ -18,9 +18,13 @@ from sqlalchemy import inspect, select
 
 from amber.blobs.store import BlobStore
 from amber.builds.logbus import LogBus
+from amber.builds.planning import make_plan
 from amber.builds.queue import WorkerIdentity
 from amber.builds.service import BuildService
+from amber.builds.service.accept import stored_plan
+from amber.contract.errors import InvalidRequest
 from amber.contract.logs import LogEvent, LogKind, LogPhase
+from amber.contract.validation import request_from_definition, validate_create_request
 from amber.settings import Settings
 from amber.store import catalog, ids, keys
 from amber.store.builds import claim_next, renew_lease
@@ -190,3 +194,28 @@ def test_tag_moves_are_recorded(db: Database, database_url: str) -> None:
             ("stable", "assign", first.build_id), ("stable", "assign", second.build_id)]
         tags = catalog.list_tags(session, template)
         assert [(t["tag"], t["build_id"]) for t in tags] == [("stable", second.build_id)]
+
+
+def test_a_build_executes_the_plan_stored_at_accept(db: Database, tmp_path: Path) -> None:
+    """Accept stores the plan; the worker's ``stored_plan`` reads back exactly that plan. A build accepted before
+    plans were stored is planned from its definition; a plan that does not read back is refused."""
+    service = service_for(db, tmp_path)
+    with db.session() as session:
+        ns = keys.ensure_namespace(session, "store-tests")
+        caller = keys.Caller(key_id="k", namespace_id=ns.id, namespace_slug=ns.slug)
+    req = validate_create_request({"name": "planned-" + ids.build_id()[-8:], "base_image": "127.0.0.1:1/x:latest",
+                                   "steps": [{"action": "workdir", "path": "/srv"}], "start_cmd": "srv"})  # fmt: skip
+    view = asyncio.run(service.accept(caller, req, request_id="r"))
+    legacy_id = new_build(db)
+    with db.session() as session:
+        accepted = session.get(Build, view["build_id"])
+        assert accepted is not None and accepted.plan is not None
+        assert stored_plan(session, accepted) == make_plan(req)
+        legacy = session.get(Build, legacy_id)
+        assert legacy is not None and legacy.plan is None
+        assert stored_plan(session, legacy) == make_plan(request_from_definition(legacy.definition))
+        accepted.plan = {"format": 0}
+        with pytest.raises(InvalidRequest, match="stored build plan"):
+            stored_plan(session, accepted)
+        session.rollback()
+    asyncio.run(service.cancel(caller, view["build_id"], "test over"))
