@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from amber.buildkit.build import DockerfileBuildRequest, DockerfileBuildResult, build_dockerfile_rootfs
 from amber.buildkit.daemon import ManagedDockerd
 from amber.buildkit.session import RegistryCredential
@@ -354,3 +356,19 @@ def test_build_envs_reach_every_run_but_not_the_image(dockerd: ManagedDockerd, i
     assert (run.tree / "two").read_text() == "ci-arg\n"
     assert run.result is not None and "MODE=ci" not in run.result.image_config.env
     assert not any(e.startswith("MODE=") for e in run.result.image_config.env)
+
+
+@pytest.mark.parametrize("dockerfile", [
+    "FROM {base}\nRUN touch /file\nWORKDIR /file/sub\n",
+    "FROM {base}\nRUN touch /file\nCOPY a.txt /file/x\n",
+    "FROM {base}\nCOPY a.txt /bin/sh/inside\n",
+])
+def test_failures_name_no_server_path(dockerd: ManagedDockerd, images: Images, tmp_path: Path, dockerfile: str) -> None:
+    """Issue 12: BuildKit reports paths of its mounts and layers on the server (``…/dockerd/data/tmp/buildkit-mount…``,
+    ``…/overlay2/…/merged/…``); users see the path inside the build's filesystem instead."""
+    run = build(dockerd, tmp_path / "w", dockerfile.format(base=images.public), files=[ContextFile.text("a.txt", "a")])
+    assert isinstance(run.error, BuildFailed), run.error
+    shown = "\n".join([run.error.message, *run.messages()])
+    for root in (dockerd.layout.base_dir.resolve(), dockerd.layout.exec_root, tmp_path.resolve()):
+        assert str(root) not in shown
+    assert "buildkit-mount" not in shown and "overlay2" not in shown

@@ -29,7 +29,7 @@ from amber.builds.planning.cache import (
 )
 from amber.builds.planning.digests import content_digest, context_manifest
 from amber.builds.planning.runtime import ImageDefaults, map_healthcheck
-from amber.builds.planning.source import classify_base_ref, resolve_source
+from amber.builds.planning.source import resolve_source
 from amber.builds.planning.steps import (
     CopyOp,
     ShellOp,
@@ -41,6 +41,7 @@ from amber.builds.planning.steps import (
 from amber.contract.logs import CacheReason
 from amber.contract.request import parse_create_request
 from amber.contract.sources import BuildContextFile
+from amber.contract.template_refs import classify_base_ref
 from amber.contract.validation import validate_create_request
 from tests.builds.test_request_schema import every_step_builder, sdk_payload
 

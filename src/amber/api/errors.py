@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from amber.blobs.store import UploadRejected
 from amber.contract.errors import InvalidRef, InvalidRequest
@@ -80,6 +81,20 @@ def _respond(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path (a 405's ``Allow``), not only the
+    methods of the first route whose path matched."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -126,7 +141,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             code, message = "not_found", f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            code, message = "invalid_request", f"method {request.method} is not allowed on {request.url.path}"
+            allowed = allowed_methods(request)
+            code, message = "invalid_request", (f"method {request.method} is not allowed on {request.url.path}; "
+                                                f"allowed: {', '.join(allowed)}")
+            return _respond(request, 405, error_body(request_id_of(request), code, message),
+                            {**dict(exc.headers or {}), "Allow": ", ".join(allowed)})
         elif exc.status_code == 401:
             code, message = "unauthorized", str(exc.detail)
         else:

@@ -46,7 +46,7 @@ from amber.contract.dockerfile import (
     base_image_auth_host,
     check_dockerfile_request,
 )
-from amber.contract.failures import BuildFailed, FailurePhase
+from amber.contract.failures import BuildFailed, FailurePhase, hide_server_paths
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogEvent, LogKind, LogLevel, LogPhase
 from amber.oci.config import ImageConfig
 
@@ -110,16 +110,18 @@ def default_unpacker(stream: BinaryIO, target: Path) -> None:
 
 
 class _Redactor:
-    """Replaces every secret and password value in a text by ``***`` (longest first)."""
+    """Replaces every secret and password value in a text by ``***`` (longest first), and the server's paths
+    (dockerd's roots, this build's staging and target directories) as ``hide_server_paths`` does."""
 
-    def __init__(self, values: Sequence[str]) -> None:
+    def __init__(self, values: Sequence[str], server_roots: Sequence[Path] = ()) -> None:
         self._values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+        self._roots = [str(root) for root in server_roots]
 
     def __call__(self, text: str) -> str:
         for value in self._values:
             if value in text:
                 text = text.replace(value, "***")
-        return text
+        return hide_server_paths(text, self._roots)
 
 
 def inject_args(dockerfile: str, analysis: DockerfileAnalysis, names: Sequence[str]) -> str:
@@ -380,7 +382,9 @@ async def build_dockerfile_rootfs(
     unpack = unpacker or default_unpacker
     redact = _Redactor(
         [*secrets.values(), *(c.password for c in registry_credentials.values())]
-        + ([base_image_credential.password] if base_image_credential else [])
+        + ([base_image_credential.password] if base_image_credential else []),
+        server_roots=[dockerd.layout.base_dir.resolve(), dockerd.layout.exec_root, staging_dir.resolve(),
+                      target_dir.resolve()],
     )
     staging_dir.mkdir(parents=True, exist_ok=True)
 
@@ -448,13 +452,13 @@ async def build_dockerfile_rootfs(
             dockerfile_path=request.dockerfile_path,
         )
     except DockerfileRequestError as error:
-        raise BuildFailed(f"invalid build context: {error}", phase=FailurePhase.PREPARE) from None
+        raise BuildFailed(redact(f"invalid build context: {error}"), phase=FailurePhase.PREPARE) from None
     context_digest = "sha256:" + await asyncio.to_thread(_sha256_file, context.path)
 
     try:
         await dockerd.ensure_running()
     except DockerdError as error:
-        raise BuildFailed(f"the BuildKit daemon is unavailable: {error}", phase=FailurePhase.PREPARE,
+        raise BuildFailed(redact(f"the BuildKit daemon is unavailable: {error}"), phase=FailurePhase.PREPARE,
                           code="internal_error") from None  # fmt: skip
     pipe = _TarPipe()
     unpack_error: list[BaseException] = []
@@ -551,7 +555,7 @@ async def build_dockerfile_rootfs(
                 # the tree is that image's (a base tag moved in between would show here).
                 tree_is_image = not rerun_instructions(translator, tar_stream.translator)
     except SessionError as error:
-        raise BuildFailed(str(error), phase=FailurePhase.PREPARE, code="internal_error") from None
+        raise BuildFailed(redact(str(error)), phase=FailurePhase.PREPARE, code="internal_error") from None
     except httpx.HTTPError as error:
         raise BuildFailed(f"dockerd request failed: {type(error).__name__}: {redact(str(error))}",
                           phase=FailurePhase.FINALIZE, code="internal_error") from None  # fmt: skip

@@ -8,6 +8,8 @@ which log phase its terminal ``error`` entry carries, whether a retry may help, 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -87,11 +89,33 @@ LOG_PHASE_FAILURES = {
 }
 
 
-def failure_message(text: str) -> str:
+def failure_message(text: str, server_roots: Sequence[str] = ()) -> str:
     """A failure message as stored and shown (the ``error`` entry, ``TemplateBuild.error``, ``error_detail``): the
-    text with NUL as U+FFFD, since it quotes build output and PostgreSQL text cannot hold NUL. (Log lines keep
-    every character; only this summary changes.)"""
-    return text.replace("\x00", "\ufffd")
+    text with NUL as U+FFFD, since it quotes build output and PostgreSQL text cannot hold NUL (log lines keep
+    every character; only this summary changes), and no path under ``server_roots`` (``hide_server_paths``)."""
+    return hide_server_paths(text.replace("\x00", "\ufffd"), server_roots)
+
+
+_PATH_TAIL = r"""(?:/[^\s'"`:,;()\[\]]*|(?![\w-]|\.\w))"""  # the rest of the path, or a root ending right there
+_INSIDE = re.compile(r"/tmp/buildkit-mount\d+|/overlay2/[0-9a-z]+/(?:merged|diff)")
+
+
+def hide_server_paths(text: str, roots: Sequence[str]) -> str:
+    """``text`` without the server's own paths: every absolute path under one of ``roots`` (the data directory,
+    dockerd's roots) becomes the path inside the build's filesystem when it is one (a BuildKit mount or an overlay
+    layer: ``…/tmp/buildkit-mount123/app/x`` → ``/app/x``), else ``<server path>``."""
+    usable = sorted({r.rstrip("/") for r in roots if len(r.rstrip("/")) > 1}, key=len, reverse=True)
+    if not usable or not any(root in text for root in usable):
+        return text
+    pattern = re.compile("(?:" + "|".join(re.escape(r) for r in usable) + ")" + _PATH_TAIL)
+
+    def replace(match: re.Match[str]) -> str:
+        inside = _INSIDE.search(match.group(0))
+        if inside is None:
+            return "<server path>"
+        return match.group(0)[inside.end():] or "/"
+
+    return pattern.sub(replace, text)
 
 
 def failure_detail(

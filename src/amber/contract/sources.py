@@ -25,6 +25,20 @@ class BuildContext(OpenModel):
     files: list[BuildContextFile]
 
 
+def context_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a build-context entry, or None. The one rule for the build context, the blob
+    preflight and ``dockerfile_path``: relative, ``/``-separated, no ``.``, ``..`` or empty segment (``a//b``),
+    no backslash or NUL; one trailing ``/`` (a directory) is allowed."""
+    if not path or path.startswith("/"):
+        return f"{path!r} must be a relative build-context path (no leading '/')"
+    if "\\" in path or "\x00" in path:
+        return f"{path!r} must use forward slashes and no NUL bytes"
+    trimmed = path[:-1] if path.endswith("/") else path
+    if any(part in ("", ".", "..") for part in trimmed.split("/")):
+        return f"{path!r} must not contain '.', '..' or empty segments"
+    return None
+
+
 def dockerfile_from_images(dockerfile: str) -> list[str]:
     """Image references named by ``FROM`` lines (stage names and ``$ARG`` forms are skipped)."""
     images: list[str] = []

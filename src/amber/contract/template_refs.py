@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from amber.contract.errors import InvalidRef
+from amber.contract.images import explicit_registry
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -114,3 +116,30 @@ def try_parse_ref(text: str) -> TemplateRef | None:
 
 def is_syntactic_ref(text: str) -> bool:
     return try_parse_ref(text) is not None
+
+
+BaseRefKind = Literal["template", "oci", "ambiguous"]
+
+
+
+def classify_base_ref(ref: str) -> BaseRefKind:
+    """Does ``base_image`` name a template or an OCI image?
+
+    ``tmpl_…``, ``nullspace/…`` and exact-build refs ``name:tb_…`` are templates; a first segment that is a
+    registry host (``amber.contract.images.explicit_registry``) and bare Docker Hub names are images;
+    ``ns/name[:tag]`` with a namespace-shaped first segment is *ambiguous* (``acme/app`` is also a Docker Hub
+    repository) and needs the caller's template lookup.
+    """
+    if ref.startswith("tmpl_") or ref.startswith("nullspace/"):
+        return "template"
+    first, slash, rest = ref.partition("/")
+    if not slash:
+        _, colon, tag = ref.partition(":")
+        return "template" if colon and tag.startswith("tb_") else "oci"
+    if explicit_registry(ref) is not None:
+        return "oci"
+    if "/" in rest or "@" in rest:
+        return "oci"
+    if SLUG_RE.fullmatch(first) or UUID_RE.fullmatch(first):
+        return "ambiguous"
+    return "oci"

@@ -17,10 +17,11 @@ from pydantic import BaseModel, SecretStr
 
 from amber.contract.credentials import BaseImageAuthAwsEcr, BaseImageAuthBasic, BaseImageAuthGcpArtifactRegistry
 from amber.contract.dockerfile import analyse_dockerfile, dockerfile_request_problems
-from amber.contract.errors import InvalidRequest
-from amber.contract.images import canonical_host, registry_host
+from amber.contract.errors import InvalidRef, InvalidReferenceError, InvalidRequest
+from amber.contract.images import canonical_host, parse_reference, registry_host
 from amber.contract.request import CreateTemplateRequest, parse_create_request
 from amber.contract.runtime import CommandReadiness, HttpReadiness, TcpReadiness, TimeoutReadiness
+from amber.contract.sources import context_path_problem
 from amber.contract.steps import (
     AptInstallStep,
     BunInstallStep,
@@ -39,13 +40,12 @@ from amber.contract.steps import (
     UserStep,
     WorkdirStep,
 )
-from amber.contract.template_refs import NAME_RE, TAG_RE
+from amber.contract.template_refs import NAME_RE, TAG_RE, classify_base_ref, parse_ref, try_parse_ref
 
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _BLOB_ID_RE = re.compile(r"[A-Za-z0-9_:.-]{1,200}")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
-_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 MAX_VCPUS = 64
@@ -90,15 +90,9 @@ def _problems_env(field: str, envs: dict[str, str]) -> Iterable[InvalidRequest]:
 
 
 def _problems_context_path(field: str, path: str) -> Iterable[InvalidRequest]:
-    if not path or path.startswith("/"):
-        yield InvalidRequest(field, f"{path!r} must be a relative build-context path (no leading '/')")
-        return
-    if "\\" in path or "\x00" in path:
-        yield InvalidRequest(field, f"{path!r} must use forward slashes and no NUL bytes")
-        return
-    parts = path.rstrip("/").split("/")
-    if any(p in ("", "..") for p in parts):
-        yield InvalidRequest(field, f"{path!r} must not contain '..' or empty segments")
+    problem = context_path_problem(path)
+    if problem is not None:
+        yield InvalidRequest(field, problem)
 
 
 def _problems_packages(field: str, packages: list[str]) -> Iterable[InvalidRequest]:
@@ -222,17 +216,28 @@ def _problems_auth(
 
 
 def _problems_image_ref(field: str, ref: str) -> Iterable[InvalidRequest]:
+    """``base_image`` is a template ref (R7) or an OCI image reference (distribution's grammar), whichever its
+    shape says (``classify_base_ref``); an ambiguous ``ns/name[:tag]`` may be either."""
     if not ref.strip():
         yield InvalidRequest(field, "must not be empty")
         return
     if any(c.isspace() for c in ref) or _BAD_CHARS_RE.search(ref) or len(ref) > 512:
         yield InvalidRequest(field, f"{ref!r} is not an image or template reference (whitespace or too long)")
         return
-    name, at, digest = ref.partition("@")
-    if at and not _DIGEST_RE.fullmatch(digest):
-        yield InvalidRequest(field, f"{ref!r} has a malformed digest (expected e.g. sha256:<64 hex digits>)")
-    if name.endswith((":", "/")) or name.startswith(("/", ":")) or "//" in name:
-        yield InvalidRequest(field, f"{ref!r} is not an image or template reference")
+    kind = classify_base_ref(ref)
+    if kind == "template":
+        try:
+            parse_ref(ref)
+        except InvalidRef as exc:
+            yield InvalidRequest(field, f"{exc} (a template ref: tmpl_…, name[:tag], namespace/name[:tag])")
+        return
+    try:
+        parse_reference(ref)
+    except InvalidReferenceError as exc:
+        if kind == "ambiguous" and try_parse_ref(ref) is not None:
+            return  # a template ref whose name the image grammar refuses (upper case): the catalog decides
+        yield InvalidRequest(field, f"{exc}: use [registry[:port]/]repository[:tag][@sha256:…] with a lower-case "
+                                    "repository, or a template ref")
 
 
 def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:

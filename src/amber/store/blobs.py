@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from amber.contract.sources import context_path_problem
 from amber.store import ids
 from amber.store.models import Blob, utcnow
 
@@ -61,8 +62,9 @@ def preflight(
         if f.entry_type not in ("file", "dir"):
             raise BlobProblem("preflight", f"{where}: entry_type must be 'file' or 'dir'",
                               {"reason": "invalid_descriptor", "path": f.path})
-        if not f.path or f.path.startswith("/") or ".." in f.path.split("/"):
-            raise BlobProblem("preflight", f"{where}: path must be relative without '..' segments",
+        path_problem = context_path_problem(f.path)  # the build context's own rule
+        if path_problem is not None:
+            raise BlobProblem("preflight", f"{where}: {path_problem}",
                               {"reason": "directory_extract_invalid_path", "path": f.path})
         if f.entry_type == "file":
             if f.sha256 is None or not SHA256_RE.fullmatch(f.sha256):

@@ -3,38 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from amber.contract.images import explicit_registry
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.sources import Backend, SourceType, dockerfile_from_images
-from amber.contract.template_refs import SLUG_RE, UUID_RE
-
-BaseRefKind = Literal["template", "oci", "ambiguous"]
-
-
-
-def classify_base_ref(ref: str) -> BaseRefKind:
-    """Does ``base_image`` name a template or an OCI image?
-
-    ``tmpl_…``, ``nullspace/…`` and exact-build refs ``name:tb_…`` are templates; a first segment that is a
-    registry host (``amber.contract.images.explicit_registry``) and bare Docker Hub names are images;
-    ``ns/name[:tag]`` with a namespace-shaped first segment is *ambiguous* (``acme/app`` is also a Docker Hub
-    repository) and needs the caller's template lookup.
-    """
-    if ref.startswith("tmpl_") or ref.startswith("nullspace/"):
-        return "template"
-    first, slash, rest = ref.partition("/")
-    if not slash:
-        _, colon, tag = ref.partition(":")
-        return "template" if colon and tag.startswith("tb_") else "oci"
-    if explicit_registry(ref) is not None:
-        return "oci"
-    if "/" in rest or "@" in rest:
-        return "oci"
-    if SLUG_RE.fullmatch(first) or UUID_RE.fullmatch(first):
-        return "ambiguous"
-    return "oci"
+from amber.contract.template_refs import classify_base_ref
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,12 @@ from amber.blobs.store import BlobStore
 from amber.builds.executor import BuildInputs
 from amber.builds.logbus import Published
 from amber.builds.planning import BaseTemplate, BuildPlan, PlanInputs, make_plan, plan_json, validate_request
-from amber.builds.planning.source import classify_base_ref
 from amber.builds.queue import WorkerIdentity
 from amber.builds.service.journal import Journal, build_not_found
 from amber.contract.errors import InvalidRequest
 from amber.contract.request import CreateTemplateRequest, persistable_request
 from amber.contract.runtime import safe_runtime_defaults
-from amber.contract.template_refs import try_parse_ref
+from amber.contract.template_refs import classify_base_ref, try_parse_ref
 from amber.contract.validation import request_from_definition
 from amber.store import catalog, ids
 from amber.store.blobs import blob_digests, resolve_for_build

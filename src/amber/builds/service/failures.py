@@ -61,7 +61,7 @@ class Failures(Journal):
         extra: dict[str, Any] | None = None,
     ) -> bool:
         """End an active build with ``status=error`` and a terminal ``error`` entry carrying the detail."""
-        message = failure_message(message)
+        message = failure_message(message, [str(self.settings.data_dir.resolve())])  # no server path reaches users
 
         def write(session: Session) -> Published | None:
             build = session.get(Build, build_id)
