@@ -26,8 +26,10 @@ _START_TIMEOUT_S = 60.0
 
 class AmberServer:
     def __init__(
-        self, data_dir: Path, database_url: str | None = None, workers: int = 1, env: dict[str, str] | None = None
+        self, data_dir: Path, database_url: str | None = None, workers: int = 1, env: dict[str, str] | None = None,
+        start_timeout: float = _START_TIMEOUT_S,
     ) -> None:
+        self.start_timeout = start_timeout  # a fresh data directory's first start builds the guest first
         self.extra_env = dict(env or {})
         self.data_dir = data_dir
         self.database_url = database_url
@@ -63,7 +65,7 @@ class AmberServer:
             [*AMBER, "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout
         while True:
             try:
                 httpx.get(self.url + "/openapi.json", timeout=1.0)
@@ -97,9 +99,10 @@ class AmberServer:
 
 @contextmanager
 def running_server(
-    data_dir: Path, database_url: str | None = None, workers: int = 1, env: dict[str, str] | None = None
+    data_dir: Path, database_url: str | None = None, workers: int = 1, env: dict[str, str] | None = None,
+    start_timeout: float = _START_TIMEOUT_S,
 ) -> Iterator[AmberServer]:
-    server = AmberServer(data_dir, database_url, workers, env)
+    server = AmberServer(data_dir, database_url, workers, env, start_timeout)
     try:
         server.start()
         yield server

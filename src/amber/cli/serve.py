@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import typer
 
+from amber.guest.install import GuestSetupError, ensure_guest
 from amber.settings import Settings
 
 
@@ -17,7 +19,8 @@ def serve(
     workers: int = typer.Option(None, "--workers", envvar="AMBER_WORKERS",
                                 help="In-process build workers (default: from cores and memory)."),
 ) -> None:
-    """Run the database migrations, then serve the template API (default http://localhost:3000)."""
+    """Provision the guest (kernel, initramfs, agent) of a new data directory, run the database migrations, then
+    serve the template API (default http://localhost:3000)."""
     import uvicorn
 
     from amber.server import create_server
@@ -30,6 +33,8 @@ def serve(
     if workers is not None:
         settings.workers = workers
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.resolved_workers:
+        provision_guest(settings.data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # registry requests are not service events
     migrate(settings.resolved_database_url)
@@ -38,3 +43,21 @@ def serve(
                f"{settings.resolved_workers} build worker(s))", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=10)
+
+
+def provision_guest(data_dir: Path) -> None:
+    """Build the guest into ``data_dir`` once (what ``amber setup-guest`` does), before any build is accepted,
+    with progress on the terminal; nothing to do when it is there. Exits 1 when it cannot be built: a server whose
+    every build would fail is worse than none. (A process running no build workers needs no guest.)"""
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        typer.echo(f"amber: guest: {message} ({time.monotonic() - started:.1f}s)", err=True)
+
+    try:
+        image, built = ensure_guest(data_dir, progress)
+    except GuestSetupError as error:
+        typer.echo(f"amber: the guest for {data_dir} could not be built: {error}", err=True)
+        raise typer.Exit(1) from None
+    if built:
+        typer.echo(f"amber: guest ready: kernel {image.kernel_release}, agent {image.agent_sha256[:12]}", err=True)
