@@ -5,14 +5,17 @@ in-process build workers and the dockerd lifecycle, and hands them to the HTTP a
 only knows routes, middleware and error handling. Migrations are not run here (``amber serve`` runs them
 first).
 
-Lifecycle, the app's lifespan: on start, builds a previous (killed) server left running end as ``interrupted``
-(queued ones are resumed) and the workers start; on stop, in reverse order, the workers stop (running builds end
-as ``interrupted``), the dockerd that Dockerfile builds started is stopped, and the database is closed. Each
-part is one async context manager in ``lifecycle``; a part that fails to start stops the ones before it.
+Lifecycle, the app's lifespan: on start, whatever dead Amber processes left in the data directory (a dockerd,
+QEMU, mounts, staging directories) is swept away (``amber.sweep``, then again every
+``AMBER_SWEEP_INTERVAL_SECS``), builds a previous (killed) server left running end as ``interrupted`` (queued ones
+are resumed) and the workers start; on stop, in reverse order, the workers stop (running builds end as
+``interrupted``), the dockerd that Dockerfile builds started is stopped, and the database is closed. Each part
+is one async context manager in ``lifecycle``; a part that fails to start stops the ones before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +32,7 @@ from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
 from amber.settings import Settings
 from amber.store.database import Database
+from amber.sweep import sweep
 
 log = logging.getLogger("amber.server")
 
@@ -44,6 +48,7 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
     state = AppState(settings=settings, db=db, blobs=blob_store, builds=service)
     count = settings.resolved_workers if workers is None else workers
     lifecycle: list[Part] = [
+        lambda: _sweeper(settings),
         lambda: _database(db),
         _managed_dockerds,
         lambda: _build_workers(service, settings, count),
@@ -60,6 +65,38 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
     # Machines (amber.machines) join here: ``install_machines(app, state, manager)`` adds their routes, and the
     # manager's start/stop is appended to ``lifecycle`` (after the build workers, so it stops before them).
     return app
+
+
+@contextlib.asynccontextmanager
+async def _sweeper(settings: Settings) -> AsyncIterator[None]:
+    """Sweep once before anything starts (a previous server's dockerd must be gone before a new one starts on
+    the same roots), then periodically until the app stops."""
+    await _sweep_once(settings)
+
+    async def periodically() -> None:
+        while True:
+            await asyncio.sleep(settings.sweep_interval_secs)
+            await _sweep_once(settings)
+
+    task = asyncio.create_task(periodically())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweep_once(settings: Settings) -> None:
+    try:
+        report = await asyncio.to_thread(sweep, settings.data_dir)
+    except Exception:
+        log.exception("sweeping the data directory failed")
+        return
+    if not report.empty:
+        log.warning("swept what dead Amber processes left: %s", report.summary())
+    for path, reason in report.failed:
+        log.error("cannot remove %s: %s", path, reason)
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_json_depth: int = 64  # nested arrays/objects; the contract's requests need fewer than 10
     sse_heartbeat_secs: float = 10.0  # idle SSE streams get a comment line this often (SDK needs <= 15 s)
     log_poll_secs: float = 2.0  # followers re-check the database this often (entries written by other hosts)
+    sweep_interval_secs: float = 60.0  # how often the server removes what dead Amber processes left (amber.sweep)
     cache_max_bytes: int | None = None  # all caches under data_dir/cache together; 0 = unbounded; default below
     cache_min_idle_secs: float = 300.0  # an entry used more recently than this is never evicted
     buildkit_cache_max_bytes: int = 10 * 1024**3  # BuildKit's own cache (Dockerfile builds), GC'd by dockerd; 0 = no GC

@@ -146,6 +146,10 @@ def test_unknown_fields_are_ignored_and_never_stored(api: Api) -> None:
             assert "junk" not in json.dumps(status)
             api.acme.post(f"/v1/templates/builds/{build['build_id']}/cancel", json={"reason": "done", "junk": junk})
             api.acme.post(f"/v1/templates/builds/{plain.json()['build_id']}/cancel", json={})
+    deepest = api.acme.post("/v1/templates/builds", content=b'{"name": "%s", "base_image": "%s", "unknown": %s}'
+                            % (unique("deep").encode(), BASE.encode(), nested(63)))  # 64 levels: the most allowed
+    assert deepest.status_code == 202, deepest.text  # was a 500 at 255 levels
+    api.acme.post(f"/v1/templates/builds/{deepest.json()['build_id']}/cancel", json={})
     huge = api.acme.post("/v1/templates/builds", json={"name": unique("huge"), "base_image": BASE,
                                                         "unknown": "z" * (50 * 1024**2)})
     assert_error(huge, 413, "invalid_request")

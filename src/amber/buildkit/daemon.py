@@ -4,6 +4,10 @@ Guarantees: the daemon runs with its own data root, exec root, config file, unix
 ``<base_dir>``, without a bridge or iptables rules (every build must use network mode ``none`` or ``host``),
 and with overlay2. Amber talks to it only through the Engine API on that socket, never through whatever
 ``docker`` is first on PATH. ``stop()`` ends exactly the process Amber started (by PID), nothing else.
+No daemon outlives its Amber: it is started with a parent-death SIGTERM (so it shuts down, stopping containerd
+and unmounting, when Amber dies however it dies) and records its owner (``owner.json``: Amber's pid and start
+time); ``sweep_orphaned`` stops a daemon, containerd and anything else running on its roots whose owner is
+gone, unmounts what they left mounted and removes the exec root.
 Limits: one daemon per base directory; callers in one process share it through ``managed_dockerd()``.
 """
 
@@ -17,11 +21,14 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from amber.host import processes
+from amber.host.mounts import is_mount_point, mounts_under, unmount
+from amber.host.owners import read_owner, write_owner
 from amber.settings import get_settings
 
 DOCKERD = Path("/usr/sbin/dockerd")
@@ -66,6 +73,10 @@ class DockerdLayout:
     @property
     def log_file(self) -> Path:
         return self.base_dir / "dockerd.log"
+
+    @property
+    def owner_file(self) -> Path:
+        return self.base_dir / "owner.json"
 
 
 def dockerd_command(layout: DockerdLayout, *, dockerd: Path = DOCKERD, storage_driver: str = "overlay2") -> list[str]:
@@ -147,12 +158,12 @@ class ManagedDockerd:
             await self._start()
 
     async def stop(self) -> None:
-        """Stop the daemon Amber started (SIGTERM, then SIGKILL after a grace period) and remove its empty
-        exec root (never entering anything still mounted)."""
+        """Stop the daemon Amber started (SIGTERM, then SIGKILL after a grace period), anything else still running
+        on its roots, unmount what is left mounted there and remove its exec root."""
         async with self._loop_lock():
             await asyncio.to_thread(self._terminate)
             await asyncio.to_thread(self._stop_stale_from_pidfile)
-            await asyncio.to_thread(_remove_exec_root, self.layout.exec_root)
+            self.layout.owner_file.unlink(missing_ok=True)
 
     async def supervise(self, interval_s: float = 5.0) -> None:
         """Health-check forever, restarting the daemon when it dies (run as a background task)."""
@@ -169,18 +180,15 @@ class ManagedDockerd:
         self.layout.config_file.write_text(json.dumps(daemon_config(self.cache_keep_bytes)) + "\n")
         with contextlib.suppress(FileNotFoundError):
             self.layout.socket.unlink()
-        log = open(self.layout.log_file, "ab")  # noqa: SIM115 - handed to the child, closed right after
-        try:
-            self._process = subprocess.Popen(
+        with open(self.layout.log_file, "ab") as log:
+            # Ctrl-C to Amber must not kill builds mid-way (its own session; Amber stops it in order), but Amber's
+            # death, even by SIGKILL, makes it shut down cleanly.
+            self._process = processes.spawn(
                 dockerd_command(self.layout, dockerd=self.dockerd, storage_driver=self.storage_driver),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                death_signal=signal.SIGTERM, stdout=log,
                 env={"PATH": self.path, "HOME": str(self.layout.base_dir)},
-                start_new_session=True,  # a Ctrl-C to Amber must not kill builds mid-way; we stop it ourselves
-            )
-        finally:
-            log.close()
+            )  # fmt: skip
+        write_owner(self.layout.owner_file)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -205,18 +213,7 @@ class ManagedDockerd:
     def _stop_stale_from_pidfile(self) -> None:
         """A dockerd (or the containerd it started) left by a dead daemon or an earlier Amber process on the
         same roots is stopped before starting anew; PIDs are checked against their command lines first."""
-        _stop_pid_from_file(self.layout.pidfile, f"--data-root={self.layout.data_root}")
-        containerd_pidfile = self.layout.exec_root / "containerd" / "containerd.pid"
-        _stop_pid_from_file(containerd_pidfile, str(self.layout.exec_root))
-        # A dead containerd may linger as a zombie (PID 1 here does not reap), and dockerd would take the PID
-        # in this file for a running containerd and wait for it forever.
-        with contextlib.suppress(FileNotFoundError):
-            containerd_pidfile.unlink()
-        # dockerd bind-mounts its data root onto itself; a killed daemon leaves that mount behind.
-        for _ in range(8):
-            if not _is_mount_point(self.layout.data_root):
-                break
-            subprocess.run(["umount", str(self.layout.data_root)], check=False, capture_output=True)
+        _clean_roots(self.layout, SweepReport())
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
@@ -225,43 +222,72 @@ class ManagedDockerd:
             return "(no log)"
 
 
-def _stop_pid_from_file(pidfile: Path, marker: str) -> None:
-    """SIGTERM (then SIGKILL) the process named in ``pidfile`` if its command line contains ``marker``."""
+@dataclass
+class SweepReport:
+    """What ``sweep_orphaned`` did, and what it could not undo (with why)."""
+
+    stopped: list[int] = field(default_factory=list)
+    unmounted: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def sweep_orphaned(data_dir: Path) -> SweepReport:
+    """Stop and clean up the managed dockerd of ``data_dir`` when its owner (an Amber process) is dead: the
+    daemon by its pidfile, containerd, every other process running on its roots (shims, runc, build steps),
+    then every mount left under its roots, and the exec root. A daemon with a live owner is left alone."""
+    layout = DockerdLayout((data_dir / "dockerd").resolve())
+    report = SweepReport()
+    if not layout.base_dir.is_dir():
+        return report
+    owner = read_owner(layout.owner_file)
+    if owner is not None and owner.alive:
+        return report
+    _clean_roots(layout, report)
+    layout.owner_file.unlink(missing_ok=True)
+    return report
+
+
+def _clean_roots(layout: DockerdLayout, report: SweepReport) -> None:
+    """Everything a daemon on ``layout`` left: processes (dockerd first, so it can shut the rest down itself),
+    the containerd pidfile, mounts (deepest first) and the exec root."""
+    _stop_pid_from_file(layout.pidfile, f"--data-root={layout.data_root}", report)
+    containerd_pidfile = layout.exec_root / "containerd" / "containerd.pid"
+    _stop_pid_from_file(containerd_pidfile, str(layout.exec_root), report)
+    for pid in processes.pids_using(layout.data_root, layout.exec_root):
+        if processes.stop(pid, _STOP_TIMEOUT_S):
+            report.stopped.append(pid)
+        else:
+            report.failed.append((Path(f"/proc/{pid}"), f"process {pid} ({processes.cmdline(pid)[:80]}) did not exit"))
+    # A dead containerd may linger as a zombie (PID 1 here does not reap), and dockerd would take the PID in this
+    # file for a running containerd and wait for it forever.
+    with contextlib.suppress(FileNotFoundError):
+        containerd_pidfile.unlink()
+    # dockerd bind-mounts its data root onto itself, and overlay and BuildKit mounts live below it; a killed
+    # daemon leaves them behind.
+    for root in (layout.exec_root, layout.base_dir):
+        for mount in mounts_under(root):
+            problem = unmount(mount)
+            if problem is None:
+                report.unmounted.append(mount)
+            else:
+                report.failed.append((mount, f"cannot unmount: {problem}"))
+    _remove_exec_root(layout.exec_root)
+    if layout.exec_root.exists():
+        report.failed.append((layout.exec_root, "not empty after its daemon stopped"))
+
+
+def _stop_pid_from_file(pidfile: Path, marker: str, report: SweepReport) -> None:
+    """Stop the process named in ``pidfile`` if its command line contains ``marker`` (the PID may have been
+    reused by something that is not ours)."""
     try:
         pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return
-    if marker.encode() not in cmdline:
-        return  # the PID was reused by something that is not ours
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_TIMEOUT_S
-    while time.monotonic() < deadline and _running(pid):
-        time.sleep(0.05)
-    if _running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _is_mount_point(path: Path) -> bool:
-    """True when ``path`` is a mount point, bind mounts of the same filesystem included (``ismount`` misses
-    those)."""
-    target = str(path.resolve())
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) > 1 and fields[1].encode().decode("unicode_escape") == target:
-                return True
-    return False
+    if not processes.running(pid) or marker not in processes.cmdline(pid):
+        return
+    if processes.stop(pid, _STOP_TIMEOUT_S):
+        report.stopped.append(pid)
 
 
 def _remove_exec_root(root: Path) -> None:
@@ -269,7 +295,7 @@ def _remove_exec_root(root: Path) -> None:
     if not root.is_dir():
         return
     for directory, subdirs, files in os.walk(root, topdown=False):
-        if os.path.ismount(directory) or _is_mount_point(Path(directory)):
+        if os.path.ismount(directory) or is_mount_point(Path(directory)):
             continue
         for name in files:
             with contextlib.suppress(OSError):

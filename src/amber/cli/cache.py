@@ -10,6 +10,7 @@ import typer
 from amber.builds.pipeline.prune import prune as prune_caches
 from amber.builds.pipeline.prune import usage as cache_usage
 from amber.settings import Settings
+from amber.sweep import sweep
 
 app = typer.Typer(no_args_is_help=True, help="Build and image caches under <data_dir>/cache.")
 
@@ -52,14 +53,22 @@ def _group() -> None:
 def usage(
     data_dir: Path = typer.Option(None, "--data-dir", envvar="AMBER_DATA_DIR", help="Amber's data directory."),
 ) -> None:
-    """Bytes each cache could free (files shared with template artifacts count as nothing) and the limit."""
+    """Bytes each cache could free (files shared with template artifacts count as nothing) and the limit; first
+    removes what dead Amber processes left (processes, mounts, staging directories) and lists what it cannot."""
     settings = _settings(data_dir)
+    swept = sweep(settings.data_dir)
+    if not swept.empty:
+        typer.echo(f"swept what dead Amber processes left: {swept.summary()}", err=True)
     total, kinds = cache_usage(settings.data_dir.resolve())
     for kind in kinds:
         typer.echo(f"{kind.kind:<16} {kind.entries:>6} entries  {_human(kind.bytes):>10}")
     limit = settings.resolved_cache_max_bytes
     typer.echo(f"{'total':<16} {sum(k.entries for k in kinds):>6} entries  {_human(total):>10}"
                f"  (limit {_human(limit) if limit else 'none'})")  # fmt: skip
+    for path, reason in swept.failed:
+        typer.echo(f"cannot remove {path}: {reason}")
+    if swept.failed:
+        raise typer.Exit(1)
 
 
 @app.command("prune")

@@ -15,12 +15,14 @@ Public API (everything else is internal):
   ``rename``/``chmod``/``read_file_chunks``/``write_file_chunks`` (→ ``FileStat``; each optionally as a guest
   ``user``), ``write_file``/``read_file``; ``tcp_probe``, ``http_probe``, ``sync``, ``post_restore``, ``quiesce``
 - ``amber.vm.aio.AsyncJob``: the asyncio face of a ``Job`` (await start and exit, iterate output)
-- ``DiskChain.of(base, *layers)``, ``TemplateArtifact.load(dir)``, ``sweep_stale(data_dir)``
+- ``DiskChain.of(base, *layers)``, ``TemplateArtifact.load(dir)``, ``sweep_stale(data_dir)``,
+  ``sweep_snapshot_staging(directory, data_dir)``
 
 Guarantees and limits:
 
 - No stray processes: QEMU dies with its owner (parent-death signal) and on ``close``/errors; the first VM
-  call of a process in a data directory sweeps run directories whose owner died (``sweep_stale``).
+  call of a process in a data directory sweeps run directories whose owner died (``sweep_stale``); a snapshot
+  interrupted by its owner's death leaves a staging directory only until ``sweep_snapshot_staging``.
 - Disks: chain layers are never written; every VM writes only its own fresh qcow2 overlay.
 - Accelerator: KVM only where the host CPU has vmx/svm, else TCG (override: ``accel=`` or AMBER_ACCEL).
   Under TCG guest CPU work is ~20x slower; boot to agent ~2 s, restore to agent ~0.2 s.
@@ -54,7 +56,7 @@ from amber.vm.errors import (
 )
 from amber.vm.machine import Accel, DiskChain, DiskFormat, DiskLayer, MachineDescription, MemoryBackend
 from amber.vm.microvm import MicroVM, boot
-from amber.vm.process import sweep_stale
+from amber.vm.process import sweep_snapshot_staging, sweep_stale
 from amber.vm.protocol import SyncMode
 
 __all__ = [
@@ -84,5 +86,6 @@ __all__ = [
     "VMError",
     "boot",
     "restore",
+    "sweep_snapshot_staging",
     "sweep_stale",
 ]

@@ -42,7 +42,7 @@ from amber.vm.machine import (
     qemu_argv,
     virtual_size,
 )
-from amber.vm.process import create_run_dir, kill_and_wait, spawn, sweep_stale
+from amber.vm.process import create_run_dir, kill_and_wait, spawn, staging_name, sweep_stale
 from amber.vm.protocol import SyncMode
 from amber.vm.qcow2 import write_overlay
 from amber.vm.qmp import QMPClient, QMPError
@@ -353,7 +353,7 @@ class MicroVM:
         out_dir = out_dir.resolve()
         if out_dir.exists():
             raise SnapshotError(f"snapshot target {out_dir} already exists")
-        staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{self.run_dir.name}")
+        staging = staging_name(out_dir, self.run_dir)
         staging.mkdir(parents=True)
         try:
             try:

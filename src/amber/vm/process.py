@@ -1,61 +1,41 @@
 """QEMU processes that cannot outlive their owner, per-VM run directories, and the sweep of leftovers.
 
 Guarantees: every QEMU is started through ``setpriv --pdeathsig KILL`` from one long-lived launcher thread
-(the death signal fires when the *thread* that forked exits, so pool threads must not fork VMs), so
-SIGKILL of the owning process kills its VMs at once. Each VM's run directory records the owner's pid and
-start time; ``sweep_stale`` kills any QEMU whose owner is gone (matched by its run directory on the
-command line, never by name) and removes the directory.
+(``amber.host.processes.spawn``), so SIGKILL of the owning process kills its VMs at once. Each VM's run
+directory records its owner (``amber.host.owners``: pid and start time); ``sweep_stale`` kills any QEMU whose
+owner is gone (matched by its run directory on the command line or as its working directory, never by name)
+and removes the directory. A snapshot stages its artifact next to it under a name that carries its run
+directory (``staging_name``); ``sweep_snapshot_staging`` removes those whose VM is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import secrets
-import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RUN_PREFIX = "vm-"
-SETPRIV = "/usr/bin/setpriv"
-OWNER_FILE = "owner.json"
+from amber.host import files, processes
+from amber.host.owners import process_start_time, read_owner, write_owner
 
-_launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amber-vm-launcher")
+RUN_PREFIX = "vm-"
+OWNER_FILE = "owner.json"
+# A snapshot's staging directory next to its artifact: ``.<artifact>.tmp-<pid>-<run dir>`` (microvm.snapshot).
+_STAGING_RE = re.compile(r"\..+\.tmp-[0-9]+-(" + RUN_PREFIX + r"[0-9a-f]+)")
+
+__all__ = ["SweepReport", "create_run_dir", "kill_and_wait", "process_start_time", "spawn", "staging_name",
+           "sweep_snapshot_staging", "sweep_stale"]
 
 
 def spawn(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in ``cwd`` with stdout/stderr to ``log``; it dies with this process."""
-
-    def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [SETPRIV, "--pdeathsig", "KILL", "--", *argv],
-                cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop the VM cleanly
-            )
-
-    return _launcher.submit(start).result()
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    """Start ``argv`` in ``cwd`` with stdout/stderr to ``log``; it is SIGKILLed when this process dies."""
+    with log.open("ab") as out:
+        return processes.spawn(argv, death_signal=signal.SIGKILL, cwd=cwd, stdout=out)
 
 
 def create_run_dir(data_dir: Path) -> Path:
@@ -64,51 +44,36 @@ def create_run_dir(data_dir: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{RUN_PREFIX}{secrets.token_hex(6)}"
     path.mkdir(mode=0o700)
-    owner = {"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "created": time.time()}
-    (path / OWNER_FILE).write_text(json.dumps(owner))
+    write_owner(path / OWNER_FILE)
     return path
 
 
+def staging_name(out_dir: Path, run_dir: Path) -> Path:
+    """Where ``snapshot`` writes an artifact before renaming it to ``out_dir``; the name says which VM (run
+    directory) writes it, so a sweep can tell a live snapshot from a dead one's leftovers."""
+    return out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{run_dir.name}")
+
+
 def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            # Not our child: wait until it disappears (or is only a zombie of a dead parent).
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return
-            if state == "Z":
-                return
-        time.sleep(0.01)
+    processes.kill_and_wait(pid, timeout)
 
 
 @dataclass
 class SweepReport:
     killed: list[int] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # what could not be removed, and why
 
 
 def _owner_alive(run_dir: Path) -> bool:
-    try:
-        owner = json.loads((run_dir / OWNER_FILE).read_text())
-    except FileNotFoundError:
+    owner = read_owner(run_dir / OWNER_FILE)
+    if owner is None:
         # Being created right now, or a crash between mkdir and the owner file: judge by age.
         try:
             return time.time() - run_dir.stat().st_mtime < 60
         except FileNotFoundError:
             return True
-    except ValueError:
-        return False
-    start = process_start_time(int(owner["pid"]))
-    return start is not None and start == owner.get("start_time")
+    return owner.alive
 
 
 def sweep_stale(data_dir: Path) -> SweepReport:
@@ -124,9 +89,33 @@ def sweep_stale(data_dir: Path) -> SweepReport:
         for pid in _qemu_pids(run_dir):
             kill_and_wait(pid)
             report.killed.append(pid)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        report.removed.append(run_dir)
+        _remove(run_dir, report)
     return report
+
+
+def sweep_snapshot_staging(directory: Path, data_dir: Path) -> SweepReport:
+    """Remove snapshot staging directories in ``directory`` whose VM is gone or has a dead owner (a snapshot
+    interrupted by a crash); a snapshot in progress keeps its run directory, with a live owner, until it ends."""
+    report = SweepReport()
+    if not directory.is_dir():
+        return report
+    for entry in sorted(directory.iterdir()):
+        match = _STAGING_RE.fullmatch(entry.name)
+        if match is None:
+            continue
+        run_dir = data_dir / "run" / match.group(1)
+        if run_dir.is_dir() and _owner_alive(run_dir):
+            continue
+        _remove(entry, report)
+    return report
+
+
+def _remove(path: Path, report: SweepReport) -> None:
+    problem = files.remove(path)
+    if problem is None:
+        report.removed.append(path)
+    else:
+        report.failed.append((path, problem))
 
 
 def _qemu_pids(run_dir: Path) -> list[int]:
@@ -136,14 +125,8 @@ def _qemu_pids(run_dir: Path) -> list[int]:
     pids: set[int] = set()
     with contextlib.suppress(FileNotFoundError, ValueError):
         pids.add(int((run_dir / "qemu.pid").read_text().strip()))
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "cwd") == real:
-                    pids.add(int(proc.name))
-            except OSError:
-                continue
-    return [p for p in pids if _cwd(p) == real or real in _cmdline(p)]
+    pids.update(processes.pids_using(run_dir))
+    return [p for p in pids if processes.running(p) and (_cwd(p) == real or real in processes.cmdline(p))]
 
 
 def _cwd(pid: int) -> str:
@@ -151,3 +134,4 @@ def _cwd(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return ""
+
