@@ -7,7 +7,7 @@ Amber owns every process, mount and temporary directory it creates, and records 
 - QEMU processes and their run directories ``run/vm-*`` (``amber.vm``);
 - snapshot staging directories ``artifacts/.<build>.tmp-<pid>-vm-*`` (``amber.vm``);
 - other ``*.tmp-<pid>`` files and directories Amber writes before renaming them into place (the guest's);
-- mounts anywhere under the data directory.
+- mounts inside anything it removes (unmounted first, never deleted through).
 
 ``sweep(data_dir)`` removes whatever has no live owner and reports what it could not remove (``failed``); what a
 live process owns (another server or CLI on the same data directory, a build in progress) is never touched.
@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amber.buildkit import daemon
-from amber.host import files, mounts, processes
-from amber.host.owners import read_owner
+from amber.host import files, processes
 from amber.vm import sweep_snapshot_staging, sweep_stale
 
 _TMP_RE = re.compile(r"\..+\.tmp-([0-9]+)")  # ``.<name>.tmp-<pid>``: written by <pid>, renamed when complete
@@ -65,7 +64,6 @@ def sweep(data_dir: Path) -> SweepReport:
         report.removed += result.removed
         report.failed += result.failed
     _sweep_tmp(data_dir / "guest", report)
-    _sweep_mounts(data_dir, report)
     return report
 
 
@@ -82,18 +80,3 @@ def _sweep_tmp(directory: Path, report: SweepReport) -> None:
             report.removed.append(entry)
         else:
             report.failed.append((entry, problem))
-
-
-def _sweep_mounts(data_dir: Path, report: SweepReport) -> None:
-    """Mounts under the data directory other than those of a managed dockerd with a live owner."""
-    docker_base = data_dir / "dockerd"
-    owner = read_owner(docker_base / "owner.json")
-    live_docker = owner is not None and owner.alive
-    for mount in mounts.mounts_under(data_dir):
-        if live_docker and (mount == docker_base or docker_base in mount.parents):
-            continue
-        problem = mounts.unmount(mount)
-        if problem is None:
-            report.unmounted.append(mount)
-        else:
-            report.failed.append((mount, f"cannot unmount: {problem}"))

@@ -108,14 +108,14 @@ def test_everything_a_dead_owner_left_is_swept(tmp_path: Path, started: list[sub
     guest_tmp = data / "guest" / f".vmlinux.tmp-{dead_owner().pid}"
     guest_tmp.parent.mkdir()
     guest_tmp.write_bytes(b"half")
-    stray_mount = bind(data / "cache" / "stray", bind_mounts)
+    bind(run_dir / "mnt", bind_mounts)  # a mount inside debris is unmounted before the tree is removed
 
     report = sweep(data)
 
     assert report.failed == []
     for proc in (dockerd, shim, step, qemu):
         assert not processes.running(proc.pid), proc.args
-    assert mounts.mounts_under(data) == [] and stray_mount in report.unmounted
+    assert mounts.mounts_under(data) == [] and step_dir in report.unmounted
     assert not layout.exec_root.exists() and not layout.owner_file.exists()
     assert not run_dir.exists() and not staging.exists() and not guest_tmp.exists()
     assert sweep(data).empty  # nothing left for a second sweep

@@ -6,9 +6,18 @@ import os
 import shutil
 from pathlib import Path
 
+from amber.host.mounts import mounts_under, unmount
+
 
 def remove(path: Path) -> str | None:
-    """Remove ``path`` (a tree, never following symlinks out of it); None once it is gone, else why not."""
+    """Remove ``path``; None once it is gone, else why not. A tree is unmounted first, deepest mount first (a dead
+    owner's mounts are debris too, and deleting through a bind mount would delete what it shows); symlinks are
+    removed, never followed."""
+    if path.is_dir() and not path.is_symlink():
+        for mount in mounts_under(path):
+            problem = unmount(mount)
+            if problem is not None:
+                return f"{mount} cannot be unmounted: {problem}"
     errors: list[str] = []
 
     def failed(_function: object, where: str, info: tuple[type[BaseException], BaseException, object]) -> None:
