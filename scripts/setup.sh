@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian 12 host (run as root): Debian packages, the .venv,
-# the guest kernel + initramfs + agent. Each step is skipped when its output is already there.
+# the guest kernel + initramfs + agent, the builtin template nullspace/base. Each step is skipped when its
+# output is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,3 +46,6 @@ fi
 
 # Guest kernel, initramfs and agent: built once into the data directory.
 .venv/bin/amber setup-guest --data-dir "$DATA_DIR"
+
+# The builtin template nullspace/base (Debian 12 + python3): built once, rebuilt when its definition changes.
+.venv/bin/amber setup-base --data-dir "$DATA_DIR"

@@ -5,12 +5,13 @@ in-process build workers and the dockerd lifecycle, and hands them to the HTTP a
 only knows routes, middleware and error handling. Migrations are not run here (``amber serve`` runs them
 first).
 
-Lifecycle, the app's lifespan: on start, whatever dead Amber processes left in the data directory (a dockerd,
-QEMU, mounts, staging directories) is swept away (``amber.sweep``, then again every
-``AMBER_SWEEP_INTERVAL_SECS``), builds a previous (killed) server left running end as ``interrupted`` (queued ones
-are resumed) and the workers start; on stop, in reverse order, the workers stop (running builds end as
-``interrupted``), the dockerd that Dockerfile builds started is stopped, and the database is closed. Each part
-is one async context manager in ``lifecycle``; a part that fails to start stops the ones before it.
+Lifecycle, the app's lifespan: on start, whatever dead Amber processes left in the data directory (a dockerd, QEMU,
+mounts, staging directories) is swept away (``amber.sweep``, then again every ``AMBER_SWEEP_INTERVAL_SECS``), the
+builtin templates built in the data directory (``amber setup-base``, e.g. ``nullspace/base``) are registered in the
+catalog (a missing one is a warning), builds a previous (killed) server left running end as ``interrupted`` (queued
+ones are resumed) and the workers start; on stop, in reverse order, the workers stop (running builds end as
+``interrupted``), the dockerd that Dockerfile builds started is stopped, and the database is closed. Each part is
+one async context manager in ``lifecycle``; a part that fails to start stops the ones before it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from amber.api.app import create_app
 from amber.api.deps import AppState
 from amber.blobs.store import BlobStore
 from amber.buildkit.daemon import stop_managed_dockerds
+from amber.builds.builtin import register_builtins
 from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
@@ -50,6 +52,7 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
     lifecycle: list[Part] = [
         lambda: _sweeper(settings),
         lambda: _database(db),
+        lambda: _builtin_templates(db, settings),
         _managed_dockerds,
         lambda: _build_workers(service, settings, count),
     ]
@@ -105,6 +108,13 @@ async def _database(db: Database) -> AsyncIterator[None]:
         yield
     finally:
         db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _builtin_templates(db: Database, settings: Settings) -> AsyncIterator[None]:
+    """``nullspace/base`` and any other builtin built here: catalog rows updated to this host's artifact."""
+    await asyncio.to_thread(register_builtins, db, settings.data_dir)
+    yield
 
 
 @contextlib.asynccontextmanager

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     cache_max_bytes: int | None = None  # all caches under data_dir/cache together; 0 = unbounded; default below
     cache_min_idle_secs: float = 300.0  # an entry used more recently than this is never evicted
     buildkit_cache_max_bytes: int = 10 * 1024**3  # BuildKit's own cache (Dockerfile builds), GC'd by dockerd; 0 = no GC
+    debian_mirror: str | None = None  # builtin templates' debootstrap mirror; default: this host's apt sources
     rate_limit_per_sec: float = 100.0  # sustained requests per second per API key (0 = no limit); 429 beyond
     rate_limit_burst: int = 1000  # requests a key may make at once before the sustained rate applies
     # Directories whose repositories ``git_clone`` may read by local path or file:// URL (after realpath);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from amber.cli import cache, doctor, guest, image, keys, serve, vm
+from amber.cli import base, cache, doctor, guest, image, keys, serve, vm
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Amber microVM template builder.")
 app.add_typer(image.app, name="image")
@@ -14,6 +14,7 @@ app.add_typer(cache.app, name="cache")
 app.command("serve")(serve.serve)
 app.command("doctor")(doctor.doctor)
 app.command("setup-guest")(guest.setup_guest)
+app.command("setup-base")(base.setup_base)
 
 
 def main() -> None:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from amber.contract.template_refs import SYSTEM_NAMESPACE, TemplateRef
 from amber.store import ids
 from amber.store.errors import Conflict, Invalid, NotFound
-from amber.store.keys import Caller
+from amber.store.keys import Caller, ensure_namespace
 from amber.store.models import (
     Alias,
     Artifact,
@@ -391,3 +392,116 @@ def resolve_base_template(session: Session, caller: Caller, ref: TemplateRef) ->
         return resolve(session, caller, TemplateRef(text=ref.text, name=ref.name))
     except NotFound:
         raise not_found(ref.text) from None
+
+
+def resolve_launch(session: Session, caller: Caller, ref: TemplateRef) -> Resolved:
+    """Resolve the template a machine launches from. A ref without a namespace (``base``, ``base:latest``) names
+    the caller's own template when it has one with an artifact, else the builtin of that name
+    (``nullspace/base``); every other form resolves as ``resolve`` does. ``NotFound`` names ``ref`` as given."""
+    try:
+        resolved = resolve(session, caller, ref)
+    except NotFound:
+        resolved = None
+    if resolved is not None and resolved.artifact is not None:
+        return resolved
+    if ref.namespace is not None or ref.artifact_id is not None or ref.name is None:
+        if resolved is not None:
+            return resolved
+        raise not_found(ref.text)
+    builtin = TemplateRef(text=ref.text, namespace=SYSTEM_NAMESPACE, name=ref.name, qualifier=ref.qualifier)
+    try:
+        return resolve(session, caller, builtin)
+    except NotFound:
+        if resolved is not None:
+            return resolved  # the caller's own template, still without an artifact
+        raise not_found(ref.text) from None
+
+
+# -- builtin templates ------------------------------------------------------------------------------------------
+
+_BUILTIN_LOCK = 0x616D6265725F6274  # pg_advisory_xact_lock key ("amber_bt"): hosts register builtins in turn
+
+
+@dataclass(frozen=True)
+class BuiltinTemplate:
+    """A builtin template's current artifact on the registering host (``amber.builds.builtin``)."""
+
+    name: str
+    description: str
+    artifact_id: str
+    build_id: str
+    storage_dir: str
+    runtime_defaults: dict[str, Any]
+    size_bytes: int
+    built_at: datetime
+    default_tag: str
+    tags: tuple[str, ...]
+
+
+class Registration(StrEnum):
+    CREATED = "created"  # the template did not exist
+    UPDATED = "updated"  # a new artifact, or changed rows
+    UNCHANGED = "unchanged"  # nothing was written
+    KEPT_NEWER = "kept_newer"  # another host registered a more recently built artifact: left as it is
+
+
+def register_builtin(session: Session, builtin: BuiltinTemplate) -> Registration:
+    """Make ``nullspace/<name>`` (namespace kind ``system``, public) answer with ``builtin``'s artifact under each of
+    its tags; superseded artifacts of the builtin are deleted (their files are the builder's). Idempotent: nothing
+    is written when the rows already say so. Hosts sharing a database register in turn (an advisory lock on
+    PostgreSQL, SQLite's write lock), and a more recently built artifact is never replaced by an older one."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _BUILTIN_LOCK})
+    namespace = ensure_namespace(session, SYSTEM_NAMESPACE, kind="system")  # made by the first migration
+    outcome = Registration.UNCHANGED
+    template = session.scalar(select(Template).where(Template.namespace_id == namespace.id,
+                                                     Template.name == builtin.name))
+    if template is None:
+        template = Template(id=ids.template_id(), namespace_id=namespace.id, name=builtin.name, visibility="public",
+                            description=builtin.description, default_tag=builtin.default_tag)
+        session.add(template)
+        session.flush()
+        outcome = Registration.CREATED
+    artifact = session.get(Artifact, builtin.artifact_id)
+    if artifact is None:
+        current = _default_artifact(session, template)
+        if current is not None and current.created_at > builtin.built_at:
+            return Registration.KEPT_NEWER
+    wanted_template = {"visibility": "public", "description": builtin.description, "default_tag": builtin.default_tag}
+    if _update(template, wanted_template):
+        outcome = outcome if outcome == Registration.CREATED else Registration.UPDATED
+    wanted_artifact: dict[str, Any] = {"template_id": template.id, "build_id": builtin.build_id,
+                                       "storage_dir": builtin.storage_dir,
+                                       "runtime_defaults": builtin.runtime_defaults, "oci_metadata": None,
+                                       "size_bytes": builtin.size_bytes, "created_at": builtin.built_at}
+    if artifact is None:
+        artifact = Artifact(id=builtin.artifact_id, **wanted_artifact)
+        session.add(artifact)
+        session.flush()
+        outcome = outcome if outcome == Registration.CREATED else Registration.UPDATED
+    elif _update(artifact, wanted_artifact):
+        outcome = Registration.UPDATED
+    for tag in builtin.tags:
+        row = session.get(Tag, (template.id, tag))
+        if row is None or row.artifact_id != artifact.id:
+            move_tag(session, template, tag, artifact)
+            outcome = outcome if outcome == Registration.CREATED else Registration.UPDATED
+    for stale in session.scalars(select(Tag).where(Tag.template_id == template.id,
+                                                   Tag.tag.not_in(builtin.tags))).all():
+        session.delete(stale)
+        outcome = Registration.UPDATED
+    for old in session.scalars(select(Artifact).where(Artifact.template_id == template.id,
+                                                      Artifact.id != artifact.id)).all():
+        delete_artifact(session, old)
+        outcome = Registration.UPDATED
+    return outcome
+
+
+def _update(row: Any, wanted: dict[str, Any]) -> bool:
+    """Set the attributes of ``row`` that differ from ``wanted``; whether any did."""
+    changed = False
+    for key, value in wanted.items():
+        if getattr(row, key) != value:
+            setattr(row, key, value)
+            changed = True
+    return changed
