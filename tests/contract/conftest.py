@@ -11,6 +11,7 @@ from typing import TypedDict
 
 import pytest
 
+from amber.builds.builtin import ensure_builtin
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
 from amber.vm.process import sweep_stale
@@ -45,11 +46,14 @@ class Sdk:
 
 
 def data_dir_with_guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh data directory sharing the repository's guest kernel/agent (built once by `amber setup-guest`)."""
+    """A fresh data directory sharing the repository's guest kernel/agent and builtin templates (built once by
+    `amber setup-guest` and `amber setup-base`; a server on it registers nullspace/base)."""
     guest_root = get_settings().data_dir.resolve()
     ensure_guest(guest_root)
+    ensure_builtin(guest_root)
     d = tmp_path_factory.mktemp("amber-contract")
     (d / "guest").symlink_to(guest_root / "guest")
+    (d / "builtin").symlink_to(guest_root / "builtin")
     return d
 
 

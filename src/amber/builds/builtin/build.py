@@ -47,11 +47,13 @@ from amber.builds.builtin.definition import (
 )
 from amber.builds.pipeline.machine import MicroVmBackend
 from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST
-from amber.guest.install import GuestMissing
+from amber.builds.planning.digests import digest_json
+from amber.guest.install import GuestMissing, load_guest
 from amber.oci.errors import RootDiskError
 from amber.rootfs.ext4 import make_ext4
 from amber.settings import get_settings
-from amber.vm import DiskChain, TemplateArtifact, VMError, boot
+from amber.vm import DiskChain, MemoryBackend, TemplateArtifact, VMError, boot
+from amber.vm.microvm import describe
 
 Progress = Callable[[str], None]
 CURRENT = "current.json"
@@ -160,11 +162,7 @@ def ensure_builtin(
     """Build whatever of ``definition`` is missing or stale (``rebuild``: everything, debootstrap included) and
     return the current artifact. Idempotent; a second call does nothing."""
     data_dir = data_dir.resolve()
-    try:
-        fingerprint = MicroVmBackend(data_dir, accel=accel).fingerprint()
-    except (GuestMissing, VMError) as exc:
-        raise BuiltinError(f"the guest is not ready: {exc}") from None
-    definition_hash = definition.definition_hash(fingerprint)
+    definition_hash = definition.definition_hash(_guest_fingerprint(data_dir, definition, accel))
     root = builtin_root(data_dir, definition.name)
     if not rebuild and (current := _current(data_dir, definition, definition_hash)) is not None:
         return SetupResult(current, built=False, tree_cached=True, disk_cached=True)
@@ -175,6 +173,20 @@ def ensure_builtin(
             return SetupResult(current, built=False, tree_cached=True, disk_cached=True)
         _remove_debris(root)
         return _build(data_dir, root, definition, definition_hash, progress, rebuild, accel)
+
+
+def _guest_fingerprint(data_dir: Path, definition: BuiltinDefinition, accel: str | None) -> str:
+    """What the artifact depends on besides the definition: the guest and QEMU (the build pipeline's
+    fingerprint) and the machine a restore compares with the snapshot's (``MachineDescription`` without the
+    kernel command line, whose TSC figures vary), so a driver change a restore would refuse rebuilds it."""
+    try:
+        fingerprint = MicroVmBackend(data_dir, accel=accel).fingerprint()
+        machine = describe(load_guest(data_dir), cpus=definition.vcpus, memory_mib=definition.memory_mib,
+                           network=definition.network, memory_backend=MemoryBackend.FILE, accel=accel)
+    except (GuestMissing, VMError) as exc:
+        raise BuiltinError(f"the guest is not ready: {exc}") from None
+    compared = {k: v for k, v in machine.to_json().items() if k != "kernel_cmdline"}
+    return digest_json({"guest": fingerprint, "machine": compared})
 
 
 def _current(data_dir: Path, definition: BuiltinDefinition, definition_hash: str) -> BuiltinArtifact | None:
