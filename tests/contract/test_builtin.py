@@ -4,8 +4,10 @@ listed as builtin and public for every namespace, read by its refs, never delete
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from nullspace import MachineError, NotFoundError, Template, TemplateBuildLogEntry, TemplateInfo
+from nullspace import MachineError, NotFoundError, Template, TemplateBuild, TemplateBuildLogEntry, TemplateInfo
 
 from tests.contract.conftest import Sdk, unique
 
@@ -64,7 +66,15 @@ def test_from_template_base_builds_with_python(sdk: Sdk) -> None:
     )
     entries: list[TemplateBuildLogEntry] = []
     name = unique("on-base")
-    build = Template.build(template, name, on_log_entry=entries.append, **sdk.acme)
+    done: list[TemplateBuild] = []
+    worker = threading.Thread(target=lambda: done.append(Template.build(template, name, on_log_entry=entries.append,
+                                                                        **sdk.acme)), daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout=480)  # a liveness bound (~6 s alone here): a stuck build fails with what it logged
+    assert done, "the build did not end; its log so far:\n" + "\n".join(
+        f"{e.timestamp} {e.phase} {e.message}" for e in entries) + "\nserver log:\n" + \
+        sdk.server.log_path.read_text()[-3000:]
+    build = done[0]
     assert build.status.value == "ready"
     messages = [e.message for e in entries]
     assert any("base template nullspace/base:latest" in m for m in messages), messages
