@@ -69,8 +69,7 @@ def main() -> None:
                 assert vm.exec(["python3", "-c", "import http.server"]).ok
                 imports.append(time.monotonic() - started)
             started = time.monotonic()
-            with boot(DiskChain.of(disk), data_dir=work, cpus=BASE.vcpus, memory_mib=BASE.memory_mib,
-                      network=BASE.network):  # fmt: skip
+            with boot(DiskChain.of(disk), data_dir=work, cpus=BASE.vcpus, memory_mib=BASE.memory_mib):
                 boots.append(time.monotonic() - started)
     print(f"restore to agent:              {median(restores)}")
     ratio = statistics.median(restores) / statistics.median(boots)

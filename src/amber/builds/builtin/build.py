@@ -7,15 +7,16 @@ Three cached stages, each rebuilt only when its key (``definition.py``) changes:
    /dev emptied) — ``tree-<key>/`` with ``tree-<key>.ok`` written last;
 2. the ext4 root disk made from the tree (``amber.rootfs.ext4``, at least ``disk_mib``) — ``disk-<key>.ext4``,
    renamed into place when complete;
-3. the template artifact: the disk booted at the definition's shape, the agent's base env set, the workdir
-   created, the warm-up command run, the VM snapshotted (``amber.vm``), ``amber-artifact.json`` written next to
-   the VM's manifest (``runtime_defaults``, ``runtime_env``, as a pipeline artifact, plus ``builtin``) —
-   ``artifact-<hash>/``, renamed into place when complete.
+3. the template artifact: the disk booted at the definition's shape (a NIC, no internet), the agent's base env
+   set, the workdir created, the warm-up command run, the VM snapshotted (``amber.vm``), ``amber-artifact.json``
+   written next to the VM's manifest (``amber.builds.artifact_metadata``, as a build's) — ``artifact-<hash>/``,
+   renamed into place when complete.
 
-``current.json`` (written atomically, last) names the current artifact; only then are superseded trees, disks
-and artifacts removed. A second run with the same definition and guest reads ``current.json`` and does
-nothing. Concurrent runs build once (``.lock``). Nothing half-built is ever used: an interrupted run leaves only
-``*.partial``/``.work-*`` debris, removed by the next run (unmounting anything debootstrap left mounted first).
+``current.json`` (written atomically, last) names the current artifact and carries the builtin's catalog facts
+(description, tags, ids, definition); only then are superseded trees, disks and artifacts removed. A second
+run with the same definition and guest reads ``current.json`` and does nothing. Concurrent runs build once
+(``.lock``). Nothing half-built is ever used: an interrupted run leaves only ``*.partial``/``.work-*`` debris,
+removed by the next run (unmounting anything debootstrap left mounted first).
 Needs root (debootstrap, chroot) and the guest (``amber setup-guest``).
 """
 
@@ -36,6 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amber.builds.artifact_metadata import (
+    ArtifactMetadata,
+    ArtifactMetadataError,
+    read_artifact_metadata,
+    write_artifact_metadata,
+)
 from amber.builds.builtin.definition import (
     BASE,
     DEFAULT_MIRROR,
@@ -46,7 +53,6 @@ from amber.builds.builtin.definition import (
     short,
 )
 from amber.builds.pipeline.machine import MicroVmBackend
-from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST
 from amber.builds.planning.digests import digest_json
 from amber.guest.install import GuestMissing, load_guest
 from amber.oci.errors import RootDiskError
@@ -108,25 +114,24 @@ def load_builtin(data_dir: Path, name: str = BASE.name) -> BuiltinArtifact:
         if current.get("format") != FORMAT:
             raise BuiltinMissing(f"{root / CURRENT} is from another Amber version (run `amber setup-base`)")
         directory = root / str(current["artifact"])
-        meta = json.loads((directory / ARTIFACT_MANIFEST).read_text())
-        builtin = meta["builtin"]
+        metadata = read_artifact_metadata(directory)
         return BuiltinArtifact(
             name=name,
-            description=str(builtin["description"]),
+            description=str(current["description"]),
             directory=directory,
             definition_hash=str(current["definition_hash"]),
             artifact_id=str(current["artifact_id"]),
             build_id=str(current["build_id"]),
             built_at=float(current["built_at"]),
             size_bytes=int(current["size_bytes"]),
-            runtime_defaults=dict(meta["runtime_defaults"]),
-            default_tag=str(builtin["default_tag"]),
-            tags=tuple(str(t) for t in builtin["tags"]),
+            runtime_defaults=metadata.runtime.to_json(),
+            default_tag=str(current["default_tag"]),
+            tags=tuple(str(t) for t in current["tags"]),
         )
     except FileNotFoundError as exc:
         raise BuiltinMissing(f"builtin template {name!r} is not built: {exc.filename} is missing "
                              "(run `amber setup-base`)") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ArtifactMetadataError, ValueError, KeyError, TypeError) as exc:
         raise BuiltinMissing(f"builtin template {name!r} in {root} is unreadable ({exc}); run `amber setup-base`") \
             from None
 
@@ -182,7 +187,7 @@ def _guest_fingerprint(data_dir: Path, definition: BuiltinDefinition, accel: str
     try:
         fingerprint = MicroVmBackend(data_dir, accel=accel).fingerprint()
         machine = describe(load_guest(data_dir), cpus=definition.vcpus, memory_mib=definition.memory_mib,
-                           network=definition.network, memory_backend=MemoryBackend.FILE, accel=accel)
+                           network=True, memory_backend=MemoryBackend.FILE, accel=accel)  # every VM has a NIC
     except (GuestMissing, VMError) as exc:
         raise BuiltinError(f"the guest is not ready: {exc}") from None
     compared = {k: v for k, v in machine.to_json().items() if k != "kernel_cmdline"}
@@ -224,10 +229,13 @@ def _build(data_dir: Path, root: Path, definition: BuiltinDefinition, definition
         progress(f"using the cached root disk {disk.name}")
     directory = _make_artifact(data_dir, root, disk, definition, definition_hash, progress, accel)
     size = TemplateArtifact.load(directory).size_bytes()["allocated"]
-    record = {"format": FORMAT, "name": definition.name, "definition_hash": definition_hash,
-              "artifact": directory.name, "artifact_id": artifact_id(definition, definition_hash),
-              "build_id": build_id(definition, definition_hash), "built_at": time.time(), "size_bytes": size,
-              "tree": tree.name, "disk": disk.name}  # fmt: skip
+    record = {
+        "format": FORMAT, "name": definition.name, "description": definition.description,
+        "definition_hash": definition_hash, "artifact": directory.name,
+        "artifact_id": artifact_id(definition, definition_hash), "build_id": build_id(definition, definition_hash),
+        "built_at": time.time(), "size_bytes": size, "default_tag": definition.default_tag,
+        "tags": list(definition.tags), "tree": tree.name, "disk": disk.name, "definition": definition.to_json(),
+    }  # fmt: skip
     _atomic_write(root / CURRENT, json.dumps(record, indent=2) + "\n")
     _remove_superseded(root, keep={tree.name, f"{tree.name}.ok", disk.name, directory.name})
     progress(f"artifact ready: {directory} ({size / 2**20:.0f} MiB allocated)")
@@ -353,11 +361,10 @@ def _make_artifact(data_dir: Path, root: Path, disk: Path, definition: BuiltinDe
     final = root / f"artifact-{short(definition_hash)}"
     env = definition.env_map
     try:
-        progress(f"booting the VM: {definition.vcpus} vCPU, {definition.memory_mib} MiB, "
-                 f"network {'on' if definition.network else 'off'}")  # fmt: skip
-        try:
+        progress(f"booting the VM: {definition.vcpus} vCPU, {definition.memory_mib} MiB, no internet")
+        try:  # a NIC (as every VM), no internet: the warm-up needs none; machines choose theirs at restore
             with boot(DiskChain.of(disk), data_dir=data_dir, cpus=definition.vcpus, memory_mib=definition.memory_mib,
-                      network=definition.network, accel=accel, hostname=definition.hostname) as vm:
+                      accel=accel, hostname=definition.hostname) as vm:
                 vm.agent.set_env(env)  # the agent's base env: every exec sees it, also without the template's env
                 vm.agent.mkdir(definition.workdir, parents=True)
                 progress(f"warming the page cache: {definition.warm}")
@@ -371,16 +378,8 @@ def _make_artifact(data_dir: Path, root: Path, disk: Path, definition: BuiltinDe
                 vm.snapshot(work / "artifact")
         except VMError as exc:
             raise BuiltinError(f"the builtin VM failed: {exc}") from None
-        runtime = definition.runtime_defaults()
-        meta = {
-            "runtime_defaults": runtime.to_json(),
-            "runtime_env": runtime.env,  # values stay server-side; the API shows keys only (R55)
-            "oci_metadata": None,
-            "builtin": {"name": definition.name, "description": definition.description,
-                        "definition_hash": definition_hash, "definition": definition.to_json(),
-                        "default_tag": definition.default_tag, "tags": list(definition.tags)},
-        }  # fmt: skip
-        _atomic_write(work / "artifact" / ARTIFACT_MANIFEST, json.dumps(meta, indent=2) + "\n")
+        # Runtime defaults with the env values (server-side), as a build's finalize phase writes them.
+        write_artifact_metadata(work / "artifact", ArtifactMetadata(runtime=definition.runtime_defaults()))
         if final.exists():  # a forced rebuild of the same definition
             shutil.rmtree(final)
         (work / "artifact").rename(final)

@@ -42,7 +42,6 @@ class BuiltinDefinition:
     vcpus: int
     memory_mib: int
     disk_mib: int  # size of the root ext4 (sparse): the guest's free space is this minus the tree
-    network: bool  # the snapshot's machine has a NIC (restores must match)
     warm: str  # shell command run once before the snapshot: restores find its files in the page cache
     default_tag: str
     tags: tuple[str, ...]  # every tag the artifact carries (includes ``default_tag``)
@@ -89,7 +88,6 @@ BASE = BuiltinDefinition(
     vcpus=2,  # the SDK's default Machine.create() shape: restores need no re-size
     memory_mib=512,
     disk_mib=2048,
-    network=True,
     warm="python3 -c 'import http.server, json, ssl, subprocess, urllib.request' && bash -c true && ps >/dev/null",
     default_tag="latest",
     tags=("latest", "default"),
