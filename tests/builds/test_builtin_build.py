@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from amber.builds.builtin import BuiltinMissing, builtin_artifact_dir, load_builtin, register_builtins
-from amber.builds.builtin.build import CURRENT, _mounts_under, _remove_debris, builtin_root
+from amber.builds.builtin.build import CURRENT, _remove_debris, builtin_root
+from amber.host.mounts import mounts_under
 from amber.store.database import Database, migrate
 
 
@@ -25,10 +26,10 @@ def test_debris_is_removed_without_reaching_through_mounts(tmp_path: Path) -> No
     (root / ".work-1").mkdir()
     subprocess.run(["mount", "--bind", str(host), str(target)], check=True)
     try:
-        assert _mounts_under(root) == [str(target.resolve())]
+        assert mounts_under(root) == [target.resolve()]
         _remove_debris(root)
     finally:
-        if _mounts_under(root):
+        if mounts_under(root):
             subprocess.run(["umount", "-l", str(target)], check=True)
     assert list(root.iterdir()) == []
     assert (host / "precious").read_text() == "keep me"

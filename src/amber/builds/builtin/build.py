@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -55,6 +54,8 @@ from amber.builds.builtin.definition import (
 from amber.builds.pipeline.machine import MicroVmBackend
 from amber.builds.planning.digests import digest_json
 from amber.guest.install import GuestMissing, load_guest
+from amber.host.files import remove
+from amber.host.mounts import mounts_under
 from amber.oci.errors import RootDiskError
 from amber.rootfs.ext4 import make_ext4
 from amber.settings import get_settings
@@ -316,7 +317,7 @@ def _run_debootstrap(argv: list[str], log_path: Path, progress: Progress) -> Non
 
 def _customise(tree: Path, definition: BuiltinDefinition) -> None:
     """The recipe (``RECIPE`` in ``definition.py``): what a sandbox expects beyond debootstrap's tree."""
-    if _mounts_under(tree):
+    if mounts_under(tree):
         raise BuiltinError(f"debootstrap left file systems mounted under {tree}")
     etc = tree / "etc"
     (etc / "hostname").write_text(definition.hostname + "\n")
@@ -411,32 +412,12 @@ def _remove_superseded(root: Path, keep: set[str]) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (from /proc/self/mountinfo), deepest first."""
-    base = os.path.realpath(path)
-    found = []
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])  # \040 …
-            if point == base or point.startswith(base + "/"):
-                found.append(point)
-    return sorted(found, key=len, reverse=True)
-
-
 def _remove_tree(path: Path) -> None:
-    """``rm -rf path``, but never through a mount: a killed debootstrap leaves the host's /dev, /proc and /sys
-    mounted inside its target, and removing those would reach the host's own files."""
-    if not path.exists() and not path.is_symlink():
-        return
-    for point in _mounts_under(path):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
-    left = _mounts_under(path)
-    if left:
-        raise BuiltinError(f"cannot remove {path}: still mounted: {', '.join(left)}")
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    """``rm -rf path``, but never through a mount (``amber.host.files.remove`` unmounts first): a killed debootstrap
+    leaves the host's /dev entries, /proc and /sys mounted inside its target."""
+    problem = remove(path)
+    if problem is not None:
+        raise BuiltinError(f"cannot remove {path}: {problem}")
 
 
 def _atomic_write(path: Path, text: str) -> None:
