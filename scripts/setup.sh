@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   docker.io
   postgresql
   gcc make libc6-dev
+  chromium  # preview URLs are checked in a real (headless) browser
 )
 
 missing=()

@@ -32,6 +32,8 @@ from amber.builds.builtin import register_builtins
 from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
+from amber.machines.manager import MachineManager
+from amber.machines.reaper import Reaper
 from amber.settings import Settings
 from amber.store.database import Database
 from amber.sweep import sweep
@@ -47,7 +49,8 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
     db = Database(settings.resolved_database_url)
     blob_store = BlobStore(settings.blobs_dir)
     service = BuildService(db, settings, LogBus(), blob_store)
-    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service)
+    manager = MachineManager(settings, db)
+    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service, machines=manager)
     count = settings.resolved_workers if workers is None else workers
     lifecycle: list[Part] = [
         lambda: _sweeper(settings),
@@ -55,6 +58,7 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
         lambda: _builtin_templates(db, settings),
         _managed_dockerds,
         lambda: _build_workers(service, settings, count),
+        lambda: _machines(manager),  # after the workers: stops (hibernating its machines) before them
     ]
 
     @contextlib.asynccontextmanager
@@ -64,10 +68,7 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
                 await stack.enter_async_context(part())
             yield
 
-    app = create_app(state, lifespan=lifespan)
-    # Machines (amber.machines) join here: ``install_machines(app, state, manager)`` adds their routes, and the
-    # manager's start/stop is appended to ``lifecycle`` (after the build workers, so it stops before them).
-    return app
+    return create_app(state, lifespan=lifespan)
 
 
 @contextlib.asynccontextmanager
@@ -139,3 +140,17 @@ async def _build_workers(service: BuildService, settings: Settings, count: int) 
         yield
     finally:
         await pool.stop()
+
+
+@contextlib.asynccontextmanager
+async def _machines(manager: MachineManager) -> AsyncIterator[None]:
+    """Machines a dead server ran are marked lost and hibernated ones come back; the reaper enforces time
+    limits; at stop, running machines are hibernated (they resume at the next start)."""
+    await manager.recover()
+    reaper = Reaper(manager)
+    reaper.start()
+    try:
+        yield
+    finally:
+        await reaper.stop()
+        await manager.shutdown()

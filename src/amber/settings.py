@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     # The group whose sockets the host's nftables table ``inet amber`` confines (guests with internet, host-side
     # fetches for users): no host address, no other guest, only the outside world. Give no other process it.
     isolation_gid: int = 64511
+    # Machines (sandboxes restored from templates).
+    max_machines: int = 512  # machines running (or starting) on this host at once; beyond: 503 capacity_exceeded
+    machine_memory_overcommit: float = 8.0  # guest memory of running machines ≤ host RAM times this (idle guests
+    # touch a fraction of their memory: ~80 MB of a 512 MiB guest)
+    machine_restore_slots: int | None = None  # restores at once (CPU-bound); default: one per core
+    machine_queue_limit: int = 32  # creates waiting for a restore slot; beyond: 429 with Retry-After
+    machine_stop_timeout_secs: float = 60.0  # graceful stop: hibernating running machines may take this long
+    preview_domain: str = "localhost"  # preview URLs are http://{port}-{machine}.{preview_domain}:{port}/
+    preview_secret: str | None = Field(default=None, repr=False)  # signs preview and traffic tokens; default:
+    # a random key kept in data_dir/preview.key (set it to the same value on every host of a cluster)
 
     @field_validator("git_local_roots", mode="before")
     @classmethod
@@ -64,6 +74,14 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def machines_dir(self) -> Path:
+        return self.data_dir / "machines"
+
+    @property
+    def resolved_restore_slots(self) -> int:
+        return max(1, self.machine_restore_slots or os.cpu_count() or 1)
 
     @property
     def resolved_workers(self) -> int:

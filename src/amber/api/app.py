@@ -18,7 +18,8 @@ from amber.api.body import JsonBodyMiddleware
 from amber.api.deps import AppState
 from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
-from amber.api.routes import blobs, builds, templates
+from amber.api.preview import PreviewProxyMiddleware
+from amber.api.routes import blobs, builds, machine_files, machine_ws, machines, templates, unimplemented
 from amber.contract.errors import InvalidRef
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.template_refs import parse_ref
@@ -35,9 +36,9 @@ def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
     db = state.db
 
     app = FastAPI(
-        title="Amber template API",
+        title="Amber API",
         version="1.0.3",
-        description="Self-hosted implementation of the Nullspace template HTTP API (nullspace-sdk 1.0.3).",
+        description="Self-hosted implementation of the Nullspace template and machine HTTP APIs (nullspace-sdk 1.0.3).",
         lifespan=lifespan,
     )
     app.state.amber = state
@@ -45,6 +46,10 @@ def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(builds.router)
     app.include_router(blobs.router)
     app.include_router(templates.router)
+    app.include_router(machines.router)
+    app.include_router(machine_files.router)
+    app.include_router(machine_ws.router)
+    app.include_router(unimplemented.router)  # last: the families this server does not offer
 
     async def ref_exists(text: str, authorization: str) -> bool:
         """Does ``text`` name a template the request's caller can read? (R8; another namespace's private
@@ -65,6 +70,7 @@ def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
     app.add_middleware(JsonBodyMiddleware, max_bytes=settings.max_json_body_bytes, max_depth=settings.max_json_depth)
     app.add_middleware(RefsRoutingMiddleware, ref_exists=ref_exists)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(PreviewProxyMiddleware, manager=lambda: state.machines, caller_for=state.caller_for)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -23,16 +23,19 @@ which is before any body byte is read, so nothing is read for a request no route
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterable
 from itertools import accumulate
 from typing import Any
 
-from fastapi import params
+from fastapi import Request, params
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from amber.contract.errors import InvalidRequest
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _INLINE_SCAN = 64 * 1024  # larger bodies are scanned in a worker thread (~0.1 s per MiB at worst)
@@ -173,3 +176,17 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+async def read_json(request: Request, *, required: bool = True) -> Any:
+    """The request's JSON body, decoded (after the middleware's limits); None when it is empty and not
+    ``required``. A missing or undecodable body is 400 ``invalid_request``."""
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise InvalidRequest("body", "request body is required (a JSON object)")
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidRequest("body", "request body is not valid JSON") from None

@@ -11,6 +11,7 @@ from amber.api.errors import ApiError
 from amber.api.ratelimit import RateLimiter, retry_after_header
 from amber.blobs.store import BlobStore
 from amber.builds.service import BuildService
+from amber.machines.manager import MachineManager
 from amber.settings import Settings
 from amber.store import keys
 from amber.store.database import Database
@@ -25,6 +26,7 @@ class AppState:
     db: Database
     blobs: BlobStore
     builds: BuildService
+    machines: MachineManager | None = None
     _keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
     limiter: RateLimiter = field(init=False)
 
@@ -68,3 +70,9 @@ async def current_caller(request: Request, state: AppState = Depends(app_state))
                        f"(bursts of {state.limiter.burst}); retry after {retry_after} s",
                        headers={"Retry-After": retry_after})
     return caller
+
+
+async def machine_manager(state: AppState = Depends(app_state)) -> MachineManager:
+    if state.machines is None:
+        raise ApiError(503, "feature_unavailable", "machines are not enabled on this server")
+    return state.machines

@@ -17,6 +17,7 @@ from starlette.routing import Match
 
 from amber.blobs.store import UploadRejected
 from amber.contract.errors import InvalidRef, InvalidRequest
+from amber.machines.errors import MachineProblem
 from amber.store.blobs import BlobProblem
 from amber.store.errors import StoreError
 
@@ -101,6 +102,13 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(request_id_of(request), exc.code, exc.message, error_detail=exc.error_detail,
                           build_id=exc.build_id)
         return _respond(request, exc.status, body, exc.headers)
+
+    @app.exception_handler(MachineProblem)
+    async def _machine_problem(request: Request, exc: MachineProblem) -> JSONResponse:
+        headers = None
+        if exc.retry_after is not None:
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return _respond(request, exc.status, error_body(request_id_of(request), exc.code, exc.message), headers)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

@@ -42,7 +42,7 @@ def serve(
     typer.echo(f"amber: serving http://{settings.host}:{settings.port} (data in {settings.data_dir.resolve()}, "
                f"{settings.resolved_workers} build worker(s))", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, ws_ping_interval=15.0, ws_ping_timeout=30.0)
 
 
 def provision_guest(data_dir: Path) -> None:

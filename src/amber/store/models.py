@@ -242,3 +242,101 @@ class Blob(Base):
     complete: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Machine(Base):
+    """A sandbox restored from a template artifact (or a snapshot). The row outlives the VM as a tombstone.
+
+    ``envs`` values are never stored (only ``env_keys``): they live in the guest agent's memory. ``owner`` is
+    the serving process (``host:pid:start``) that holds the VM; another process answers for it only from here.
+    """
+
+    __tablename__ = "machines"
+    __table_args__ = (
+        Index("ix_machines_namespace_status", "namespace_id", "status"),
+        Index("ix_machines_owner_status", "owner", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    namespace_id: Mapped[str] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
+    template_ref: Mapped[str] = mapped_column(Text)  # as the caller gave it
+    template_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    artifact_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    source_snapshot_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    parent_machine_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # MachineStatus
+    end_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)  # EndReason
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(Integer)
+    internet_access: Mapped[bool] = mapped_column(Boolean, default=True)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    env_keys: Mapped[list[str]] = mapped_column(default=list)
+    cwd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    default_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    default_workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    timeout_ms: Mapped[int] = mapped_column(BigInteger)
+    timeout_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    timeout_action: Mapped[str] = mapped_column(String(16))  # TimeoutAction
+    inactivity_timeout_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    auto_delete_after_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False)
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=False)
+    traffic_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pause_snapshot_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    storage_dir: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resume_on_start: Mapped[bool] = mapped_column(Boolean, default=False)
+    warm_pool_checkout: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    last_active_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    paused_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class MachineSnapshot(Base):
+    """A machine's memory, device state and disk on disk: ``pause`` (its hibernation; one per paused machine)
+    or ``reusable`` (``POST …/snapshots``, restorable into new machines any number of times)."""
+
+    __tablename__ = "machine_snapshots"
+    __table_args__ = (Index("ix_machine_snapshots_namespace", "namespace_id", "kind"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    namespace_id: Mapped[str] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
+    machine_id: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "pause" | "reusable"
+    storage_dir: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # What a machine restored from it runs as (the source machine's, at the snapshot).
+    template_ref: Mapped[str] = mapped_column(Text)
+    artifact_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(Integer)
+    internet_access: Mapped[bool] = mapped_column(Boolean, default=True)
+    cwd: Mapped[str | None] = mapped_column(Text, nullable=True)
+    default_user: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    default_workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    env_keys: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class IdempotencyKey(Base):
+    """One ``Idempotency-Key`` of one namespace for one operation: the first request's hash and, once it
+    finished, its answer (replayed to retries). Bodies are hashed without env values and answers hold none."""
+
+    __tablename__ = "idempotency_keys"
+
+    namespace_id: Mapped[str] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(48), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # "pending" | "done"
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

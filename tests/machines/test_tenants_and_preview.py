@@ -1,0 +1,120 @@
+"""Preview URLs (a real headless Chromium reads the guest's page through Amber) and tenant isolation: another
+namespace's key gets 404 on every machine endpoint, the WebSocket and the preview host."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+
+import httpx
+import pytest
+from nullspace import Machine
+
+from tests.machines.conftest import Machines
+
+pytestmark = pytest.mark.vm
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_dom(url: str) -> str:
+    """The rendered DOM of ``url`` in headless Chromium (Debian's), as a person's browser would see it."""
+    assert shutil.which(CHROMIUM), "Debian's chromium is missing: scripts/setup.sh installs it"
+    with tempfile.TemporaryDirectory() as profile:
+        out = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120, check=False)
+    return out.stdout
+
+
+def test_preview_url_serves_the_guest_page_in_a_browser(machines: Machines) -> None:
+    with Machine.create(template=machines.template, **machines.acme) as machine:
+        url = machine.get_url(8080)
+        parsed = urllib.parse.urlsplit(url)
+        assert parsed.hostname == f"8080-{machine.id}.localhost"
+        assert "service-page" in chromium_dom(url)
+
+        direct = f"http://127.0.0.1:{machines.server.port}/"
+        host = {"Host": parsed.netloc}
+        with httpx.Client(timeout=30) as http:
+            followed = http.get(url.replace(f"{parsed.hostname}:{parsed.port}", f"127.0.0.1:{parsed.port}"),
+                                headers=host, follow_redirects=False)
+            assert followed.status_code == 302 and "nullspace_token" not in followed.headers["location"]
+            cookie = followed.headers["set-cookie"].split(";")[0]
+            http.cookies.clear()  # every request below says exactly what it carries
+            page = http.get(direct, headers={**host, "Cookie": cookie})
+            assert page.status_code == 200 and page.text == "service-page\n"
+            assert http.get(direct, headers=host).status_code == 401
+            other = http.get(direct, headers={**host, "Authorization": f"Bearer {machines.other_key}"})
+            assert other.status_code == 404
+            owner = http.get(direct, headers={**host, "Authorization": f"Bearer {machines.acme_key}"})
+            assert owner.status_code == 200 and owner.text == "service-page\n"
+            closed = http.get(direct, headers={"Host": f"9999-{machine.id}.localhost:{parsed.port}",
+                                               "Authorization": f"Bearer {machines.acme_key}"})
+            assert closed.status_code == 502 and "9999" in closed.text
+            preview = machine.get_preview_url(8080)
+            assert preview.grant.machine_id == machine.id and preview.grant.port == 8080
+
+        with Machine.create(template=machines.template, **machines.other) as theirs, httpx.Client(timeout=30) as http:
+            their_token = urllib.parse.parse_qs(urllib.parse.urlsplit(theirs.get_url(8080)).query)
+            stolen = http.get(direct + "?" + urllib.parse.urlencode({"nullspace_token": their_token["nullspace_token"][0]}),
+                              headers=host)
+            assert stolen.status_code == 404, "another machine's token opened this machine"
+
+
+def test_another_namespace_sees_404_everywhere(machines: Machines) -> None:
+    with Machine.create(template=machines.template, **machines.acme) as machine:
+        machine.files.write("/workspace/private.txt", "acme only")
+        job = machine.commands.run("sleep 300", shell=True, background=True)
+        mid = machine.id
+        calls = [
+            ("GET", f"/v1/machines/{mid}", None), ("DELETE", f"/v1/machines/{mid}", None),
+            ("POST", f"/v1/machines/{mid}/exec", {"command": "true"}),
+            ("GET", f"/v1/machines/{mid}/processes", None),
+            ("GET", f"/v1/machines/{mid}/processes/{job.pid}/logs", None),
+            ("POST", f"/v1/machines/{mid}/processes/{job.pid}/kill", None),
+            ("POST", f"/v1/machines/{mid}/processes/{job.pid}/stdin", {"data": "x"}),
+            ("POST", f"/v1/machines/{mid}/timeout", {"timeout_ms": 1000}),
+            ("POST", f"/v1/machines/{mid}/hibernate", None), ("POST", f"/v1/machines/{mid}/resume", None),
+            ("POST", f"/v1/machines/{mid}/host", {"port": 8080}),
+            ("GET", f"/v1/machines/{mid}/ports/8080/preview-url", None),
+            ("POST", f"/v1/machines/{mid}/files/read", {"path": "/workspace/private.txt", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/write", {"path": "/workspace/x", "content": "x", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/info", {"path": "/workspace", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/exists", {"path": "/workspace", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/mkdir", {"path": "/workspace/d", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/remove", {"path": "/workspace/private.txt", "user": None}),
+            ("POST", f"/v1/machines/{mid}/files/rename", {"old_path": "/a", "new_path": "/b", "user": None}),
+            ("GET", f"/v1/machines/{mid}/files?path=/workspace", None),
+            ("GET", f"/v1/machines/{mid}/file?path=/workspace/private.txt", None),
+            ("PUT", f"/v1/machines/{mid}/file?path=/workspace/x", b"data"),
+            ("GET", f"/v1/machines/{mid}/metrics", None), ("POST", f"/v1/machines/{mid}/pty", None),
+            ("POST", f"/v1/machines/{mid}/files/find", {"path": "/", "pattern": "x"}),
+        ]
+        with httpx.Client(base_url=machines.server.url, timeout=60,
+                          headers={"Authorization": f"Bearer {machines.other_key}"}) as http:
+            for method, path, body in calls:
+                if isinstance(body, bytes):
+                    answer = http.request(method, path, content=body)
+                else:
+                    answer = http.request(method, path, json=body)
+                assert answer.status_code == 404, (method, path, answer.status_code, answer.text)
+                assert answer.json()["code"] in ("machine_not_found", "not_found"), (method, path)
+                assert "acme only" not in answer.text
+        ws_url = machines.server.url.replace("http://", "ws://") + f"/v1/machines/{mid}/ws?channel=exec"
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        with pytest.raises(InvalidStatus) as refused:
+            connect(ws_url, additional_headers={"Authorization": f"Bearer {machines.other_key}"})
+        assert refused.value.response.status_code == 404
+        assert json.loads(refused.value.response.body or b"{}")["code"] == "machine_not_found"
+        # Nothing the other namespace did reached the machine.
+        assert machine.files.read("/workspace/private.txt") == "acme only"
+        assert any(p.pid == job.pid and p.running for p in machine.commands.list())
+        assert machine.get_info().status.value == "running"
