@@ -60,8 +60,8 @@ def test_preview_url_serves_the_guest_page_in_a_browser(machines: Machines) -> N
             preview = machine.get_preview_url(8080)
             assert preview.grant.machine_id == machine.id and preview.grant.port == 8080
 
-        with Machine.create(template=machines.template, **machines.other) as theirs, httpx.Client(timeout=30) as http:
-            their_token = urllib.parse.parse_qs(urllib.parse.urlsplit(theirs.get_url(8080)).query)
+        with Machine.create(template=machines.template, **machines.acme) as sibling, httpx.Client(timeout=30) as http:
+            their_token = urllib.parse.parse_qs(urllib.parse.urlsplit(sibling.get_url(8080)).query)
             stolen = http.get(direct + "?" + urllib.parse.urlencode({"nullspace_token": their_token["nullspace_token"][0]}),
                               headers=host)
             assert stolen.status_code == 404, "another machine's token opened this machine"
