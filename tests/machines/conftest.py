@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from nullspace import Template, wait_for_port
+from nullspace import Machine, Template, wait_for_port
+from nullspace.types import BackgroundCommand, CommandResult, MachineInfo
 
 from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
 from tests.support.images import push_busybox_image
@@ -54,7 +56,9 @@ def server_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def machines(registry: Registry, server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
+def machines(
+    registry: Registry, server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machines]:
     data_dir = data_dir_with_guest(tmp_path_factory)
     base = push_busybox_image(registry)
     with running_server(data_dir, workers=1, env=server_env) as server:
@@ -66,3 +70,39 @@ def machines(registry: Registry, server_env: dict[str, str], tmp_path_factory: p
         Template.build(template, f"{name}:stable", api_key=acme, base_url=server.url)
         yield Machines(server, f"{name}:stable", acme, server.create_key("other"))
     assert not leftover_vms(data_dir), "VM run directories left behind"
+
+
+def run(machine: Machine, cmd: str, args: list[str] | None = None, **kwargs: Any) -> CommandResult:
+    """``machine.commands.run`` of a command that runs to its end (typed)."""
+    result = machine.commands.run(cmd, args, **kwargs)
+    assert isinstance(result, CommandResult)
+    return result
+
+
+def start(machine: Machine, cmd: str, args: list[str] | None = None, **kwargs: Any) -> BackgroundCommand:
+    """``machine.commands.run(..., background=True)`` (typed)."""
+    job = machine.commands.run(cmd, args, background=True, **kwargs)
+    assert isinstance(job, BackgroundCommand)
+    return job
+
+
+def info_of(machine_id: str, conn: Conn) -> MachineInfo:
+    info = Machine.get_info_by_id(machine_id, **conn)
+    assert isinstance(info, MachineInfo)
+    return info
+
+
+def details(machine: Machine) -> MachineInfo:
+    """``machine.get_info()`` (typed)."""
+    info = machine.get_info()
+    assert isinstance(info, MachineInfo)
+    return info
+
+
+def listed(conn: Conn, **query: Any) -> set[str]:
+    """Ids ``Machine.list(**query)`` returns."""
+    out = set()
+    for item in Machine.list(**query, **conn):
+        assert isinstance(item, MachineInfo)
+        out.add(item.id)
+    return out

@@ -10,7 +10,7 @@ import pytest
 from nullspace import Machine
 from nullspace.errors import NotFoundError
 
-from tests.machines.conftest import Machines
+from tests.machines.conftest import Machines, run
 
 pytestmark = pytest.mark.vm
 
@@ -39,8 +39,8 @@ def test_file_operations(machines: Machines) -> None:
             files.read("/workspace/missing.txt")
         written = files.write_files([("/workspace/batch/one.txt", "1"), ("/workspace/batch/two.bin", b"22")])
         assert [w.size for w in written] == [1, 2]
-        assert machine.commands.run("cat", ["/workspace/batch/one.txt", "/workspace/batch/two.bin"]).stdout == "122"
-        link = machine.commands.run("ln", ["-s", "/workspace/notes", "/workspace/link"])
+        assert run(machine, "cat", ["/workspace/batch/one.txt", "/workspace/batch/two.bin"]).stdout == "122"
+        link = run(machine, "ln", ["-s", "/workspace/notes", "/workspace/link"])
         assert link.exit_code == 0
         assert files.info("/workspace/link").type == "symlink"
 
@@ -51,7 +51,7 @@ def test_five_mib_binary_round_trip_is_byte_exact(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         info = machine.files.write("/workspace/big.bin", io.BytesIO(data))
         assert info.size == len(data)
-        guest = machine.commands.run("sha256sum", ["/workspace/big.bin"]).stdout.split()[0]
+        guest = run(machine, "sha256sum", ["/workspace/big.bin"]).stdout.split()[0]
         assert guest == digest
         back = machine.files.read("/workspace/big.bin", format="bytes")
         assert isinstance(back, bytes) and hashlib.sha256(back).hexdigest() == digest
@@ -62,7 +62,7 @@ def test_five_mib_binary_round_trip_is_byte_exact(machines: Machines) -> None:
 def test_files_as_another_user_and_permissions(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         machine.files.write("/workspace/root-only.txt", "secret")
-        machine.commands.run("chmod", ["600", "/workspace/root-only.txt"])
+        run(machine, "chmod", ["600", "/workspace/root-only.txt"])
         assert machine.files.info("/workspace/root-only.txt").mode == "0600"
         with pytest.raises(Exception) as denied:
             machine.files.read("/workspace/root-only.txt", user="nobody")

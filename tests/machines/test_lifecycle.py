@@ -10,7 +10,7 @@ import pytest
 from nullspace import Machine, MachineQuery
 from nullspace.errors import ConflictError, MachineError, NotFoundError
 
-from tests.machines.conftest import Machines
+from tests.machines.conftest import Machines, details, info_of, listed, run, start
 
 pytestmark = pytest.mark.vm
 
@@ -18,69 +18,69 @@ pytestmark = pytest.mark.vm
 def test_create_exec_and_kill(machines: Machines) -> None:
     machine = Machine.create(template=machines.template, envs={"MACHINE_ENV": "from-create"}, **machines.acme)
     try:
-        info = machine.get_info()
+        info = details(machine)
         assert info.status.value == "running"
         assert (info.config.vcpus, info.config.memory_mb) == (2, 512)
         assert info.template == machines.template
 
-        shell = machine.commands.run("echo hello $((6*7)) | tr a-z A-Z", shell=True)
+        shell = run(machine, "echo hello $((6*7)) | tr a-z A-Z", shell=True)
         assert (shell.exit_code, shell.stdout, shell.stderr) == (0, "HELLO 42\n", "")
-        argv = machine.commands.run("echo", ["a b", "$HOME"])
+        argv = run(machine, "echo", ["a b", "$HOME"])
         assert argv.stdout == "a b $HOME\n"
-        failing = machine.commands.run("sh", ["-c", "echo oops >&2; exit 3"])
+        failing = run(machine, "sh", ["-c", "echo oops >&2; exit 3"])
         assert (failing.exit_code, failing.stderr) == (3, "oops\n")
-        missing = machine.commands.run("no-such-command")
+        missing = run(machine, "no-such-command")
         assert missing.exit_code == 127 and "not found" in missing.stderr
 
-        env = machine.commands.run("env", envs={"EXEC_ENV": "from-exec", "MACHINE_ENV": "overridden"}).stdout
+        env = run(machine, "env", envs={"EXEC_ENV": "from-exec", "MACHINE_ENV": "overridden"}).stdout
         assert "TEMPLATE_ENV=from-template" in env and "EXEC_ENV=from-exec" in env
         assert "MACHINE_ENV=overridden" in env
-        assert "MACHINE_ENV=from-create" in machine.commands.run("env").stdout
-        start_env = machine.commands.run("cat", ["/tmp/start-env"]).stdout
+        assert "MACHINE_ENV=from-create" in run(machine, "env").stdout
+        start_env = run(machine, "cat", ["/tmp/start-env"]).stdout
         assert "TEMPLATE_ENV=from-template" in start_env and "MACHINE_ENV" not in start_env
 
-        assert machine.commands.run("pwd").stdout == "/workspace\n"
-        assert machine.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
-        assert machine.commands.run("cat", ["/data/marker"]).stdout == "built\n"
+        assert run(machine, "pwd").stdout == "/workspace\n"
+        assert run(machine, "pwd", cwd="/tmp").stdout == "/tmp\n"
+        assert run(machine, "cat", ["/data/marker"]).stdout == "built\n"
         with pytest.raises(MachineError) as bad_cwd:
-            machine.commands.run("pwd", cwd="/no/such/dir")
+            run(machine, "pwd", cwd="/no/such/dir")
         assert bad_cwd.value.code == "invalid_request" and "cwd" in str(bad_cwd.value)
         assert machine.is_running()
     finally:
         machine.kill()
-    after = Machine.get_info_by_id(machine.id, **machines.acme)
+    after = info_of(machine.id, machines.acme)
     assert after.status.value == "destroyed"
     with pytest.raises(ConflictError):
-        Machine.connect(machine.id, **machines.acme).commands.run("true")
+        run(Machine.connect(machine.id, **machines.acme), "true")
 
 
 def test_sync_exec_timeout_kills_the_command(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         started = time.monotonic()
         with pytest.raises(MachineError) as timed_out:
-            machine.commands.run("sleep 30; echo never", shell=True, timeout=2)
+            run(machine, "sleep 30; echo never", shell=True, timeout=2)
         assert timed_out.value.code == "exec_timeout"
         assert time.monotonic() - started < 20
-        assert "sleep 30" not in machine.commands.run("ps", ["-o", "args"]).stdout
+        assert "sleep 30" not in run(machine, "ps", ["-o", "args"]).stdout
 
 
 def test_background_processes_logs_stdin_and_kill(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
-        job = machine.commands.run("for i in 1 2 3; do echo line$i; sleep 0.2; done; echo done >&2; exit 4",
-                                   shell=True, background=True)
+        job = start(machine, "for i in 1 2 3; do echo line$i; sleep 0.2; done; echo done >&2; exit 4",
+                                   shell=True)
         result = job.wait(timeout=60)
         assert (result.exit_code, result.stdout, result.stderr) == (4, "line1\nline2\nline3\n", "done\n")
         logs = machine.commands.get_logs(job.pid)
         assert logs.exit_code == 4 and logs.stdout == "line1\nline2\nline3\n"
         assert "line1\n" in logs.output and "done\n" in logs.output
 
-        reader = machine.commands.run("cat", background=True)
+        reader = start(machine, "cat")
         machine.commands.send_stdin(reader.pid, "via stdin\n")
         deadline = time.monotonic() + 30
         while "via stdin" not in machine.commands.get_logs(reader.pid).stdout:
             assert time.monotonic() < deadline, "stdin never reached the process"
             time.sleep(0.1)
-        server = machine.commands.run("sleep 600", shell=True, background=True)
+        server = start(machine, "sleep 600", shell=True)
         listed = {p.pid: p for p in machine.commands.list()}
         assert listed[server.pid].running and listed[job.pid].running is False
         server.kill()
@@ -93,20 +93,26 @@ def test_background_processes_logs_stdin_and_kill(machines: Machines) -> None:
 def test_streamed_output_callbacks(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         seen: list[str] = []
-        result = machine.commands.run("for i in 1 2 3; do echo tick$i; sleep 0.1; done", shell=True,
+        result = run(machine, "for i in 1 2 3; do echo tick$i; sleep 0.1; done", shell=True,
                                       on_stdout=seen.append)
         assert result.exit_code == 0 and "".join(seen) == "tick1\ntick2\ntick3\n"
 
         live: list[str] = []
         done = threading.Event()
-        job = machine.commands.run("echo first; sleep 0.5; echo second; exit 2", shell=True, background=True,
-                                   on_stdout=lambda s: (live.append(s), done.set() if "second" in s else None))
+
+        def on_live(text: str) -> None:
+            live.append(text)
+            if "second" in "".join(live):
+                done.set()
+
+        job = start(machine, "echo first; sleep 0.5; echo second; exit 2", shell=True,
+                                   on_stdout=on_live)
         final = job.wait(timeout=60)
         assert done.wait(10)
         assert final.exit_code == 2 and final.stdout == "first\nsecond\n"
         assert "".join(live) == "first\nsecond\n"
         # The process outlives its socket: a second connection follows it.
-        sleeper = machine.commands.run("sleep 1; echo late", shell=True, background=True,
+        sleeper = start(machine, "sleep 1; echo late", shell=True,
                                        on_stdout=lambda s: None)
         sleeper.disconnect()
         again = machine.commands.connect(sleeper.pid)
@@ -119,10 +125,10 @@ def test_set_timeout_and_the_reaper(machines: Machines) -> None:
     lease = kept.set_timeout(120)
     assert lease.timeout_ms == 120_000
     deadline = time.monotonic() + 30
-    while short.get_info().status.value != "destroyed":
+    while details(short).status.value != "destroyed":
         assert time.monotonic() < deadline, "the timed-out machine was not destroyed"
         time.sleep(0.25)
-    info = kept.get_info()
+    info = details(kept)
     assert info.status.value == "running" and info.remaining_ms is not None and info.remaining_ms > 60_000
     kept.kill()
 
@@ -133,7 +139,7 @@ def test_inactivity_timeout_hibernates(machines: Machines) -> None:
     try:
         machine.files.write("/workspace/kept.txt", "still here")
         deadline = time.monotonic() + 60
-        while machine.get_info().status.value != "paused":
+        while details(machine).status.value != "paused":
             assert time.monotonic() < deadline, "the idle machine was not hibernated"
             time.sleep(0.25)
         again = Machine.connect(machine.id, **machines.acme)
@@ -146,18 +152,17 @@ def test_hibernate_and_connect_keep_processes_and_files(machines: Machines) -> N
     machine = Machine.create(template=machines.template, **machines.acme)
     try:
         machine.files.write("/workspace/state.txt", "before hibernate")
-        counter = machine.commands.run("i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done", shell=True,
-                                       background=True)
+        counter = start(machine, "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done", shell=True)
         time.sleep(1)
         snapshot = machine.hibernate()
         assert snapshot.machine_id == machine.id and snapshot.size_bytes > 0
-        info = Machine.get_info_by_id(machine.id, **machines.acme)
+        info = info_of(machine.id, machines.acme)
         assert info.status.value == "paused" and info.snapshot_id == snapshot.id
         with pytest.raises(ConflictError):
-            machine.commands.run("true")
+            run(machine, "true")
 
         resumed = Machine.connect(machine.id, **machines.acme)
-        assert resumed.get_info().status.value == "running"
+        assert details(resumed).status.value == "running"
         assert resumed.files.read("/workspace/state.txt") == "before hibernate"
         before = resumed.commands.get_logs(counter.pid).stdout.split()
         time.sleep(1.5)
@@ -168,7 +173,7 @@ def test_hibernate_and_connect_keep_processes_and_files(machines: Machines) -> N
         # Hibernate twice: the second resume still works.
         resumed.hibernate()
         third = Machine.connect(machine.id, **machines.acme)
-        assert third.commands.run("cat", ["/workspace/state.txt"]).stdout == "before hibernate"
+        assert run(third, "cat", ["/workspace/state.txt"]).stdout == "before hibernate"
     finally:
         Machine.kill_by_id(machine.id, **machines.acme)
 
@@ -178,13 +183,13 @@ def test_list_filters_by_state_and_metadata(machines: Machines) -> None:
     two = Machine.create(template=machines.template, metadata={"team": "b"}, **machines.acme)
     try:
         two.hibernate()
-        ids = {m.id for m in Machine.list(**machines.acme)}
+        ids = listed(machines.acme)
         assert {one.id, two.id} <= ids
-        running = {m.id for m in Machine.list(state="running", **machines.acme)}
+        running = listed(machines.acme, state="running")
         assert one.id in running and two.id not in running
-        team_a = {m.id for m in Machine.list(query=MachineQuery(metadata={"team": "a"}), **machines.acme)}
+        team_a = listed(machines.acme, query=MachineQuery(metadata={"team": "a"}))
         assert one.id in team_a and two.id not in team_a
-        assert not {m.id for m in Machine.list(**machines.other)} & {one.id, two.id}
+        assert not listed(machines.other) & {one.id, two.id}
     finally:
         one.kill()
         Machine.kill_by_id(two.id, **machines.acme)
@@ -234,12 +239,12 @@ def test_a_shape_other_than_the_templates_runs_at_that_shape(machines: Machines)
     name = machines.template.split(":")[0] + "-1cpu"
     Template.build(small, f"{name}:stable", cpu_count=1, memory_mb=512, **machines.acme)
     with Machine.create(template=f"{name}:stable", vcpus=2, memory_mb=1024, **machines.acme) as machine:
-        info = machine.get_info()
+        info = details(machine)
         assert (info.config.vcpus, info.config.memory_mb) == (2, 1024)
-        assert machine.commands.run("nproc").stdout.strip() == "2"
-        mem_kib = int(machine.commands.run("sh -c 'grep MemTotal /proc/meminfo'", shell=True).stdout.split()[1])
+        assert run(machine, "nproc").stdout.strip() == "2"
+        mem_kib = int(run(machine, "sh -c 'grep MemTotal /proc/meminfo'", shell=True).stdout.split()[1])
         assert 900_000 < mem_kib <= 1024 * 1024, mem_kib
-        assert machine.commands.run("sh -c 'echo > /dev/tcp/127.0.0.1/8081' 2>&1; "
+        assert run(machine, "sh -c 'echo > /dev/tcp/127.0.0.1/8081' 2>&1; "
                                     "wget -qO- http://127.0.0.1:8081/ >/dev/null; echo $?", shell=True).exit_code == 0
     with Machine.create(template=f"{name}:stable", vcpus=1, memory_mb=512, **machines.acme) as same:
-        assert same.commands.run("nproc").stdout.strip() == "1"
+        assert run(same, "nproc").stdout.strip() == "1"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from nullspace import Machine, Template, wait_for_port
 
-from tests.contract.conftest import data_dir_with_guest, leftover_vms
+from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
+from tests.machines.conftest import details, info_of, start
 from tests.support.images import push_busybox_image
 from tests.support.registry import running_registry
 from tests.support.server import AmberServer
@@ -55,7 +56,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AmberServ
 
 def test_sigkill_loses_running_machines_and_keeps_hibernated_ones(server: tuple[AmberServer, str, str]) -> None:
     amber, key, template = server
-    conn = {"api_key": key, "base_url": amber.url}
+    conn: Conn = {"api_key": key, "base_url": amber.url}
     running = [Machine.create(template=template, **conn) for _ in range(5)]
     paused = [Machine.create(template=template, **conn) for _ in range(2)]
     for i, machine in enumerate(paused):
@@ -71,7 +72,7 @@ def test_sigkill_loses_running_machines_and_keeps_hibernated_ones(server: tuple[
     amber.start()
 
     for machine in running:
-        info = Machine.get_info_by_id(machine.id, **conn)
+        info = info_of(machine.id, conn)
         assert info.status.value == "error"
     raw = amber.client(key).get(f"/v1/machines/{running[0].id}").json()
     assert raw["end_reason"] == "lost"
@@ -87,17 +88,16 @@ def test_sigkill_loses_running_machines_and_keeps_hibernated_ones(server: tuple[
 
 def test_sigterm_hibernates_running_machines_and_they_come_back(server: tuple[AmberServer, str, str]) -> None:
     amber, key, template = server
-    conn = {"api_key": key, "base_url": amber.url}
+    conn: Conn = {"api_key": key, "base_url": amber.url}
     machine = Machine.create(template=template, **conn)
     machine.files.write("/tmp/across-restart.txt", "survived")
-    counter = machine.commands.run("i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done", shell=True,
-                                   background=True)
+    counter = start(machine, "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done", shell=True)
     time.sleep(0.5)
     amber.stop()
     assert not qemu_pids_of(amber.data_dir)
     amber.start()
     again = Machine.connect(machine.id, **conn)
-    assert again.get_info().status.value == "running"
+    assert details(again).status.value == "running"
     assert again.files.read("/tmp/across-restart.txt") == "survived"
     assert any(p.pid == counter.pid and p.running for p in again.commands.list())
     again.kill()

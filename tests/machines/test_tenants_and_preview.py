@@ -12,8 +12,9 @@ import urllib.parse
 import httpx
 import pytest
 from nullspace import Machine
+from nullspace.types import PreviewGrantInfo
 
-from tests.machines.conftest import Machines
+from tests.machines.conftest import Machines, details, start
 
 pytestmark = pytest.mark.vm
 
@@ -57,20 +58,20 @@ def test_preview_url_serves_the_guest_page_in_a_browser(machines: Machines) -> N
             closed = http.get(direct, headers={"Host": f"9999-{machine.id}.localhost:{parsed.port}",
                                                "Authorization": f"Bearer {machines.acme_key}"})
             assert closed.status_code == 502 and "9999" in closed.text
-            preview = machine.get_preview_url(8080)
-            assert preview.grant.machine_id == machine.id and preview.grant.port == 8080
+            grant = machine.get_preview_url(8080).grant
+            assert isinstance(grant, PreviewGrantInfo)
+            assert grant.machine_id == machine.id and grant.port == 8080
 
         with Machine.create(template=machines.template, **machines.acme) as sibling, httpx.Client(timeout=30) as http:
-            their_token = urllib.parse.parse_qs(urllib.parse.urlsplit(sibling.get_url(8080)).query)
-            stolen = http.get(direct + "?" + urllib.parse.urlencode({"nullspace_token": their_token["nullspace_token"][0]}),
-                              headers=host)
+            sibling_query = urllib.parse.urlsplit(sibling.get_url(8080)).query
+            stolen = http.get(f"{direct}?{sibling_query}", headers=host)
             assert stolen.status_code == 404, "another machine's token opened this machine"
 
 
 def test_another_namespace_sees_404_everywhere(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         machine.files.write("/workspace/private.txt", "acme only")
-        job = machine.commands.run("sleep 300", shell=True, background=True)
+        job = start(machine, "sleep 300", shell=True)
         mid = machine.id
         calls = [
             ("GET", f"/v1/machines/{mid}", None), ("DELETE", f"/v1/machines/{mid}", None),
@@ -117,4 +118,4 @@ def test_another_namespace_sees_404_everywhere(machines: Machines) -> None:
         # Nothing the other namespace did reached the machine.
         assert machine.files.read("/workspace/private.txt") == "acme only"
         assert any(p.pid == job.pid and p.running for p in machine.commands.list())
-        assert machine.get_info().status.value == "running"
+        assert details(machine).status.value == "running"

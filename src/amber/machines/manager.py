@@ -365,8 +365,9 @@ class MachineManager:
         async with self.admission.restore_slot():
             directory = runtime.artifact.directory
             if (row.vcpus, row.memory_mb) != (runtime.vcpus, runtime.memory_mb):
-                directory = await self.runtime_artifacts.get(runtime, row.vcpus, row.memory_mb)
-            vm = await asyncio.to_thread(restore, directory, data_dir=self.data_dir)
+                directory = await self.runtime_artifacts.get(runtime, row.vcpus, row.memory_mb,
+                                                             internet=row.internet_access)
+            vm = await asyncio.to_thread(restore, directory, data_dir=self.data_dir, internet=row.internet_access)
         try:
             env = {**runtime.env, **envs}
             if env:
@@ -599,8 +600,8 @@ class MachineManager:
                 running = table.running()
                 async with self.admission.restore_slot():
                     vm = await asyncio.to_thread(
-                        restore, directory, data_dir=self.data_dir, first_request_id=state.get("next_request_id"),
-                        attach=[p.request_id for p in running])
+                        restore, directory, data_dir=self.data_dir, internet=row.internet_access,
+                        first_request_id=state.get("next_request_id"), attach=[p.request_id for p in running])
             except BaseException as exc:
                 self.admission.release(machine_id)
                 if isinstance(exc, MachineMismatch):

@@ -41,8 +41,9 @@ class RuntimeArtifacts:
         key = hashlib.sha256(f"{manifest}:{vcpus}:{memory_mb}".encode()).hexdigest()[:40]
         return self.root / key
 
-    async def get(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int) -> Path:
-        """The artifact of ``runtime``'s template at this shape, built now if it is not cached yet."""
+    async def get(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int, *, internet: bool) -> Path:
+        """The artifact of ``runtime``'s template at this shape, built now if it is not cached yet (its start
+        command runs with ``internet`` as the machine asking for it has it; restores choose their own)."""
         path = await asyncio.to_thread(self.path_for, runtime, vcpus, memory_mb)
         if (path / "manifest.json").is_file():
             return path
@@ -54,17 +55,17 @@ class RuntimeArtifacts:
             with open(self.root / f"{path.name}.lock", "w") as lock_file:
                 await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
                 if not (path / "manifest.json").is_file():
-                    await self._build(runtime, vcpus, memory_mb, path)
+                    await self._build(runtime, vcpus, memory_mb, path, internet)
         return path
 
-    async def _build(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int, path: Path) -> None:
+    async def _build(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int, path: Path, internet: bool) -> None:
         log.info("building the runtime artifact of %s at %d vCPU / %d MiB", runtime.artifact.directory.name, vcpus,
                  memory_mb)
         await asyncio.to_thread(shutil.rmtree, path, True)
         desc = runtime.artifact.description
         try:
             vm = await asyncio.to_thread(boot, runtime.artifact.chain, data_dir=self.data_dir, cpus=vcpus,
-                                         memory_mib=memory_mb, network=desc.network)
+                                         memory_mib=memory_mb, internet=internet, nic=desc.network)
         except VMError as exc:
             raise Unavailable(f"the template could not be booted at {vcpus} vCPU / {memory_mb} MiB: "
                               f"{str(exc).splitlines()[0]}", code="no_eligible_runtime_host") from None

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from amber.api.body import read_json
+from amber.api.body import raw_body_openapi, read_json
 from amber.api.deps import current_caller, machine_manager
 from amber.contract.errors import InvalidRequest
 from amber.machines.errors import MachineProblem
@@ -140,7 +140,7 @@ async def download_file(machine_id: str, path: str = Query(...), user: str | Non
     return StreamingResponse(stream, media_type="application/octet-stream")
 
 
-@router.put("/{machine_id}/file", status_code=204)
+@router.put("/{machine_id}/file", status_code=204, openapi_extra=raw_body_openapi("application/octet-stream"))
 async def upload_file(machine_id: str, request: Request, path: str = Query(...), user: str | None = Query(None),
                       caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> Response:
@@ -150,7 +150,8 @@ async def upload_file(machine_id: str, request: Request, path: str = Query(...),
     return Response(status_code=204)
 
 
-@router.post("/{machine_id}/file", status_code=204)
+@router.post("/{machine_id}/file", status_code=204,
+             openapi_extra=raw_body_openapi("multipart/form-data", "application/octet-stream"))
 async def upload_file_multipart(machine_id: str, request: Request, path: str = Query(...),
                                 user: str | None = Query(None), caller: Caller = Depends(current_caller),
                                 manager: MachineManager = Depends(machine_manager)) -> Response:
@@ -173,7 +174,7 @@ async def _read_parts(part: Any) -> Any:
         yield chunk
 
 
-@router.post("/{machine_id}/files/batch-write")
+@router.post("/{machine_id}/files/batch-write", openapi_extra=raw_body_openapi("multipart/form-data"))
 async def batch_write(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     files = await _files(manager, caller, machine_id)
