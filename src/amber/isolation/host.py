@@ -63,5 +63,7 @@ def confine(argv: Sequence[str], *, internet: bool) -> list[str]:
     runs as root with the isolation group as its only group; without, in a fresh empty network namespace."""
     if internet:
         gid = ensure_host_rules()
-        return [SETPRIV, f"--regid={gid}", "--clear-groups", "--", *argv]
+        # Changing the group clears a parent-death signal set before it (prctl(2)): set it again after, so the
+        # process still dies with its owner.
+        return [SETPRIV, f"--regid={gid}", "--clear-groups", "--", SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     return [UNSHARE, "--net", "--", *argv]
