@@ -19,9 +19,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from amber.builds.artifact_metadata import ARTIFACT_METADATA
 from amber.builds.pipeline.guest_ops import agent_user
-from amber.builds.pipeline.readiness import NotReady, wait_until_ready
-from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST
+from amber.builds.pipeline.readiness import NotReady, probe_once, wait_until_ready
 from amber.machines.errors import Unavailable
 from amber.machines.templates import TemplateRuntime
 from amber.vm import MicroVM, VMError, boot
@@ -72,8 +72,8 @@ class RuntimeArtifacts:
         try:
             await self._start(vm, runtime)
             await asyncio.to_thread(vm.snapshot, path)
-            await asyncio.to_thread(shutil.copyfile, runtime.artifact.directory / ARTIFACT_MANIFEST,
-                                    path / ARTIFACT_MANIFEST)
+            await asyncio.to_thread(shutil.copyfile, runtime.artifact.directory / ARTIFACT_METADATA,
+                                    path / ARTIFACT_METADATA)
         except BaseException:
             await asyncio.to_thread(vm.close)
             await asyncio.to_thread(shutil.rmtree, path, True)
@@ -84,29 +84,15 @@ class RuntimeArtifacts:
         """Start the template's start command and wait for its readiness probe, as its build did."""
         user = agent_user(runtime.user or "root")
         cwd = runtime.workdir or "/"
-        if runtime.start_cmd:
-            vm.agent.start(shell=runtime.start_cmd, env=runtime.env, cwd=cwd, user=user)
-        readiness = runtime.defaults.readiness
+        if runtime.runtime.start_cmd:
+            vm.agent.start(shell=runtime.runtime.start_cmd, env=runtime.env, cwd=cwd, user=user)
+        readiness = runtime.runtime.readiness
         if readiness is None:
             return
-        agent = vm.agent
-
-        def check(timeout: float) -> str | None:
-            try:
-                if readiness.kind == "tcp":
-                    agent.tcp_probe(readiness.port or 0, timeout=min(timeout, 2.0))
-                    return None
-                if readiness.kind == "http":
-                    status = agent.http_probe(readiness.port or 0, readiness.path or "/", timeout=min(timeout, 2.0))
-                    return None if 200 <= status < 400 else f"HTTP status {status}"
-                result = agent.exec(shell=readiness.command or "true", env=runtime.env, cwd=cwd, user=user,
-                                    timeout=timeout)
-                return None if result.ok else f"command exited with code {result.exit_code}"
-            except Exception as exc:
-                return str(exc) or type(exc).__name__
 
         async def probe(timeout: float) -> str | None:
-            return await asyncio.to_thread(check, timeout)
+            return await asyncio.to_thread(probe_once, vm.agent, readiness, env=runtime.env, cwd=cwd, user=user,
+                                           timeout=timeout)
 
         try:
             await wait_until_ready(readiness, probe, asyncio.Event())

@@ -1,18 +1,18 @@
 """What a machine needs of the template artifact it restores: the VM artifact itself (shape, disk size) and
-the runtime defaults its commands run with (user, workdir, env values, start command, readiness).
+the runtime defaults its commands run with (user, workdir, env values, start command, readiness), read from the
+artifact's ``amber-artifact.json`` (``amber.builds.artifact_metadata``).
 
 Artifacts are immutable once published, so loaded ones are cached by directory.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from amber.builds.pipeline.template_base import ARTIFACT_MANIFEST
-from amber.builds.planning.runtime import ImageDefaults, inherited_defaults
+from amber.builds.artifact_metadata import ArtifactMetadataError, read_artifact_metadata
+from amber.builds.planning.runtime import RuntimeDefaults
 from amber.vm import TemplateArtifact
 from amber.vm.machine import virtual_size
 
@@ -21,14 +21,22 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class TemplateRuntime:
-    """A template artifact as machines use it."""
+    """A template artifact as machines use it. ``runtime.env`` values stay in this process and the guest."""
 
     artifact: TemplateArtifact
-    user: str | None
-    workdir: str | None
-    env: dict[str, str] = field(repr=False)  # values stay in this process and the guest
-    start_cmd: str | None
-    defaults: ImageDefaults = field(repr=False)
+    runtime: RuntimeDefaults
+
+    @property
+    def user(self) -> str | None:
+        return self.runtime.user
+
+    @property
+    def workdir(self) -> str | None:
+        return self.runtime.workdir
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.runtime.env
 
     @property
     def vcpus(self) -> int:
@@ -48,7 +56,8 @@ _lock = threading.Lock()
 
 
 def load_template_runtime(directory: Path) -> TemplateRuntime:
-    """The artifact at ``directory`` and its ``amber-artifact.json`` (blocking; cached)."""
+    """The artifact at ``directory`` and its runtime defaults (blocking; cached). An artifact without metadata
+    (a bare VM snapshot) runs as root in ``/`` with no env."""
     directory = directory.resolve()
     with _lock:
         hit = _cache.get(directory)
@@ -56,14 +65,12 @@ def load_template_runtime(directory: Path) -> TemplateRuntime:
         return hit
     artifact = TemplateArtifact.load(directory)
     try:
-        meta = json.loads((directory / ARTIFACT_MANIFEST).read_text())
-    except FileNotFoundError:
-        meta = {}
-    defaults = inherited_defaults(meta.get("runtime_defaults"), meta.get("runtime_env"))
-    runtime = TemplateRuntime(artifact=artifact, user=defaults.user, workdir=defaults.workdir,
-                              env=dict(defaults.env), start_cmd=defaults.start_cmd, defaults=defaults)
+        runtime = read_artifact_metadata(directory).runtime
+    except ArtifactMetadataError:
+        runtime = RuntimeDefaults(user=None, workdir=None, env={}, start_cmd=None, readiness=None)
+    loaded = TemplateRuntime(artifact=artifact, runtime=runtime)
     with _lock:
         if len(_cache) > 256:
             _cache.clear()
-        _cache[directory] = runtime
-    return runtime
+        _cache[directory] = loaded
+    return loaded

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from amber.builds.planning.runtime import Readiness
+from amber.vm import AgentClient
 
 Probe = Callable[[float], Awaitable[str | None]]  # (attempt timeout secs) → None when ready, else why not
 
@@ -59,6 +60,22 @@ async def wait_until_ready(
                 attempts,
             )
         await _sleep_or_cancel(readiness.interval_ms / 1000, cancel)
+
+
+def probe_once(agent: AgentClient, readiness: Readiness, *, env: Mapping[str, str], cwd: str | None, user: str,
+               timeout: float) -> str | None:
+    """One attempt of a ``tcp``/``http``/``command`` probe in the guest: None when it passes, else why not."""
+    try:
+        if readiness.kind == "tcp":
+            agent.tcp_probe(readiness.port or 0, timeout=min(timeout, 2.0))
+            return None
+        if readiness.kind == "http":
+            status = agent.http_probe(readiness.port or 0, readiness.path or "/", timeout=min(timeout, 2.0))
+            return None if 200 <= status < 400 else f"HTTP status {status}"
+        result = agent.exec(shell=readiness.command or "true", env=dict(env), cwd=cwd, user=user, timeout=timeout)
+        return None if result.ok else f"command exited with code {result.exit_code}"
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
 
 
 def describe(readiness: Readiness) -> str:

@@ -17,7 +17,7 @@ from amber.builds.pipeline.attempt import Attempt, Chain
 from amber.builds.pipeline.events import OutputPump
 from amber.builds.pipeline.guest_ops import StepError, agent_user, run_shell
 from amber.builds.pipeline.machine import BuildMachine
-from amber.builds.pipeline.readiness import NotReady, describe, wait_until_ready
+from amber.builds.pipeline.readiness import NotReady, describe, probe_once, wait_until_ready
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import LogPhase
 
@@ -76,18 +76,8 @@ async def _wait_ready(attempt: Attempt, vm: BuildMachine, chain: Chain, start_ex
     def check(timeout: float) -> str | None:
         if start_exit.done():
             return f"start command {start_exit.result()}"
-        try:
-            if readiness.kind == "tcp":
-                agent.tcp_probe(readiness.port or 0, timeout=min(timeout, 2.0))
-                return None
-            if readiness.kind == "http":
-                status = agent.http_probe(readiness.port or 0, readiness.path or "/", timeout=min(timeout, 2.0))
-                return None if 200 <= status < 400 else f"HTTP status {status}"
-            result = agent.exec(shell=readiness.command or "true", env=dict(runtime.env), cwd=chain.workdir,
-                                user=agent_user(chain.user), timeout=timeout)  # fmt: skip
-            return None if result.ok else f"command exited with code {result.exit_code}"
-        except Exception as exc:
-            return str(exc) or type(exc).__name__
+        return probe_once(agent, readiness, env=runtime.env, cwd=chain.workdir, user=agent_user(chain.user),
+                          timeout=timeout)
 
     async def probe(timeout: float) -> str | None:
         failure = await asyncio.to_thread(check, timeout)
