@@ -64,6 +64,13 @@ def raw_body_openapi(*media_types: str) -> dict[str, Any]:
         media: {"schema": {"type": "string", "format": "binary"}} for media in media_types}}}
 
 
+def json_body_openapi(schema: str, *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads a JSON body itself (``read_json``): documents the body as the
+    contract's ``schema`` (by name) and keeps the route under the JSON reader's limits."""
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": {
+        "type": "object", "title": schema, "additionalProperties": True}}}}}
+
+
 def declared_media_types(route: APIRoute) -> list[str]:
     """The request body media types a route declares: its ``openapi_extra`` requestBody, else multipart/form for
     ``File``/``Form`` parameters, else JSON."""

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from amber.api.body import raw_body_openapi, read_json
+from amber.api.body import json_body_openapi, raw_body_openapi, read_json
 from amber.api.deps import current_caller, machine_manager
 from amber.contract.errors import InvalidRequest
 from amber.machines.errors import MachineProblem
@@ -38,7 +38,7 @@ async def _object(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.post("/{machine_id}/files/write")
+@router.post("/{machine_id}/files/write", openapi_extra=json_body_openapi("WriteFileRequest"))
 async def write_file(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                      manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     body = await _object(request)
@@ -46,7 +46,7 @@ async def write_file(machine_id: str, request: Request, caller: Caller = Depends
     return JSONResponse(await files.write(body))
 
 
-@router.post("/{machine_id}/files/read")
+@router.post("/{machine_id}/files/read", openapi_extra=json_body_openapi("ReadFileRequest"))
 async def read_file(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                     manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     body = await _object(request)
@@ -54,7 +54,7 @@ async def read_file(machine_id: str, request: Request, caller: Caller = Depends(
     return JSONResponse(await files.read(body))
 
 
-@router.post("/{machine_id}/files/info")
+@router.post("/{machine_id}/files/info", openapi_extra=json_body_openapi("PathRequest"))
 async def file_info(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                     manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     body = await _object(request)
@@ -63,7 +63,7 @@ async def file_info(machine_id: str, request: Request, caller: Caller = Depends(
     return JSONResponse(await files.info(await files.path(body.get("path"), user), user))
 
 
-@router.post("/{machine_id}/files/exists")
+@router.post("/{machine_id}/files/exists", openapi_extra=json_body_openapi("PathRequest"))
 async def file_exists(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     body = await _object(request)
@@ -72,7 +72,7 @@ async def file_exists(machine_id: str, request: Request, caller: Caller = Depend
     return JSONResponse({"exists": await files.exists(await files.path(body.get("path"), user), user)})
 
 
-@router.post("/{machine_id}/files/mkdir", status_code=204)
+@router.post("/{machine_id}/files/mkdir", status_code=204, openapi_extra=json_body_openapi("PathRequest"))
 async def make_dir(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                    manager: MachineManager = Depends(machine_manager)) -> Response:
     body = await _object(request)
@@ -82,7 +82,7 @@ async def make_dir(machine_id: str, request: Request, caller: Caller = Depends(c
     return Response(status_code=204)
 
 
-@router.post("/{machine_id}/files/remove", status_code=204)
+@router.post("/{machine_id}/files/remove", status_code=204, openapi_extra=json_body_openapi("PathRequest"))
 async def remove_file(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> Response:
     body = await _object(request)
@@ -92,7 +92,7 @@ async def remove_file(machine_id: str, request: Request, caller: Caller = Depend
     return Response(status_code=204)
 
 
-@router.post("/{machine_id}/files/rename")
+@router.post("/{machine_id}/files/rename", openapi_extra=json_body_openapi("RenameFileRequest"))
 async def rename_file(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> JSONResponse:
     body = await _object(request)
@@ -103,7 +103,8 @@ async def rename_file(machine_id: str, request: Request, caller: Caller = Depend
     return JSONResponse(await files.rename(old, new, user))
 
 
-@router.post("/{machine_id}/files/permissions", status_code=204)
+@router.post("/{machine_id}/files/permissions", status_code=204,
+             openapi_extra=json_body_openapi("SetPermissionsRequest"))
 async def set_permissions(machine_id: str, request: Request, caller: Caller = Depends(current_caller),
                           manager: MachineManager = Depends(machine_manager)) -> Response:
     body = await _object(request)
@@ -140,7 +141,8 @@ async def download_file(machine_id: str, path: str = Query(...), user: str | Non
     return StreamingResponse(stream, media_type="application/octet-stream")
 
 
-@router.put("/{machine_id}/file", status_code=204, openapi_extra=raw_body_openapi("application/octet-stream"))
+@router.put("/{machine_id}/file", status_code=204,
+            openapi_extra=raw_body_openapi("application/octet-stream"))
 async def upload_file(machine_id: str, request: Request, path: str = Query(...), user: str | None = Query(None),
                       caller: Caller = Depends(current_caller),
                       manager: MachineManager = Depends(machine_manager)) -> Response:

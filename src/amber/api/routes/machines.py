@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from amber.api.body import read_json
+from amber.api.body import json_body_openapi, read_json
 from amber.api.deps import current_caller, machine_manager
 from amber.api.preview import host_info, preview_url
 from amber.contract.errors import InvalidRequest
@@ -33,7 +33,8 @@ def _fields(out: dict[str, Any], fields: str | None) -> dict[str, Any]:
     return {k: v for k, v in out.items() if k in wanted}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201,
+             openapi_extra=json_body_openapi("CreateMachineRequest", required=False))
 async def create_machine(
     request: Request,
     caller: Caller = Depends(current_caller),
@@ -97,7 +98,7 @@ async def destroy_machine(
     return JSONResponse(await manager.destroy(caller, machine_id))
 
 
-@router.post("/{machine_id}/timeout")
+@router.post("/{machine_id}/timeout", openapi_extra=json_body_openapi("SetTimeoutRequest"))
 async def set_timeout(
     machine_id: str, request: Request, caller: Caller = Depends(current_caller),
     manager: MachineManager = Depends(machine_manager),
@@ -122,7 +123,7 @@ async def resume_machine(
 # ---- commands and processes ------------------------------------------------------------------------------------
 
 
-@router.post("/{machine_id}/exec")
+@router.post("/{machine_id}/exec", openapi_extra=json_body_openapi("ExecRequest"))
 async def exec_command(
     machine_id: str, request: Request, caller: Caller = Depends(current_caller),
     manager: MachineManager = Depends(machine_manager),
@@ -163,7 +164,8 @@ async def kill_process(
     return Response(status_code=204)
 
 
-@router.post("/{machine_id}/processes/{pid}/stdin", status_code=204)
+@router.post("/{machine_id}/processes/{pid}/stdin", status_code=204,
+             openapi_extra=json_body_openapi("SendStdinRequest"))
 async def send_stdin(
     machine_id: str, pid: int, request: Request, caller: Caller = Depends(current_caller),
     manager: MachineManager = Depends(machine_manager),
@@ -183,7 +185,7 @@ def _port(value: Any) -> int:
     return value
 
 
-@router.post("/{machine_id}/host")
+@router.post("/{machine_id}/host", openapi_extra=json_body_openapi("GetHostRequest"))
 async def get_host(
     machine_id: str, request: Request, caller: Caller = Depends(current_caller),
     manager: MachineManager = Depends(machine_manager),
