@@ -48,7 +48,7 @@ from amber.contract.machines import (
     parse_model,
     timeout_action_of,
 )
-from amber.contract.template_refs import SYSTEM_NAMESPACE, TemplateRef, parse_ref
+from amber.contract.template_refs import parse_ref
 from amber.machines import views
 from amber.machines.admission import Admission, host_memory_mb
 from amber.machines.errors import (
@@ -249,13 +249,7 @@ class MachineManager:
                 ref = parse_ref(ref_text)
             except InvalidRef as exc:
                 raise InvalidRequest("template", str(exc)) from None
-            try:
-                found = catalog.resolve(session, caller, ref)
-            except NotFound:
-                if ref.namespace is not None or ref.name is None or ref.artifact_id is not None:
-                    raise
-                found = catalog.resolve(session, caller, TemplateRef(
-                    text=ref.text, namespace=SYSTEM_NAMESPACE, name=ref.name, qualifier=ref.qualifier))
+            found = catalog.resolve_launch(session, caller, ref)
             artifact = catalog.require_artifact(found, ref_text)
             return Launch(ref_text, found.template.id, artifact.id, Path(artifact.storage_dir))
 
