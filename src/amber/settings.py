@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # The group whose sockets the host's nftables table ``inet amber`` confines (guests with internet, host-side
     # fetches for users): no host address, no other guest, only the outside world. Give no other process it.
     isolation_gid: int = 64511
+    # Addresses of the BuildKit bridges (one /24 per managed dockerd): Dockerfile RUN steps with internet sit
+    # here, NATed to the outside, never reaching the host (see amber.isolation). Must not overlap a real network.
+    build_network_pool: str = "10.213.0.0/16"
     # Machines (sandboxes restored from templates).
     max_machines: int = 512  # machines running (or starting) on this host at once; beyond: 503 capacity_exceeded
     machine_memory_overcommit: float = 8.0  # guest memory of running machines ≤ host RAM times this (idle guests

@@ -3,7 +3,8 @@
 - ``HostListener``: TCP on every host address (``0.0.0.0`` and ``::``), one port; what a guest must never
   reach (the host's loopback through slirp's 10.0.2.2, and every address of every interface).
 - ``OutsideWorld``: a network namespace the test creates, joined to the host by a veth pair (198.18.N.0/30,
-  the benchmarking range), with TCP and UDP listeners inside; the "outside world" a guest with internet may
+  the benchmarking range), with TCP and UDP listeners inside (TCP answers ``outside-world``, as an HTTP
+  response to a GET); the "outside world" a guest with internet may
   reach and a guest without internet must never send a packet to. The host's end of the veth is one more
   host address.
 
@@ -43,13 +44,30 @@ def serve_udp():
         note("udp", peer)
 threading.Thread(target=serve_udp, daemon=True).start()
 print("ready", flush=True)
-while True:
-    conn, peer = tcp.accept()
+def serve(conn, peer):
     note("tcp", peer)
+    conn.settimeout(0.5)
+    request = b""
     try:
-        conn.sendall(b"outside-world\n")
+        while b"\r\n\r\n" not in request:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+    except OSError:
+        pass
+    try:
+        body = b"outside-world\n"
+        if request.startswith(b"GET "):
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nLast-Modified: Sat, 01 Jan 2022 00:00:00 GMT"
+                         b"\r\n\r\n" % len(body) + body)
+        else:
+            conn.sendall(body)
     finally:
         conn.close()
+while True:
+    conn, peer = tcp.accept()
+    threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
 """
 
 
@@ -113,7 +131,7 @@ class HostListener:
                 return
             self.connections.append(f"tcp {peer[0]}")
             with contextlib.suppress(OSError):
-                conn.sendall(b"host-listener\n")
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhost-listener\n")
             conn.close()
 
     def __exit__(self, *_: object) -> None:

@@ -6,7 +6,8 @@
   redacted from every log line and error message;
 - a build with secrets (or ``skip_cache``) runs with ``nocache`` and a per-build nonce ARG in every stage,
   so it neither reuses BuildKit's cache nor leaves entries another build could ever match;
-- ``internet_access=False`` → network mode ``none`` (else ``host``: dockerd runs without a bridge);
+- ``internet_access=False`` → network mode ``none``; else ``default``: the daemon's isolated bridge, from which
+  ``RUN`` reaches the outside world only (never the host, its loopback, the Amber API or another container);
 - the target stage is solved as an image first (tagged for this build only, untagged at the end): its ID names the tree
   (the config digest covers every layer's diff_id) and its config is the template's image config; then, unless
   the caller has that tree already (``want_tree``), the same solve again (from this build's cache) streams the
@@ -199,7 +200,7 @@ def _build_params(
         "buildid": build_id,
         "dockerfile": dockerfile_name,
         "buildargs": json.dumps(dict(build_args)),
-        "networkmode": "host" if request.internet_access else "none",
+        "networkmode": "default" if request.internet_access else "none",
         "pull": "1",  # re-resolve tags in the registry every build
         "rm": "1",
         "forcerm": "1",

@@ -1,9 +1,11 @@
 """The dockerd that Amber starts, health-checks, restarts and stops itself (BuildKit lives inside it).
 
 Guarantees: the daemon runs with its own data root, exec root, config file, unix socket and pidfile under
-``<base_dir>``, without a bridge or iptables rules (every build must use network mode ``none`` or ``host``),
-and with overlay2. Amber talks to it only through the Engine API on that socket, never through whatever
-``docker`` is first on PATH. ``stop()`` ends exactly the process Amber started (by PID), nothing else.
+``<base_dir>``, with overlay2, on its own bridge (``amber-bk*``, from ``amber.isolation``: build containers
+with internet reach the outside world only, never the host nor each other) and without iptables rules of its
+own (``amber.isolation`` installs the host's rules). Amber talks to it only through the Engine API on that
+socket, never through whatever ``docker`` is first on PATH. ``stop()`` ends exactly the process Amber started
+(by PID), nothing else, and removes its bridge.
 No daemon outlives its Amber: it is started with a parent-death SIGTERM (so it shuts down, stopping containerd
 and unmounting, when Amber dies however it dies) and records its owner (``owner.json``: Amber's pid and start
 time); ``sweep_orphaned`` stops a daemon, containerd and anything else running on its roots whose owner is
@@ -29,6 +31,7 @@ import httpx
 from amber.host import processes
 from amber.host.mounts import is_mount_point, mounts_under, unmount
 from amber.host.owners import read_owner, write_owner
+from amber.isolation import IsolationError, bridge_name, ensure_bridge, remove_bridge
 from amber.settings import get_settings
 
 DOCKERD = Path("/usr/sbin/dockerd")
@@ -57,6 +60,11 @@ class DockerdLayout:
         # Short and outside the data dir: containerd's socket lives below it and unix paths max out at 108 bytes.
         digest = hashlib.sha256(str(self.base_dir.resolve()).encode()).hexdigest()[:12]
         return Path("/run/amber") / f"dockerd-{digest}"
+
+    @property
+    def bridge(self) -> str:
+        """The bridge of this daemon's build containers (network mode ``default``)."""
+        return bridge_name(hashlib.sha256(str(self.base_dir.resolve()).encode()).hexdigest())
 
     @property
     def socket(self) -> Path:
@@ -91,7 +99,7 @@ def dockerd_command(layout: DockerdLayout, *, dockerd: Path = DOCKERD, storage_d
         "--iptables=false",
         "--ip-forward=false",
         "--ip-masq=false",
-        "--bridge=none",
+        f"--bridge={layout.bridge}",
         f"--storage-driver={storage_driver}",
     ]
 
@@ -164,6 +172,7 @@ class ManagedDockerd:
             await asyncio.to_thread(self._terminate)
             await asyncio.to_thread(self._stop_stale_from_pidfile)
             self.layout.owner_file.unlink(missing_ok=True)
+            await asyncio.to_thread(remove_bridge, self.layout.bridge)
 
     async def supervise(self, interval_s: float = 5.0) -> None:
         """Health-check forever, restarting the daemon when it dies (run as a background task)."""
@@ -177,6 +186,10 @@ class ManagedDockerd:
         for directory in (self.layout.base_dir, self.layout.data_root, self.layout.exec_root):
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.layout.base_dir, 0o700)
+        try:
+            await asyncio.to_thread(ensure_bridge, self.layout.bridge)
+        except IsolationError as e:
+            raise DockerdError(f"cannot set up the build network: {e}") from None
         self.layout.config_file.write_text(json.dumps(daemon_config(self.cache_keep_bytes)) + "\n")
         with contextlib.suppress(FileNotFoundError):
             self.layout.socket.unlink()

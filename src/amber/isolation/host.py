@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 import threading
 from collections.abc import Sequence
 
-from amber.isolation.rules import TABLE, host_ruleset
+from amber.isolation.rules import TABLE, host_ruleset, ruleset_marker
 from amber.settings import get_settings
 
 NFT = "nft"
@@ -36,25 +37,27 @@ def _run_nft(args: Sequence[str], script: str | None = None) -> str:
     return result.stdout
 
 
-def _table_present(gid: int) -> bool:
+def _table_present(marker: str) -> bool:
     try:
-        listed = _run_nft(["list", "chain", "inet", TABLE, "output"])
+        listed = _run_nft(["list", "table", "inet", TABLE])
     except IsolationError:
         return False
-    return f"meta skgid {gid} jump confined" in listed
+    return f'comment "{marker}"' in listed
 
 
 def ensure_host_rules() -> int:
-    """Make sure table ``inet amber`` is installed with the rule for ``Settings.isolation_gid`` (checked on
-    every call: an administrator's ``nft flush ruleset`` removes it; it is then installed again). Returns the
-    gid. Raises ``IsolationError`` when it cannot be installed."""
-    gid = get_settings().isolation_gid
+    """Make sure tables ``inet amber`` and ``bridge amber`` are installed, of this version and for these
+    settings (checked on every call: an administrator's ``nft flush ruleset`` removes them; they are then
+    installed again). Returns the isolation gid. Raises ``IsolationError`` when they cannot be installed."""
+    settings = get_settings()
+    gid, pool = settings.isolation_gid, settings.build_network_pool
+    marker = ruleset_marker(gid, str(ipaddress.IPv4Network(pool)))
     with _lock:
-        if _table_present(gid):
+        if _table_present(marker):
             return gid
-        _run_nft(["-f", "-"], host_ruleset(confined_gid=gid))
-        if not _table_present(gid):
-            raise IsolationError(f"the nftables table inet {TABLE} did not take the rule for group {gid}")
+        _run_nft(["-f", "-"], host_ruleset(confined_gid=gid, build_pool=pool))
+        if not _table_present(marker):
+            raise IsolationError(f"the nftables table inet {TABLE} did not take ({marker})")
         return gid
 
 
