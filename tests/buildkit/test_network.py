@@ -110,3 +110,42 @@ def test_build_containers_cannot_reach_each_other(dockerd: ManagedDockerd, image
     assert me in peers.split()
     assert (a.tree / "got").read_text() == ""
     assert (b.tree / "reached").read_text() == ""
+
+
+def test_add_url_is_fetched_inside_the_isolated_network(
+    dockerd: ManagedDockerd, images: Images, tmp_path: Path, outside: OutsideWorld, host_listener: HostListener
+) -> None:
+    url = f"http://{outside.address}:{outside.port}/files/greeting.txt"
+    dockerfile = (
+        f"FROM {images.public}\n"
+        f"ARG FROM_OUTSIDE={url}\n"
+        "ADD $FROM_OUTSIDE /downloaded/\n"
+        f"ADD {url}?again=1 /renamed.txt\n"
+        "RUN stat -c '%a %Y' /downloaded/greeting.txt > /stat\n"
+    )
+    run = build(dockerd, tmp_path / "ok", dockerfile, internet_access=True, skip_cache=True)
+    assert (run.tree / "downloaded" / "greeting.txt").read_text() == "outside-world\n"
+    assert (run.tree / "renamed.txt").read_text() == "outside-world\n"
+    assert (run.tree / "stat").read_text() == "600 1640995200\n"  # ADD's mode; mtime from Last-Modified
+    assert [e.split()[0] for e in outside.events()] == ["tcp", "tcp"]
+    steps = [e.message for e in run.events if e.message.startswith("[")]
+    assert any("ADD $FROM_OUTSIDE /downloaded/" in m for m in steps), steps  # the Dockerfile's words, not ours
+    assert not any("ADD" in m and "127.0.0.1" in m for m in run.messages())  # our loopback server stays hidden
+    # The host, through any of its addresses or its loopback: refused in the fetch, the line named.
+    for target in ["127.0.0.1", *host_targets()]:
+        leak = build(dockerd, tmp_path / "leak", f"FROM {images.public}\nRUN true\n"
+                     f"ADD http://{target}:{host_listener.port}/v2/_catalog /leak\n",
+                     internet_access=True, skip_cache=True)  # fmt: skip
+        assert leak.error is not None and "Dockerfile line 3" in str(leak.error), (target, leak.error)
+    assert host_listener.connections == []
+
+
+def test_add_url_without_internet_is_refused_before_anything_runs(
+    dockerd: ManagedDockerd, images: Images, tmp_path: Path, outside: OutsideWorld
+) -> None:
+    dockerfile = f"FROM {images.public}\nRUN true\nADD http://{outside.address}:{outside.port}/x /x\n"
+    run = build(dockerd, tmp_path / "off", dockerfile, internet_access=False, skip_cache=True)
+    assert run.error is not None and "line 3: ADD downloads" in str(run.error)
+    assert "internet_access is false" in str(run.error)
+    assert not any(e.message.startswith("[") for e in run.events)  # no BuildKit step started
+    assert outside.events() == []

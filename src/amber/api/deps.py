@@ -17,7 +17,9 @@ from amber.store import keys
 from amber.store.database import Database
 from amber.store.keys import Caller, hash_key
 
-_KEY_CACHE_SECS = 30.0  # a verified key is trusted this long without a database round trip
+# A verified key is trusted this long without a database round trip: a revocation reaches every serving
+# process within this time (plus one request), so it stays well under a second.
+KEY_CACHE_SECS = 0.5
 
 
 @dataclass
@@ -37,13 +39,18 @@ class AppState:
         digest = hash_key(key)
         cached = self._keys.get(digest)
         now = time.monotonic()
-        if cached is not None and now - cached[0] < _KEY_CACHE_SECS:
+        if cached is not None and now - cached[0] < KEY_CACHE_SECS:
             return cached[1]
-        caller = await self.db.read(lambda s: keys.caller_for_key(s, key))
-        if caller is not None:
-            if len(self._keys) > 10_000:
-                self._keys.clear()
-            self._keys[digest] = (now, caller)
+        found = await self.db.read(lambda s: keys.lookup_key(s, key))
+        if found is None:
+            self._keys.pop(digest, None)
+            return None
+        caller, stale = found
+        if stale:
+            await self.db.run(lambda s: keys.touch_key(s, caller.key_id))
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (now, caller)
         return caller
 
 

@@ -8,6 +8,8 @@
   so it neither reuses BuildKit's cache nor leaves entries another build could ever match;
 - ``internet_access=False`` → network mode ``none``; else ``default``: the daemon's isolated bridge, from which
   ``RUN`` reaches the outside world only (never the host, its loopback, the Amber API or another container);
+- ``ADD <url>``: refused without internet (request rules); with internet fetched first inside the isolated
+  network and served to dockerd from a loopback server for this build only (``downloads.py``);
 - the target stage is solved as an image first (tagged for this build only, untagged at the end): its ID names the tree
   (the config digest covers every layer's diff_id) and its config is the template's image config; then, unless
   the caller has that tree already (``want_tree``), the same solve again (from this build's cache) streams the
@@ -38,6 +40,7 @@ import httpx
 from amber.buildkit.access import ImageAccessDenied, verify_pull_access
 from amber.buildkit.context import ContextFileLike, context_entries, write_context_tar
 from amber.buildkit.daemon import DockerdError, ManagedDockerd
+from amber.buildkit.downloads import DownloadServer, fetch_all, restorer, rewrite
 from amber.buildkit.progress import FailedInstruction, ProgressTranslator, decode_trace, rerun_instructions
 from amber.buildkit.session import BuildSession, RegistryCredential, SessionError, credential_host_key
 from amber.contract.dockerfile import (
@@ -50,11 +53,13 @@ from amber.contract.dockerfile import (
 from amber.contract.failures import BuildFailed, FailurePhase, hide_server_paths
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, Emit, LogEvent, LogKind, LogLevel, LogPhase
 from amber.oci.config import ImageConfig
+from amber.settings import get_settings
 
 NONCE_ARG = "AMBER_SECRET_BUILD_NONCE"
 _CHUNK = 1 << 20
 _TAR_DRAIN_TIMEOUT_S = 30.0
 _TAIL_CHARS = 2000
+DOWNLOAD_TIMEOUT_S = 600.0  # one ADD <url> download, redirects included
 
 TreeUnpacker = Callable[[BinaryIO, Path], None]
 TreeWanted = Callable[[str, ImageConfig], Awaitable[bool]]  # (image ID, config) -> export the tree?
@@ -95,11 +100,13 @@ class UnpackRefused(Exception):
 
 def default_unpacker(stream: BinaryIO, target: Path) -> None:
     """The safe rootfs unpacker (path checks, links, set-id bits, xattrs; devices/FIFOs/sockets refused), run as
-    its own program (``python -m amber.rootfs.unpack_worker``: a process boundary, so this package imports nothing
-    of ``amber.rootfs``) reading ``stream`` directly, so it does not compete for the GIL with the threads
-    receiving the stream."""
+    its own program (``python -I -m amber.rootfs.unpack_worker``, cwd ``/``: a process boundary, so this package
+    imports nothing of ``amber.rootfs``, and no module comes from the caller's cwd or PYTHONPATH) reading
+    ``stream`` directly, so it does not compete for the GIL with the threads receiving the stream."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "amber.rootfs.unpack_worker", str(target)],
+        # -I: no module path from the caller's cwd, PYTHONPATH or user site; cwd "/" for the same reason.
+        [sys.executable, "-I", "-m", "amber.rootfs.unpack_worker", str(target)],
+        cwd="/",
         stdin=stream,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -111,17 +118,27 @@ def default_unpacker(stream: BinaryIO, target: Path) -> None:
 
 
 class _Redactor:
-    """Replaces every secret and password value in a text by ``***`` (longest first), and the server's paths
-    (dockerd's roots, this build's staging and target directories) as ``hide_server_paths`` does."""
+    """Replaces every secret and password value in a text by ``***`` (longest first), each ``shown`` pair's
+    first text by its second (the loopback URLs of downloads by the Dockerfile's own words), and the server's
+    paths (dockerd's roots, this build's staging and target directories) as ``hide_server_paths`` does."""
 
-    def __init__(self, values: Sequence[str], server_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, values: Sequence[str], server_roots: Sequence[Path] = (),
+                 shown: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
         self._values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
         self._roots = [str(root) for root in server_roots]
+        self._shown = list(shown)
+
+    def showing(self, pairs: Sequence[tuple[str, str]]) -> _Redactor:
+        redactor = _Redactor([], shown=[*self._shown, *pairs])
+        redactor._values, redactor._roots = self._values, self._roots
+        return redactor
 
     def __call__(self, text: str) -> str:
         for value in self._values:
             if value in text:
                 text = text.replace(value, "***")
+        for internal, shown in self._shown:
+            text = text.replace(internal, shown)
         return hide_server_paths(text, self._roots)
 
 
@@ -407,6 +424,7 @@ async def build_dockerfile_rootfs(
             build_target=request.build_target,
             registry_auth_hosts=list(registry_credentials),
             has_base_image_auth=base_image_credential is not None,
+            internet_access=request.internet_access,
         )
         credentials = _credentials_for(analysis, request, registry_credentials, base_image_credential)
     except DockerfileRequestError as error:
@@ -431,7 +449,20 @@ async def build_dockerfile_rootfs(
     if bypass_cache:
         build_args[NONCE_ARG] = secrets_module.token_hex(16)
         injected.append(NONCE_ARG)
-    effective_dockerfile = inject_args(dockerfile_text, analysis, injected)
+    # ADD <url>: fetched here inside the isolated network, then served to dockerd from loopback (downloads.py).
+    downloads = analysis.downloads
+    fetched = {}
+    if downloads:
+        await emit(LogEvent(LogKind.MESSAGE, f"fetching {len({u for d in downloads for u in d.urls})} ADD "
+                            "download(s) inside the isolated network", LogLevel.INFO, LogPhase.PREPARING))  # fmt: skip
+        fetched = await fetch_all(downloads, staging_dir / "downloads", max_bytes=get_settings().max_blob_bytes,
+                                  timeout=DOWNLOAD_TIMEOUT_S)  # fmt: skip
+    server = DownloadServer(fetched) if fetched else None
+    written_text = dockerfile_text
+    if server is not None:
+        written_text = rewrite(dockerfile_text, downloads, {url: server.url_for(url) for url in fetched})
+        redact = redact.showing(list(restorer(server, downloads)))
+    effective_dockerfile = inject_args(written_text, analysis, injected)
     if bypass_cache:
         await emit(
             LogEvent(
@@ -449,7 +480,7 @@ async def build_dockerfile_rootfs(
         context = write_context_tar(
             staging_dir / "context.tar",
             entries,
-            dockerfile=effective_dockerfile if (injected or request.dockerfile is not None) else None,
+            dockerfile=effective_dockerfile if (injected or server or request.dockerfile is not None) else None,
             dockerfile_path=request.dockerfile_path,
         )
     except DockerfileRequestError as error:
@@ -481,6 +512,7 @@ async def build_dockerfile_rootfs(
     exported = tree_is_image = False
     try:
         async with (
+            _serving(server),
             BuildSession(
                 docker_socket=dockerd.layout.socket,
                 secrets=secrets,
@@ -583,6 +615,15 @@ async def build_dockerfile_rootfs(
         cache_misses=translator.cache_misses,
         used_cache=not bypass_cache,
     )
+
+
+@contextlib.asynccontextmanager
+async def _serving(server: DownloadServer | None) -> AsyncIterator[None]:
+    if server is None:
+        yield
+        return
+    with server:
+        yield
 
 
 def _sha256_file(path: Path) -> str:

@@ -11,6 +11,12 @@ Request rules (each problem names the request field and the reason; see docs/bui
 - ``base_image_auth`` (one credential, no host) needs exactly one external registry host, a literal
   (variable-free) ``FROM``, and no image imported through an alias: a ``--from=`` image reference or a
   ``FROM`` naming a stage alias that is only defined later (BuildKit would pull it as an image).
+- No ``# syntax=`` parser directive and no ``BUILDKIT_SYNTAX`` build arg: a frontend image would be pulled
+  from wherever it names and could fetch any URL from the daemon's host (docs/buildkit.md, isolation).
+- ``ADD <url>`` (every ``http://``/``https://`` source, after the stage's ARG/ENV expansion) is a download
+  (``DockerfileAnalysis.downloads``): refused when ``internet_access`` is false; a source whose variables only
+  the base image could define and that could thereby be a URL is refused (Amber must know every download
+  before the build, to fetch it inside the isolated network), and so is an ADD mixing URLs and local files.
 """
 
 from __future__ import annotations
@@ -77,6 +83,16 @@ class ImageUse:
         return registry_host(self.resolved)
 
 
+@dataclass(frozen=True)
+class Download:
+    """One ``ADD`` instruction that downloads: its URL sources as written and as resolved."""
+
+    line: int
+    end_line: int
+    written: tuple[str, ...]  # the source tokens as the Dockerfile writes them
+    urls: tuple[str, ...]  # the same after the stage's ARG/ENV expansion
+
+
 @dataclass
 class Stage:
     index: int
@@ -102,6 +118,7 @@ class DockerfileAnalysis:
     images: list[ImageUse] = field(default_factory=list)
     forward_alias_lines: list[int] = field(default_factory=list)  # FROM naming a stage defined only later
     problems: list[DockerfileProblem] = field(default_factory=list)
+    downloads: list[Download] = field(default_factory=list)  # ADD <url>, file order
 
     @property
     def hosts(self) -> list[str]:
@@ -214,6 +231,73 @@ def _mount_from_values(flags: Iterable[str]) -> list[str]:
     return found
 
 
+_UNKNOWN = "\x00"  # stands for a value only the base image's config could give
+_DIRECTIVE = re.compile(r"^\s*#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*$")
+SYNTAX_BUILD_ARG = "BUILDKIT_SYNTAX"
+
+
+def parser_directives(text: str) -> list[tuple[int, str, str]]:
+    """``(line, key lower-cased, value)`` of the parser directives at the top of a Dockerfile (BuildKit reads
+    them until the first line that is not one)."""
+    found = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        match = _DIRECTIVE.match(line)
+        if not match:
+            break
+        found.append((number, match.group(1).lower(), match.group(2)))
+    return found
+
+
+@dataclass
+class _Scope:
+    """What a stage's ADD sources may expand with: its ARG/ENV values (None = depends on the base image) and
+    whether a name it never set could still come from a base image's ENV."""
+
+    values: dict[str, str | None] = field(default_factory=dict)
+    open: bool = True  # rooted in an image (not scratch): unknown names may be set by its config
+
+    def expand(self, word: str) -> str:
+        values: dict[str, str] = {}
+        for match in _VARIABLE.finditer(word):
+            name = match.group("braced") or match.group("bare")
+            if name in self.values:
+                value = self.values[name]
+                values[name] = _UNKNOWN if value is None else value
+            elif self.open:
+                values[name] = _UNKNOWN
+        return expand_variables(_unquote(word), values)
+
+
+def _url_kind(expanded: str) -> str:
+    """``"url"``, ``"local"`` or ``"unknown"`` (a variable only the base image defines could make it a URL)."""
+    lowered = expanded.lower()
+    if _UNKNOWN in lowered:
+        prefix = lowered[: lowered.index(_UNKNOWN)]
+        could = any(scheme.startswith(prefix) or prefix.startswith(scheme) for scheme in ("http://", "https://"))
+        return "unknown" if could else "local"
+    return "url" if lowered.startswith(("http://", "https://")) else "local"
+
+
+def _add_download(command: dockerfile_parser.Command, scope: _Scope, analysis: DockerfileAnalysis) -> None:
+    sources = list(command.value)[:-1]
+    kinds = [(written, scope.expand(written)) for written in sources]
+    line = command.start_line
+    urls = [(w, e) for w, e in kinds if _url_kind(e) == "url"]
+    for written, expanded in kinds:
+        if _url_kind(expanded) == "unknown":
+            analysis.problems.append(DockerfileProblem(
+                "dockerfile", f"line {line}: ADD source {written!r} uses a variable whose value only the base image "
+                "could give, and it could make the source a URL: Amber must know every download before the build "
+                "(set the variable with ARG or ENV in the Dockerfile, or write the source literally)"))
+    if urls and len(urls) != len(kinds):
+        analysis.problems.append(DockerfileProblem(
+            "dockerfile", f"line {line}: ADD mixes URLs and local files; put the downloads in an ADD of their own"))
+        return
+    if urls:
+        analysis.downloads.append(Download(line, command.end_line, tuple(w for w, _ in urls),
+                                           tuple(e for _, e in urls)))
+
+
 def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -> DockerfileAnalysis:
     """Stages, external images and structural problems of a Dockerfile (never raises)."""
     analysis = DockerfileAnalysis()
@@ -231,6 +315,16 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
             if len(words) >= 3 and words[1].upper() == "AS":
                 all_names.add(words[2].lower())
     current: Stage | None = None
+    scopes: list[_Scope] = []
+    scope = _Scope()
+    for number, key, _value in parser_directives(text):
+        if key == "syntax":
+            analysis.problems.append(DockerfileProblem(
+                "dockerfile", f"line {number}: the '# syntax=' directive is not supported (BuildKit would pull and "
+                "run that frontend image); remove it: the daemon's built-in Dockerfile frontend is used"))
+    if SYNTAX_BUILD_ARG in build_args:
+        analysis.problems.append(DockerfileProblem(
+            "build_args", f"{SYNTAX_BUILD_ARG} is not supported (it selects a frontend image to pull and run)"))
     for command in commands:
         name = command.cmd.upper()
         if name == "ARG" and current is None:
@@ -269,6 +363,11 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
                 base.index if base is not None else None,
             )
             analysis.stages.append(current)
+            if base is not None:
+                scope = _Scope(dict(scopes[base.index].values), scopes[base.index].open)
+            else:
+                scope = _Scope({}, open=resolved.lower() != "scratch")
+            scopes.append(scope)
             continue
         if current is None:
             if name not in ("ARG",):
@@ -279,6 +378,24 @@ def analyse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -
         if name in _STEP_INSTRUCTIONS:
             current.instructions += 1
             current.instruction_lines.append(command.start_line)
+        if name == "ARG":
+            for item in command.value:
+                key, sep, default = item.partition("=")
+                if key in build_args:
+                    scope.values[key] = build_args[key]
+                elif sep:
+                    scope.values[key] = scope.expand(default)
+                else:
+                    scope.values[key] = global_args.get(key, "")
+                if _UNKNOWN in (scope.values[key] or ""):
+                    scope.values[key] = None
+        if name == "ENV":
+            words = list(command.value)
+            for key, raw in zip(words[0::2], words[1::2], strict=False):
+                value = scope.expand(raw)
+                scope.values[key] = None if _UNKNOWN in value else value
+        if name == "ADD":
+            _add_download(command, scope, analysis)
         references: list[str] = []
         if name in ("COPY", "ADD"):
             from_value = _flag_value(command.flags, "from")
@@ -317,12 +434,19 @@ def dockerfile_request_problems(
     build_target: str | None = None,
     registry_auth_hosts: Sequence[str] = (),
     has_base_image_auth: bool = False,
+    internet_access: bool = True,
 ) -> list[DockerfileProblem]:
     """Every Dockerfile-dependent request rule a request breaks (empty list = acceptable)."""
     analysis = analyse_dockerfile(dockerfile, build_args)
     problems = list(analysis.problems)
     if problems:
         return problems
+    if not internet_access:
+        for download in analysis.downloads:
+            problems.append(DockerfileProblem(
+                "dockerfile", f"line {download.line}: ADD downloads {download.urls[0]!r}, but "
+                "build_config.internet_access is false (the build has no network); copy the file from the "
+                "build context instead"))
     if build_target is not None and analysis.stage_named(build_target) is None:
         names = ", ".join(s.name for s in analysis.stages if s.name) or "none"
         problems.append(DockerfileProblem("build_target", f"no stage named {build_target!r} (stages: {names})"))
@@ -394,6 +518,7 @@ def check_dockerfile_request(
     build_target: str | None = None,
     registry_auth_hosts: Sequence[str] = (),
     has_base_image_auth: bool = False,
+    internet_access: bool = True,
 ) -> DockerfileAnalysis:
     """Like ``dockerfile_request_problems`` but raises ``DockerfileRequestError``; returns the analysis."""
     problems = dockerfile_request_problems(
@@ -402,6 +527,7 @@ def check_dockerfile_request(
         build_target=build_target,
         registry_auth_hosts=registry_auth_hosts,
         has_base_image_auth=has_base_image_auth,
+        internet_access=internet_access,
     )
     if problems:
         raise DockerfileRequestError(problems)

@@ -389,6 +389,7 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
             build_args=req.build_args,
             build_target=req.build_target,
             has_base_image_auth=req.base_image_auth is not None and req.base_image is None,
+            internet_access=not (req.build_config is not None and req.build_config.internet_access is False),
         ):
             out.append(InvalidRequest(problem.field, problem.message))
         dockerfile_hosts = analyse_dockerfile(req.dockerfile, req.build_args).hosts  # FROM and --from, ARGs expanded

@@ -76,6 +76,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     namespace_id: Mapped[str] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the key's first characters (display)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)  # refreshed at most once a minute
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)  # a revoked key never authenticates
 
 
 class Template(Base):
