@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     # Addresses of the BuildKit bridges (one /24 per managed dockerd): Dockerfile RUN steps with internet sit
     # here, NATed to the outside, never reaching the host (see amber.isolation). Must not overlap a real network.
     build_network_pool: str = "10.213.0.0/16"
+    # Admission (400 at accept naming the field and the limit): the most one build may ask for. None = what the
+    # host can give: its cores, its memory, the free space of the data directory's file system.
+    max_build_vcpus: int | None = None
+    max_build_memory_mib: int | None = None
+    max_build_disk_mb: int | None = None
+    # Build VMs running in this process together get at most this many times the host's memory; a build that
+    # would exceed it waits in the queue.
+    memory_overcommit_ratio: float = 1.0
+    # Builds of one namespace running at once, on every host together; None = one less than this host's
+    # workers (at least 1), so one namespace never holds every worker; 0 = no limit. Waiting builds are taken
+    # round robin by namespace either way.
+    namespace_max_builds: int | None = None
     # Machines (sandboxes restored from templates).
     max_machines: int = 512  # machines running (or starting) on this host at once; beyond: 503 capacity_exceeded
     machine_memory_overcommit: float = 8.0  # guest memory of running machines ≤ host RAM times this (idle guests
@@ -100,6 +112,28 @@ class Settings(BaseSettings):
         return max(1, min(8, cores // 2, int(mem_gib // 4)))
 
     @property
+    def resolved_max_build_vcpus(self) -> int:
+        return self.max_build_vcpus if self.max_build_vcpus is not None else (os.cpu_count() or 1)
+
+    @property
+    def resolved_max_build_memory_mib(self) -> int:
+        return self.max_build_memory_mib if self.max_build_memory_mib is not None else host_memory_mib()
+
+    @property
+    def resolved_max_build_disk_mb(self) -> int:
+        """Explicit ``max_build_disk_mb``, else the data directory's free space now (MB = MiB here)."""
+        if self.max_build_disk_mb is not None:
+            return self.max_build_disk_mb
+        return free_disk_bytes(self.data_dir) // (1024 * 1024)
+
+    @property
+    def resolved_namespace_max_builds(self) -> int | None:
+        """The per-namespace limit of running builds (None = none)."""
+        if self.namespace_max_builds is not None:
+            return self.namespace_max_builds or None
+        return max(1, self.resolved_workers - 1)
+
+    @property
     def resolved_cache_max_bytes(self) -> int:
         """Explicit ``cache_max_bytes`` (0 = unbounded), else 20 GiB or a quarter of the data file system,
         whichever is smaller."""
@@ -117,13 +151,33 @@ class Settings(BaseSettings):
 DEFAULT_CACHE_MAX_BYTES = 20 * 1024**3
 
 
-def default_cache_max_bytes(data_dir: Path) -> int:
-    """20 GiB, or a quarter of the file system holding ``data_dir`` when that is smaller."""
-    directory = data_dir.resolve()
+def host_memory_mib() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        return 4096
+
+
+def _existing_parent(path: Path) -> Path:
+    directory = path.resolve()
     while not directory.exists() and directory != directory.parent:
         directory = directory.parent
+    return directory
+
+
+def free_disk_bytes(data_dir: Path) -> int:
+    """Free space (for root) of the file system that holds ``data_dir`` (or its nearest existing parent)."""
     try:
-        info = os.statvfs(directory)
+        info = os.statvfs(_existing_parent(data_dir))
+    except OSError:
+        return 0
+    return info.f_bavail * info.f_frsize
+
+
+def default_cache_max_bytes(data_dir: Path) -> int:
+    """20 GiB, or a quarter of the file system holding ``data_dir`` when that is smaller."""
+    try:
+        info = os.statvfs(_existing_parent(data_dir))
     except OSError:
         return DEFAULT_CACHE_MAX_BYTES
     return min(DEFAULT_CACHE_MAX_BYTES, info.f_blocks * info.f_frsize // 4)

@@ -1,5 +1,6 @@
-"""git_clone planning and the host side of its execution: which sources count as local, the clone itself (real
-git on a repository made here), the tar streamed into the guest, and the guest's unpack script."""
+"""git_clone planning and the host side of its execution: which sources the request rules allow, the clone itself
+(real git on a repository made here, confined: never the server), the tar streamed into the guest, and the
+guest's unpack script."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from amber.builds.pipeline.git_clone import (
     check_local_roots,
     clone_on_host,
     display_command,
-    is_local_source,
     tar_tree,
     unpack_script,
 )
 from amber.builds.pipeline.phases.start import start_failed
 from amber.builds.planning.steps import GitCloneOp, plan_step
+from amber.contract.request import parse_create_request
 from amber.contract.steps import GitCloneStep
+from amber.contract.validation import request_problems
+from tests.support.network import HostListener, host_addresses
 
 
 def git(*args: str, cwd: Path) -> None:
@@ -60,14 +63,40 @@ def test_plan_renders_the_sdk_line_and_a_clone_op() -> None:
     assert display_command(GitCloneOp("/r", "/w", "b", 2)) == "git clone --branch b --depth 2 /r /w"
 
 
-@pytest.mark.parametrize(("url", "local"), [
-    ("/srv/repo", True), ("relative/repo", True), ("file:///srv/repo.git", True),
-    ("http://127.0.0.1:8080/r.git", True), ("http://127.1.2.3/r.git", True), ("http://localhost/r.git", True),
-    ("http://[::1]:9/r.git", True), ("https://github.com/a/b.git", False), ("git@github.com:a/b.git", False),
-    ("ssh://git@example.com/r.git", False), ("http://10.0.0.1/r.git", False),
+@pytest.mark.parametrize(("url", "refused"), [
+    ("https://github.com/a/b.git", None), ("git@github.com:a/b.git", None), ("ssh://git@example.com/r.git", None),
+    ("git://example.com/r.git", None), ("http://10.0.0.1/r.git", None), ("/srv/repo", None),
+    ("file:///srv/repo.git", None),
+    ("fd::3", "remote helper"), ("ext::sh -c touch% /tmp/pwned", "remote helper"),
+    ("ftp://example.com/r.git", "ftp:// transport"), ("http://127.0.0.1:8080/r.git", "build server itself"),
+    ("http://localhost/r.git", "build server itself"), ("http://[::1]:9/r.git", "build server itself"),
+    ("git@127.0.0.1:r.git", "build server itself"),
 ])  # fmt: skip
-def test_local_sources(url: str, local: bool) -> None:
-    assert is_local_source(url) is local
+def test_clone_sources_allowed_at_accept(url: str, refused: str | None) -> None:
+    req = parse_create_request({"base_image": "127.0.0.1:1/x", "steps": [{"action": "git_clone", "url": url}]})
+    problems = [p for p in request_problems(req) if p.field == "steps[0].url"]
+    if refused is None:
+        assert problems == []
+    else:
+        assert any(refused in p.message for p in problems), problems
+    offline = parse_create_request({"base_image": "127.0.0.1:1/x", "build_config": {"internet_access": False},
+                                    "steps": [{"action": "git_clone", "url": "https://example.com/r.git"}]})
+    assert any("internet_access is false" in p.message for p in request_problems(offline))
+
+
+def test_a_network_clone_never_reaches_the_server(repo: Path, tmp_path: Path) -> None:
+    """Past the request rules (a host address the rules cannot know, a name resolving to loopback), the clone
+    itself runs in the isolated network: the server's own HTTP repository refuses it."""
+    served = tmp_path / "served"
+    git("clone", "-q", "--bare", str(repo), str(served / "r.git"), cwd=tmp_path)
+    git("update-server-info", cwd=served / "r.git")
+    with HostListener() as listener:
+        for host in ["localhost", *(a for a in host_addresses() if ":" not in a)]:
+            url = f"http://{host}:{listener.port}/r.git"
+            with pytest.raises(GitCloneError) as refused:
+                clone_on_host(GitCloneOp(url, "/src"), tmp_path / "s", network=True, on_line=lambda _l: None)
+            assert "failed" in refused.value.message, refused.value.message
+        assert listener.connections == []
 
 
 def test_clone_branch_and_tar(repo: Path, tmp_path: Path) -> None:
@@ -111,7 +140,7 @@ def test_local_paths_need_a_configured_root(repo: Path, tmp_path: Path) -> None:
         with pytest.raises(GitCloneError, match="not inside a directory of the server setting AMBER_GIT_LOCAL_ROOTS"):
             check_local_roots(url, roots, cwd=tmp_path / "s")
     for url in (str(repo), f"file://{repo}/", f"{repo}/../{repo.name}", "https://example.com/x.git",
-                "http://127.0.0.1:9/r.git", "git@example.com:a/b.git"):  # fmt: skip
+                "git@example.com:a/b.git"):  # fmt: skip
         check_local_roots(url, [repo.parent / "." / repo.name], cwd=tmp_path)  # inside, or no local path
     tree = clone_on_host(GitCloneOp(f"file://{repo}", "/src"), tmp_path / "s", network=False, on_line=lambda _l: None,
                          local_roots=[repo])  # fmt: skip

@@ -1,8 +1,8 @@
 """Every declarative step kind through the unmodified SDK, as a user writes it: copies of directories and globs
-with ignore patterns, modes and owners, file operations, git_clone from a local path and a loopback HTTP
-repository, build vs runtime envs (R53/R55/R56), ``from_template`` shorthands, and the failure reports of
-start commands, readiness probes and steps (phase, step_index, details, the terminal entry's log phase).
-One SQLite server for the module (the PostgreSQL variants of the flows live in test_sdk.py)."""
+with ignore patterns, modes and owners, file operations, git_clone from local paths (a loopback HTTP URL or a
+path outside the allowed roots is refused), build vs runtime envs (R53/R55/R56), ``from_template`` shorthands,
+and the failure reports of start commands, readiness probes and steps (phase, step_index, details, the terminal
+entry's log phase). One SQLite server for the module (the PostgreSQL variants of the flows live in test_sdk.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from nullspace import BuildError, Template, TemplateBuildLogEntry, wait_for_file, wait_for_port
+from nullspace import BuildError, MachineError, Template, TemplateBuildLogEntry, wait_for_file, wait_for_port
 
 from tests.contract.conftest import Sdk, unique
 
@@ -109,7 +109,7 @@ CHECKS = "; ".join([
 
 
 def test_every_step_kind(sdk: Sdk, context: Path, repos: tuple[Path, str]) -> None:
-    work, url = repos
+    work, _url = repos
     template = (
         Template.from_image(sdk.base_image, file_context_path=str(context), file_ignore_patterns=["*.log"])
         .copy("app", "/srv/app", mode=0o750)
@@ -129,7 +129,7 @@ def test_every_step_kind(sdk: Sdk, context: Path, repos: tuple[Path, str]) -> No
         .git_clone(str(work), "/srv/src")
         .run_cmd("mkdir -p /opt && chown nobody /opt")
         .set_user("nobody")
-        .git_clone(url, "/opt/clone", branch="feature")
+        .git_clone(f"file://{work}", "/opt/clone", branch="feature")
         .run_cmd(CHECKS, user="root")
         .set_build_envs({"BENV": "build-only"})
         .set_runtime_envs({"RENV": "runtime-value"})
@@ -205,13 +205,19 @@ def test_failing_clone_is_a_build_step_failure(sdk: Sdk, repos: tuple[Path, str]
     assert entries[-1].phase == "step" and entries[-1].step_index == 2
 
 
-def test_clone_by_path_outside_the_local_roots_is_refused(sdk: Sdk, repos: tuple[Path, str]) -> None:
-    work, _url = repos
+def test_clone_sources_outside_the_rules_are_refused_at_accept(sdk: Sdk, repos: tuple[Path, str]) -> None:
+    """A repository on the server outside AMBER_GIT_LOCAL_ROOTS, the server itself over HTTP, and git's remote
+    helpers (``fd::``, ``ext::``) are 400s naming the step's url: nothing is queued, no worker is held."""
+    work, url = repos
     bare = work.parent / "repo.git"  # a repository on the server, outside AMBER_GIT_LOCAL_ROOTS
-    error, _entries = failure(sdk, Template.from_image(sdk.base_image).git_clone(f"file://{bare}", "/src"))
-    detail = detail_of(error)
-    assert detail.phase.value == "build_step" and detail.step_index == 1
-    assert "AMBER_GIT_LOCAL_ROOTS" in str(error) and detail.details["command"] == f"git clone file://{bare} /src"
+    for source, reason in ((f"file://{bare}", "AMBER_GIT_LOCAL_ROOTS"), (str(bare), "AMBER_GIT_LOCAL_ROOTS"),
+                           (url, "names the build server itself"), ("fd::3", "remote helper"),
+                           ("ext::sh%%-c%%touch%%/tmp/pwned", "remote helper")):  # fmt: skip
+        with pytest.raises(MachineError) as refused:
+            Template.build_in_background(Template.from_image(sdk.base_image).git_clone(source, "/src"),
+                                         unique("clone"), **sdk.acme)  # fmt: skip
+        assert refused.value.code == "invalid_request", source
+        assert "steps[0].url" in str(refused.value) and reason in str(refused.value), str(refused.value)
 
 
 def test_from_template_shorthands_use_the_callers_template(sdk: Sdk) -> None:

@@ -1,15 +1,19 @@
 """In-process build workers: claim queued builds, run the pipeline, persist its events, enforce timeouts.
 
 Each worker is an asyncio task in the server's event loop; the pipeline does its blocking work in threads
-or subprocesses. While a build runs its worker renews the lease every ``lease_secs / 3`` and checks for a
-cancel requested through any host. Timeouts: the whole attempt (``build_timeout_secs``) and any single log
-phase (``phase_timeout_secs``); on expiry the pipeline is cancelled and the build fails with a clear message.
+or subprocesses. Claims are fair between namespaces (``amber.store.builds.claim_next``: round robin, at most
+``Settings.resolved_namespace_max_builds`` running per namespace) and bounded by memory: the build VMs of this
+process together ask for at most ``memory_overcommit_ratio`` times the host's memory. While a build runs its
+worker renews the lease every ``lease_secs / 3`` and checks for a cancel requested through any host. Timeouts:
+the whole attempt (``build_timeout_secs``) and any single log phase (``phase_timeout_secs``); on expiry the
+pipeline is cancelled and the build fails with a clear message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import time
@@ -23,9 +27,11 @@ from amber.builds.service.accept import stored_plan
 from amber.contract.errors import InvalidRequest
 from amber.contract.failures import LOG_PHASE_FAILURES, BuildFailed, FailurePhase, failure_reason
 from amber.contract.logs import LogEvent, LogPhase
+from amber.contract.request import DEFAULT_MEMORY_MIB
+from amber.settings import host_memory_mib
 from amber.store import catalog
 from amber.store.blobs import resolve_for_build
-from amber.store.builds import claim_next, renew_lease
+from amber.store.builds import build_memory_mib, claim_next, renew_lease
 from amber.store.models import Build
 
 log = logging.getLogger("amber.workers")
@@ -75,6 +81,7 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._reaper_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.memory_in_use_mib = 0  # build VMs of this process (claimed builds' memory_mib)
 
     def start(self) -> None:
         for index in range(self.count):
@@ -102,8 +109,14 @@ class WorkerPool:
         settings = service.settings
         owner = str(service.identity)
         postgres = not service.db.is_sqlite
+        namespace_limit = settings.resolved_namespace_max_builds
+        memory_total = int(host_memory_mib() * settings.memory_overcommit_ratio)
         while not self._stopping:
-            build = await service.db.run(lambda s: claim_next(s, owner, settings.lease_secs, postgres=postgres))
+            # With nothing running here any one build fits (admission already bounded it by the host's memory).
+            budget = memory_total - self.memory_in_use_mib if self.memory_in_use_mib else None
+            build = await service.db.run(functools.partial(
+                claim_next, owner=owner, lease_secs=settings.lease_secs, postgres=postgres,
+                namespace_limit=namespace_limit, memory_budget_mib=budget, default_memory_mib=DEFAULT_MEMORY_MIB))
             if build is None:
                 if self._stopping:
                     return
@@ -111,6 +124,8 @@ class WorkerPool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(service.work_available.wait(), timeout=1.0 if postgres else 5.0)
                 continue
+            memory = build_memory_mib(build.build_config, DEFAULT_MEMORY_MIB)
+            self.memory_in_use_mib += memory
             try:
                 await self._run(build)
             except asyncio.CancelledError:
@@ -120,8 +135,10 @@ class WorkerPool:
                 await service.fail(build.id, code="internal_error", message=f"internal error: {exc}",
                                    phase=FailurePhase.FINALIZE.value, reason="internal_error")
             finally:
+                self.memory_in_use_mib -= memory
                 service.memory.pop(build.id, None)
                 service.cancel_events.pop(build.id, None)
+                service.work_available.set()  # a namespace or memory slot is free: idle workers look again
 
     async def _reaper(self) -> None:
         """Periodically end builds whose worker (on any host) lost its lease."""

@@ -11,6 +11,8 @@ Request rules (each problem names the request field and the reason; see docs/bui
 - ``base_image_auth`` (one credential, no host) needs exactly one external registry host, a literal
   (variable-free) ``FROM``, and no image imported through an alias: a ``--from=`` image reference or a
   ``FROM`` naming a stage alias that is only defined later (BuildKit would pull it as an image).
+- An image ``namespace/name`` without a registry host is refused (on this server it names a template; Docker
+  Hub images are written ``docker.io/namespace/name``), whether or not that namespace exists here.
 - No ``# syntax=`` parser directive and no ``BUILDKIT_SYNTAX`` build arg: a frontend image would be pulled
   from wherever it names and could fetch any URL from the daemon's host (docs/buildkit.md, isolation).
 - ``ADD <url>`` (every ``http://``/``https://`` source, after the stage's ARG/ENV expansion) is a download
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 import dockerfile as dockerfile_parser
 
 from amber.contract.errors import InvalidReferenceError
-from amber.contract.images import canonical_host, parse_reference, registry_host
+from amber.contract.images import canonical_host, explicit_registry, parse_reference, registry_host
 
 # Automatic platform ARGs BuildKit defines in the global scope (this host builds linux/amd64 only).
 PLATFORM_ARGS: dict[str, str] = {
@@ -425,6 +427,12 @@ def _check_reference(analysis: DockerfileAnalysis, reference: str, line: int) ->
         parse_reference(reference)
     except InvalidReferenceError as error:
         analysis.problems.append(DockerfileProblem("dockerfile", f"line {line}: {error}"))
+        return
+    if explicit_registry(reference) is None and "/" in reference.partition("@")[0]:
+        # ``ns/name`` names a template namespace on this server; BuildKit would pull it from Docker Hub.
+        analysis.problems.append(DockerfileProblem(
+            "dockerfile", f"line {line}: {reference!r} has no registry host, and 'namespace/name' refs name "
+            f"templates on this server: write docker.io/{reference} for the Docker Hub image"))
 
 
 def dockerfile_request_problems(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -130,7 +132,59 @@ def _problems_copy(
         yield from _problems_user(f"{field}.user", user)
 
 
-def _problems_step(i: int, step: Step, known: set[str] | None) -> Iterable[InvalidRequest]:
+_GIT_SCHEMES = ("https", "http", "ssh", "git")
+_GIT_HELPER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
+_SCP_LIKE_RE = re.compile(r"^(?:[^@/]+@)?(?P<host>\[[^]/]+\]|[^:/]+):")
+
+
+def _loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.", "0", "0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.endswith(".localhost")
+
+
+def _problems_git_url(field: str, url: str, *, internet: bool) -> Iterable[InvalidRequest]:
+    """``git_clone`` sources: ``https://``, ``http://``, ``ssh://``, ``git://`` (or scp-like ``host:path``) to a
+    host other than this server, or a local path / ``file://`` URL (its allowed roots are checked at accept by
+    the service). Never a remote helper (``fd::``, ``ext::``…), another scheme or a loopback host; no network
+    source without internet access."""
+    if _GIT_HELPER_RE.match(url):
+        yield InvalidRequest(field, f"{url!r}: git remote helper transports ('{url.split('::', 1)[0]}::') are not "
+                                    "allowed; use https://, http://, ssh://, git:// or a local path")
+        return
+    host: str | None
+    if "://" in url:
+        scheme = url.split("://", 1)[0].lower()
+        if scheme == "file":
+            return
+        if scheme not in _GIT_SCHEMES:
+            yield InvalidRequest(field, f"{url!r}: the {scheme}:// transport is not allowed; use https://, http://, "
+                                        "ssh://, git:// or a local path")
+            return
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            yield InvalidRequest(field, f"{url!r} is not a valid URL")
+            return
+    elif (match := _SCP_LIKE_RE.match(url)) is not None and "/" not in url.split(":", 1)[0]:
+        host = match.group("host")
+    else:
+        return  # a local path
+    if not host:
+        yield InvalidRequest(field, f"{url!r} names no host")
+    elif _loopback_host(host):
+        yield InvalidRequest(field, f"{url!r} names the build server itself; a repository on the server is cloned by "
+                                    "its path, inside a directory of AMBER_GIT_LOCAL_ROOTS")
+    elif not internet:
+        yield InvalidRequest(field, f"{url!r} needs network access, but build_config.internet_access is false "
+                                    "(only a local path can be cloned without it)")
+
+
+def _problems_step(i: int, step: Step, known: set[str] | None, *, internet: bool = True) -> Iterable[InvalidRequest]:
     f = f"steps[{i}]"
     match step:
         case AptInstallStep() | PipInstallStep() | NpmInstallStep() | BunInstallStep():
@@ -164,6 +218,8 @@ def _problems_step(i: int, step: Step, known: set[str] | None) -> Iterable[Inval
             yield from _problems_text(f"{f}.url", step.url, what="url", allow_space=False)
             if step.url.startswith("-"):
                 yield InvalidRequest(f"{f}.url", "must not start with '-'")
+            else:
+                yield from _problems_git_url(f"{f}.url", step.url, internet=internet)
             if step.path is not None:
                 yield from _problems_text(f"{f}.path", step.path, what="path")
             if step.branch is not None:
@@ -308,8 +364,9 @@ def request_problems(req: CreateTemplateRequest) -> list[InvalidRequest]:
 
     # Steps.
     known = _context_paths(req) if backend == "native" else None
+    internet = not (req.build_config is not None and req.build_config.internet_access is False)
     for i, step in enumerate(req.step_list):
-        add(_problems_step(i, step, known))
+        add(_problems_step(i, step, known, internet=internet))
 
     # Environment.
     if req.build_envs:

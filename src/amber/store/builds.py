@@ -5,17 +5,21 @@ Guarantees:
   on every host appends into one gap-free sequence, and the status change it carries commits with the entry;
 - claiming is a compare-and-set ``UPDATE … WHERE status = 'waiting'`` on one row, so any number of workers on
   any number of hosts sharing a PostgreSQL database never run a build twice (on PostgreSQL the candidate scan
-  also uses ``FOR UPDATE SKIP LOCKED``); a running build's lease is renewed by its worker.
+  also uses ``FOR UPDATE SKIP LOCKED``); a running build's lease is renewed by its worker;
+- claiming is fair between namespaces: waiting builds are taken round robin by namespace (fewest running
+  builds first, then the namespace that started one least recently, then the oldest build), a namespace at
+  its limit of running builds (on every host together) is passed over, and so is a build whose memory does not
+  fit the claiming worker's budget.
 Every function takes an open ``Session``; the caller commits. Which lease owner is dead is decided above
 (``amber.builds.queue``); these functions only read and write rows.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from amber.contract.status import ACTIVE_STATUSES
@@ -120,18 +124,73 @@ def active_build_ids(session: Session, template_id: str) -> list[str]:
 # -- queue and leases ---------------------------------------------------------------------------------------------
 
 
-def claim_next(session: Session, owner: str, lease_secs: float, *, postgres: bool) -> Build | None:
-    """Claim the oldest waiting build this worker may run (unpinned, or pinned to this process)."""
+CLAIM_CANDIDATES = 200  # waiting builds looked at per claim (oldest first)
+_FAIRNESS_WINDOW = timedelta(days=1)  # how far back "started least recently" looks
+
+
+def _aware(moment: datetime | str) -> datetime:
+    if isinstance(moment, str):  # an aggregate over a UTC column may come back as text on SQLite
+        moment = datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def build_memory_mib(build_config: dict[str, Any], default: int) -> int:
+    """The memory a build's VM asks for (its declared ``build_config.memory_mib``, else ``default``)."""
+    value = build_config.get("memory_mib") if isinstance(build_config, dict) else None
+    return value if isinstance(value, int) and value > 0 else default
+
+
+def claim_next(
+    session: Session,
+    owner: str,
+    lease_secs: float,
+    *,
+    postgres: bool,
+    namespace_limit: int | None = None,
+    memory_budget_mib: int | None = None,
+    default_memory_mib: int = 512,
+) -> Build | None:
+    """Claim the waiting build this worker should run next (unpinned, or pinned to this process), fairly between
+    namespaces (module docstring): ``namespace_limit`` running builds per namespace at most (None: no limit);
+    a build needing more than ``memory_budget_mib`` (None: no budget) stays waiting."""
     query = (
-        select(Build.id)
+        select(Build.id, Build.namespace_id, Build.created_at, Build.build_config)
         .where(Build.status == "waiting", or_(Build.pinned_worker.is_(None), Build.pinned_worker == owner))
         .order_by(Build.created_at)
-        .limit(8)
+        .limit(CLAIM_CANDIDATES)
     )
     if postgres:
         query = query.with_for_update(skip_locked=True)
     now = utcnow()
-    for build_id in session.scalars(query).all():
+    candidates = session.execute(query).all()
+    if not candidates:
+        return None
+    running: dict[str, int] = {}
+    for namespace_id, count in session.execute(
+        select(Build.namespace_id, func.count()).where(Build.status == "building").group_by(Build.namespace_id)
+    ).all():
+        running[namespace_id] = int(count)
+    last_start: dict[str, datetime] = {}
+    for namespace_id, started in session.execute(
+        select(Build.namespace_id, func.max(Build.started_at))
+        .where(Build.started_at.is_not(None), Build.started_at > now - _FAIRNESS_WINDOW)
+        .group_by(Build.namespace_id)
+    ).all():
+        if started is not None:
+            last_start[namespace_id] = _aware(started)
+    never = datetime.min.replace(tzinfo=UTC)
+
+    def turn(row: Any) -> tuple[int, datetime, datetime]:
+        return running.get(row.namespace_id, 0), last_start.get(row.namespace_id, never), _aware(row.created_at)
+
+    ordered = []
+    for row in sorted(candidates, key=turn):
+        if namespace_limit is not None and running.get(row.namespace_id, 0) >= namespace_limit:
+            continue
+        if memory_budget_mib is not None and build_memory_mib(row.build_config, default_memory_mib) > memory_budget_mib:
+            continue
+        ordered.append(row.id)
+    for build_id in ordered:
         claimed = session.execute(
             update(Build)
             .where(Build.id == build_id, Build.status == "waiting")

@@ -1,11 +1,14 @@
 """``git_clone`` steps: clone on the build server, unpack the working tree into the guest.
 
 BuildKit clones ``ADD <git url>`` sources on the build host too; doing the same here means the image needs no
-git, and a loopback URL or a local path names the server's repository (as a loopback ``base_image`` names the
-server's registry). Local paths and ``file://`` URLs read the server's filesystem, so they are refused unless
-their real path (symlinks and ``..`` resolved) lies inside one of ``AMBER_GIT_LOCAL_ROOTS``. Git runs without
-the server's user or system configuration, never prompts for credentials, and is given a deadline. With
-``internet_access=false`` only loopback URLs and local paths are allowed. The tree (``.git`` included, as
+git. Sources are ``https://``, ``http://``, ``ssh://``, ``git://`` (or scp-like) URLs, or a local path /
+``file://`` URL naming a repository on the server, refused unless its real path (symlinks and ``..`` resolved)
+lies inside one of ``AMBER_GIT_LOCAL_ROOTS`` (the request rules and the service check both at accept; this
+module checks again). Git runs confined (``amber.isolation``): a network clone in the isolated network (the
+outside world only: no loopback, no host address), a local clone with no network at all, and only the
+protocols of its source (``GIT_ALLOW_PROTOCOL``: no ``ext::``/``fd::`` helpers). It runs without the server's
+user or system configuration, never prompts for credentials, and is given a deadline
+(``CLONE_TIMEOUT_SECS``). With ``internet_access=false`` only local paths are allowed. The tree (``.git`` included, as
 ``git clone`` leaves it) is streamed as a tar into ``tar -x`` in the guest, run as the step's USER in its
 WORKDIR, so ownership is what ``RUN git clone`` would give.
 """
@@ -13,7 +16,6 @@ WORKDIR, so ownership is what ``RUN git clone`` would give.
 from __future__ import annotations
 
 import io
-import ipaddress
 import os
 import shlex
 import shutil
@@ -25,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from amber.builds.planning.steps import GitCloneOp
+from amber.isolation import IsolationError, confine
 from amber.vm.agent import AgentClient
 
 CLONE_TIMEOUT_SECS = 600.0
@@ -38,24 +41,6 @@ class GitCloneError(Exception):
         super().__init__(message)
         self.message = message
         self.command = command
-
-
-def is_local_source(url: str) -> bool:
-    """A local path, ``file://`` URL, or a URL whose host is loopback (``localhost``, 127.0.0.0/8, ::1)."""
-    if "://" not in url:
-        # scp-like ``host:path`` is remote; anything else is a path on the server
-        head = url.split("/", 1)[0]
-        return ":" not in head
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return True
-    host = (parts.hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def filesystem_path(url: str) -> str | None:
@@ -108,8 +93,12 @@ def display_command(op: GitCloneOp) -> str:
     return shlex.join([*argv, op.url, op.path])
 
 
-def _git_env(home: Path) -> dict[str, str]:
+NETWORK_PROTOCOLS = "https:http:ssh:git"
+
+
+def _git_env(home: Path, *, local: bool) -> dict[str, str]:
     return {
+        "GIT_ALLOW_PROTOCOL": "file" if local else NETWORK_PROTOCOLS,
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(home),
         "GIT_CONFIG_NOSYSTEM": "1",
@@ -133,9 +122,10 @@ def clone_on_host(
     """Clone into a fresh directory under ``scratch``; returns the working tree. Raises ``GitCloneError``.
     ``local_roots``: the directories local paths and ``file://`` URLs may name (empty: none)."""
     shown = display_command(op)
-    if not network and not is_local_source(op.url):
+    local = filesystem_path(op.url) is not None
+    if not network and not local:
         raise GitCloneError(f"git_clone of {op.url!r} needs network access, but internet_access is false "
-                            "(only loopback URLs and local paths can be cloned without it)", shown)  # fmt: skip
+                            "(only local paths can be cloned without it)", shown)  # fmt: skip
     git = shutil.which("git")
     if git is None:
         raise GitCloneError("git_clone: git is not installed on the build server", shown)
@@ -152,7 +142,12 @@ def clone_on_host(
     argv = clone_command(op, str(tree))
     argv[0] = git
     try:
-        result = subprocess.run(argv, env=_git_env(home), cwd=work, capture_output=True, text=True,
+        argv = confine(argv, internet=not local)
+    except IsolationError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise GitCloneError(f"git_clone: the clone cannot be isolated on this server: {exc}", shown) from None
+    try:
+        result = subprocess.run(argv, env=_git_env(home, local=local), cwd=work, capture_output=True, text=True,
                                 errors="replace", timeout=CLONE_TIMEOUT_SECS, stdin=subprocess.DEVNULL)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise GitCloneError(f"git clone of {op.url!r} timed out after {CLONE_TIMEOUT_SECS:.0f} s", shown) from None

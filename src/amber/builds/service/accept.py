@@ -23,12 +23,14 @@ from amber.builds.executor import BuildInputs
 from amber.builds.logbus import Published
 from amber.builds.planning import BaseTemplate, BuildPlan, PlanInputs, make_plan, plan_json, validate_request
 from amber.builds.queue import WorkerIdentity
+from amber.builds.service.admission import admission_problems
 from amber.builds.service.journal import Journal, build_not_found
 from amber.contract.errors import InvalidRequest
 from amber.contract.request import CreateTemplateRequest, persistable_request
 from amber.contract.runtime import safe_runtime_defaults
 from amber.contract.template_refs import classify_base_ref, try_parse_ref
 from amber.contract.validation import request_from_definition
+from amber.settings import Settings
 from amber.store import catalog, ids
 from amber.store.blobs import blob_digests, resolve_for_build
 from amber.store.errors import NotFound
@@ -36,15 +38,13 @@ from amber.store.keys import Caller
 from amber.store.models import Build, Template, utcnow
 
 
-def _is_namespace(session: Session, namespace: str | None) -> bool:
-    """Does a ref's first segment name a namespace of this server? Then ``ns/name[:tag]`` means a template there
-    (a Docker Hub image of the same name can still be used as ``docker.io/ns/name``)."""
-    return namespace is not None and catalog.namespace_by_ref(session, namespace) is not None
-
-
 def base_template(session: Session, caller: Caller, req: CreateTemplateRequest) -> BaseTemplate | None:
     """The template ``base_image`` names (None for an OCI image). A template ref must resolve to a template the
-    caller can read that has a built artifact; else ``InvalidRequest`` on ``base_image``."""
+    caller can read that has a built artifact; else ``InvalidRequest`` on ``base_image``.
+
+    ``ns/name[:tag]`` without a registry host is always a template ref: when no template of that name is visible
+    to the caller it is refused, with the same answer whether the namespace exists or not, never pulled from
+    Docker Hub by accident (a Hub image of that name is ``docker.io/ns/name``)."""
     base = req.base_image
     if base is None or req.dockerfile is not None:
         return None
@@ -52,16 +52,14 @@ def base_template(session: Session, caller: Caller, req: CreateTemplateRequest) 
     if kind == "oci":
         return None
     ref = try_parse_ref(base)
+    hub = f"; a Docker Hub image of that name is written docker.io/{base}" if kind == "ambiguous" else ""
     if ref is None:
-        if kind == "template" or _is_namespace(session, base.partition("/")[0]):
-            raise InvalidRequest("base_image", f"{base!r} is not a valid template ref")
-        return None
+        raise InvalidRequest("base_image", f"{base!r} is not a valid template ref{hub}")
     try:
         resolved = catalog.resolve_base_template(session, caller, ref)
     except NotFound:
-        if kind == "ambiguous" and not _is_namespace(session, ref.namespace):
-            return None  # ``ns/name`` that is no template: an OCI image on Docker Hub
-        raise InvalidRequest("base_image", f"template {base!r} not found (or not visible to this API key)") from None
+        raise InvalidRequest("base_image",
+                             f"template {base!r} not found (or not visible to this API key){hub}") from None
     if resolved.artifact is None:
         raise InvalidRequest("base_image", f"template {base!r} has no built artifact yet")
     runtime = safe_runtime_defaults(resolved.artifact.runtime_defaults)
@@ -98,6 +96,7 @@ def stored_plan(session: Session, build: Build) -> BuildPlan:
 
 
 class Accepting(Journal):
+    settings: Settings
     blobs: BlobStore
     identity: WorkerIdentity
     memory: dict[str, BuildInputs]
@@ -128,6 +127,9 @@ class Accepting(Journal):
         """Create the build (status ``waiting``) with its plan and its ``start`` entry. Returns the TemplateBuild
         JSON. A ``base_image`` naming a template must resolve to an artifact the caller can read (else
         ``InvalidRequest``); every context blob must be uploaded (else ``BlobProblem``)."""
+        problems = admission_problems(req, self.settings)
+        if problems:
+            raise problems[0]
         definition = persistable_request(req)
         inputs = BuildInputs.of(req)
         build_tags = tags if tags is not None else req.effective_tags
