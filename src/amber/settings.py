@@ -183,6 +183,22 @@ def default_cache_max_bytes(data_dir: Path) -> int:
     return min(DEFAULT_CACHE_MAX_BYTES, info.f_blocks * info.f_frsize // 4)
 
 
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data directory private (0700: nothing under it is reachable by other users) and, for the
+    SQLite default, the database file 0600 before SQLite creates it (its -wal and -shm files take its mode)."""
+    path = settings.data_dir
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    if not settings.database_url:
+        database = path / "amber.db"
+        fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+        for name in ("amber.db", "amber.db-wal", "amber.db-shm"):
+            if (path / name).exists():
+                os.chmod(path / name, 0o600)
+    return path
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

@@ -47,6 +47,7 @@ def test_tsc_and_cmdline() -> None:
     assert tsc_khz_from_cpuinfo(CPUINFO.format(extra="")) == 2596129
     line = kernel_cmdline(tsc_khz=2596129, lpj=10384516, network=True)
     assert "tsc_early_khz=2596129" in line and "lpj=10384516" in line and "amber.net=1" in line
+    assert "init_on_free=1" in line.split()  # build-only values do not outlive the pages that held them
     assert "amber.net" not in kernel_cmdline(tsc_khz=1, lpj=4, network=False)
 
 

@@ -97,6 +97,7 @@ class BlobStore:
                 )
             final = self.path_for(sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o600)  # users' files: readable by the server only
             os.replace(tmp, final)
             return final
         finally:

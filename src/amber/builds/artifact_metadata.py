@@ -78,4 +78,5 @@ def write_artifact_metadata(artifact_dir: Path, metadata: ArtifactMetadata) -> N
     path = artifact_dir / ARTIFACT_METADATA
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(metadata.to_json(), indent=2, sort_keys=True))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)

@@ -4,7 +4,8 @@ The service hands a ``BuildJob`` to a ``BuildExecutor``: the ``BuildPlan`` decid
 ``BuildInputs`` and where the store keeps the blobs and the base template. The executor reports progress as
 ``LogEvent``s through the ``emit`` callback and returns a ``BuildArtifact`` or raises ``BuildFailed``. The
 service owns offsets, timestamps and persistence of log entries; the executor owns everything that touches
-images, disks and VMs. Secrets, registry credentials and inline context bytes travel only in ``BuildInputs``.
+images, disks and VMs. Secrets, registry credentials, inline context bytes and ``build_envs`` values travel only
+in ``BuildInputs``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class BuildInputs:
     registry_credentials: Mapping[str, BaseImageAuth] = field(default_factory=dict, repr=False)  # host -> auth
     base_image_credentials: BaseImageAuth | None = field(default=None, repr=False)  # ``base_image_auth``
     inline_files: Mapping[str, str] = field(default_factory=dict, repr=False)  # context path -> content_base64
+    build_envs: Mapping[str, str] = field(default_factory=dict, repr=False)  # build-only values (R56), never stored
 
     @classmethod
     def of(cls, req: CreateTemplateRequest) -> BuildInputs:
@@ -38,12 +40,14 @@ class BuildInputs:
             registry_credentials={r.registry: r.auth for r in req.registry_auth or []},
             base_image_credentials=req.base_image_auth,
             inline_files={f.path: f.content_base64 for f in files if f.content_base64 is not None},
+            build_envs=dict(req.build_envs or {}),
         )
 
     @property
     def needed(self) -> bool:
         """Does the build depend on any of them (then only the accepting process can run it)?"""
-        return bool(self.secrets or self.registry_credentials or self.base_image_credentials or self.inline_files)
+        return bool(self.secrets or self.registry_credentials or self.base_image_credentials or self.inline_files
+                    or self.build_envs)
 
 
 @dataclass

@@ -162,6 +162,8 @@ class WorkerPool:
             await service.fail(build.id, code="build_error", phase=FailurePhase.PREPARE.value,
                                reason=failure_reason(FailurePhase.PREPARE), message=f"invalid build definition: {exc}")
             return
+        if inputs is not None:
+            plan = plan.with_build_envs(inputs.build_envs)  # build-only values: never stored, kept in memory
         job = BuildJob(build_id=build.id, template_id=build.artifact_id, plan=plan,
                        data_dir=Path(settings.data_dir), inputs=inputs or BuildInputs())  # fmt: skip
         entries = plan.blob_entries

@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.orm import Session
 
 from amber.contract.template_refs import SLUG_RE, SYSTEM_NAMESPACE
-from amber.settings import Settings
+from amber.settings import Settings, prepare_data_dir
 from amber.store import keys
 from amber.store.database import Database, migrate
 from amber.store.errors import Invalid
@@ -95,7 +95,7 @@ def _database(data_dir: Path | None) -> Iterator[Database]:
     settings = Settings()
     if data_dir is not None:
         settings.data_dir = data_dir
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     migrate(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     try:

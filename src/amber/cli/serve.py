@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from amber.guest.install import GuestSetupError, ensure_guest
-from amber.settings import Settings
+from amber.settings import Settings, prepare_data_dir
 
 
 def serve(
@@ -32,7 +32,7 @@ def serve(
         settings.data_dir = data_dir
     if workers is not None:
         settings.workers = workers
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     if settings.resolved_workers:
         provision_guest(settings.data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -151,11 +151,14 @@ def structural_problems(data: Any) -> list[InvalidRequest]:
 
 
 def persistable_request(req: CreateTemplateRequest, *, keep_inline_content: bool = False) -> dict[str, Any]:
-    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values, unknown keys
-    (a client's additions to open models, ignored by the contract) and (unless asked) inline context bytes
-    removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id`` and ``source``; ``registry_auth``
-    keeps ``registry`` and the auth ``kind``."""
+    """The request as JSON that may be stored (R24, R39, R43): credential values, secret values, ``build_envs``
+    values (build-only, R56), unknown keys (a client's additions to open models, ignored by the contract) and
+    (unless asked) inline context bytes removed. ``base_image_auth`` keeps only its ``kind``; secrets keep ``id``
+    and ``source``; ``registry_auth`` keeps ``registry`` and the auth ``kind``; ``build_envs`` keeps its names
+    (each value "")."""
     data = declared_json(req)
+    if req.build_envs:
+        data["build_envs"] = dict.fromkeys(req.build_envs, "")
     if req.base_image_auth is not None:
         data["base_image_auth"] = {"kind": req.base_image_auth.kind}
     if req.registry_auth is not None:

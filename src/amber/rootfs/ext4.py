@@ -142,6 +142,7 @@ def make_ext4(
             ]
             returncode, stderr = _run_mkfs(command, stop)
             if returncode == 0:
+                os.chmod(staging, 0o600)  # a root disk holds users' files: readable by the server only
                 os.replace(staging, out)
                 return size
             if "Could not allocate" not in stderr and "No space" not in stderr:

@@ -129,9 +129,10 @@ def kernel_cmdline(*, tsc_khz: int, lpj: int, network: bool, hostname: str | Non
     one TCG boot in five; ``amber.*`` keys are read by the agent (no hostname: the image's /etc/hostname,
     else "amber")."""
     # tsc=reliable: under TCG the clocksource watchdog otherwise declares the TSC unstable and the guest
-    # falls back to the 4 ms jiffies clocksource.
+    # falls back to the 4 ms jiffies clocksource. init_on_free=1: freed pages are zeroed, so what a finished
+    # build step held in memory (build-only env values, secrets) is not in the snapshot's memory.
     parts = ["console=ttyS0", "panic=-1", "quiet", f"tsc_early_khz={tsc_khz}", f"lpj={lpj}", "tsc=reliable",
-             f"amber.port={AGENT_PORT_NAME}"]
+             "init_on_free=1", f"amber.port={AGENT_PORT_NAME}"]
     if hostname:
         if not hostname.replace("-", "").replace(".", "").isalnum() or len(hostname) > 64:
             raise ValueError(f"hostname {hostname!r} is not a valid host name")

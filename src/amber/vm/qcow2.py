@@ -40,7 +40,7 @@ def write_overlay(path: Path, backing: Path, backing_format: str, size: int) -> 
         b"QFI\xfb", 3, backing_offset, len(name), CLUSTER_BITS, size, 0, l1_size, 3 * CLUSTER,
         CLUSTER, 1, 0, 0, 0, 0, 0, 4, HEADER_LENGTH,
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.pwrite(fd, header + extensions + name, 0)
         os.pwrite(fd, struct.pack(">Q", 2 * CLUSTER), CLUSTER)  # refcount table → block in cluster 2

@@ -17,7 +17,7 @@ anything known only when the build runs: the base image's manifest digest and co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from amber.builds.planning.cache import (
@@ -49,6 +49,7 @@ from amber.builds.planning.steps import (
     StepPlan,
     UserOp,
     WorkdirOp,
+    env_line,
     plan_steps,
     render_dockerfile,
 )
@@ -175,6 +176,32 @@ class BuildPlan:
         return [(f.path, f.blob_id) for f in self.context if f.blob_id is not None]
 
     # -- storage -----------------------------------------------------------------------------------------------
+
+    def stored(self) -> BuildPlan:
+        """This plan as it may be stored: ``build_envs`` values are build-only (R56) and never persisted, only
+        their names (the values travel in the accepting process's memory, ``BuildInputs``); a declarative
+        build's rendered Dockerfile, which carries them in ``ENV`` lines, is stored with those lines empty."""
+        if not self.build_envs:
+            return self
+        return self._with_env_values({k: "" for k, _ in self.build_envs})
+
+    def with_build_envs(self, values: Mapping[str, str]) -> BuildPlan:
+        """A stored plan with its ``build_envs`` values back (names the plan does not list are ignored)."""
+        if not self.build_envs:
+            return self
+        return self._with_env_values({k: values.get(k, "") for k, _ in self.build_envs})
+
+    def _with_env_values(self, values: Mapping[str, str]) -> BuildPlan:
+        text = self.dockerfile
+        if self.dockerfile_source is None:  # the rendered declarative Dockerfile: swap its ENV lines
+            lines = text.split("\n")
+            for key, old in self.build_envs:
+                try:
+                    lines[lines.index(env_line(key, old))] = env_line(key, values[key])
+                except ValueError:
+                    continue
+            text = "\n".join(lines)
+        return replace(self, build_envs=tuple((k, values[k]) for k, _ in self.build_envs), dockerfile=text)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -244,7 +244,7 @@ def plan_steps(steps: Sequence[Step]) -> list[StepPlan]:
 _PLAIN_ENV_VALUE = re.compile(r"[^\s\"'\\$]*")
 
 
-def _env_line(key: str, value: str) -> str:
+def env_line(key: str, value: str) -> str:
     # The SDK writes ENV k=v raw; quote only values a Dockerfile parser would otherwise split or expand.
     return f"ENV {key}={value}" if _PLAIN_ENV_VALUE.fullmatch(value) else f"ENV {key}={json.dumps(value)}"
 
@@ -261,7 +261,7 @@ def render_dockerfile(
     lines = [f"FROM {base_image}"]
     for plan in plans:
         lines.extend(plan.lines)
-    lines.extend(_env_line(k, v) for k, v in build_envs.items())
+    lines.extend(env_line(k, v) for k, v in build_envs.items())
     if start_cmd:
         lines.append(_cmd_line(start_cmd))
     return "\n".join(lines)

@@ -156,7 +156,7 @@ class Accepting(Journal):
                 source_type=plan.source_type,
                 tags=build_tags,
                 definition=definition,
-                plan=plan.to_json(),
+                plan=plan.stored().to_json(),  # build_envs values stay in memory (BuildInputs)
                 base_image_auth_kind=req.base_image_auth.kind if req.base_image_auth else None,
                 registry_auth_hosts=[r.registry for r in req.registry_auth or []],
                 secret_ids=[s.id for s in req.build_secrets or []],

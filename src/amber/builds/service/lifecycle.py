@@ -75,6 +75,12 @@ class Lifecycle(Accepting):
                 "start a new build instead (contexts uploaded through the blob preflight are retryable)",
                 field="build_context",
             )
+        if original.definition.get("build_envs"):
+            raise Invalid(
+                "build_envs: this build had build-only environment values, which are never stored; start a new "
+                "build with them instead",
+                field="build_envs",
+            )
         if original.base_image_auth_kind is not None and fresh.get("base_image_auth") is None:
             raise Invalid(
                 "base_image_auth: the original build used private base-image credentials, which are never "
