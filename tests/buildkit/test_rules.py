@@ -330,7 +330,8 @@ def test_dockerd_command_is_isolated(tmp_path: Path) -> None:
     assert command[0] == "/usr/sbin/dockerd"
     for flag in (
         "--iptables=false",
-        "--bridge=none",
+        "--ip-forward=false",
+        f"--bridge={layout.bridge}",  # its own isolated bridge (amber.isolation), never docker0 or the host's
         "--storage-driver=overlay2",
         f"--host=unix://{tmp_path}/docker.sock",
         f"--data-root={tmp_path}/data",
@@ -339,6 +340,7 @@ def test_dockerd_command_is_isolated(tmp_path: Path) -> None:
     ):
         assert flag in command
     assert len(str(layout.exec_root / "containerd" / "containerd.sock")) < 100
+    assert layout.bridge.startswith("amber-bk") and len(layout.bridge) <= 15
 
 
 def test_step_index_follows_dockerfile_order_not_update_order() -> None:
