@@ -10,6 +10,7 @@ by that prefix) and fit the kernel's 15 characters.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import subprocess
@@ -22,6 +23,7 @@ from amber.isolation.rules import BRIDGE_PREFIX
 from amber.settings import get_settings
 
 IP = "/usr/sbin/ip"
+LOCK = Path("/run/amber/bridges.lock")
 _SYSCTLS = (
     Path("/proc/sys/net/ipv4/ip_forward"),
     Path("/proc/sys/net/bridge/bridge-nf-call-iptables"),  # present only with br_netfilter
@@ -89,6 +91,13 @@ def ensure_bridge(name: str) -> Bridge:
                 path.write_text("1\n")
             except OSError as e:
                 raise IsolationError(f"cannot enable {path}: {e}") from None
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes creating bridges at once never pick the same /24
+        return _ensure_bridge_locked(name, pool)
+
+
+def _ensure_bridge_locked(name: str, pool: ipaddress.IPv4Network) -> Bridge:
     bridge = _existing(name)
     if bridge is not None and bridge.gateway.ip in pool:
         _ip("link", "set", name, "up")
