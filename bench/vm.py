@@ -16,7 +16,11 @@ and internet off (QEMU in an empty network namespace) and with internet on (QEMU
 the nftables table checked before each launch), interleaved round by round so drift hits all alike; plus
 the bare cost of each confinement step (``unshare --net``, the ``nft`` check).
 
-Run: ``.venv/bin/python bench/vm.py [-n 10] [--network]`` as root, after ``make setup``.
+Memory hygiene (``--hygiene``): cold boot, the memory file's allocated size at first agent reply and after the
+snapshot (``fallocate --dig-holes``), snapshot call and restore, with the guest kernel's ``init_on_free=1``
+(Amber's command line) and without it (the line as it was before issue 11), interleaved.
+
+Run: ``.venv/bin/python bench/vm.py [-n 10] [--network] [--hygiene]`` as root, after ``make setup``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -166,10 +171,50 @@ def run_network(n: int, disk: Path, data_dir: Path, work: Path) -> None:
           f"nft table check {fmt_s(check)}")
 
 
+def run_hygiene(n: int, disk: Path, data_dir: Path, work: Path) -> None:
+    """What ``init_on_free=1`` costs: boot, memory file size, snapshot and restore, with and without it."""
+    import amber.vm.microvm as microvm
+    from amber.vm.machine import kernel_cmdline as amber_cmdline
+
+    def plain_cmdline(**kw: Any) -> str:
+        return amber_cmdline(**kw).replace(" init_on_free=1", "")
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for i in range(n):
+        for name, cmdline in (("init_on_free=1", amber_cmdline), ("without", plain_cmdline)):
+            row = rows.setdefault(name, {"boot": [], "live": [], "snapshot": [], "sparse": [], "restore": []})
+            setattr(microvm, "kernel_cmdline", cmdline)  # noqa: B010 - describe() reads it from there
+            try:
+                started = time.monotonic()
+                vm = boot(disk, data_dir=data_dir, memory_mib=MEMORY_MIB)
+                row["boot"].append(time.monotonic() - started)
+                with vm:
+                    vm.exec(shell=SERVICE)
+                    assert vm.files.memory_file is not None
+                    row["live"].append(vm.files.memory_file.stat().st_blocks * 512 / 1e6)
+                    started = time.monotonic()
+                    artifact = vm.snapshot(work / f"hygiene-{name}-{i}")
+                    row["snapshot"].append(time.monotonic() - started)
+            finally:
+                setattr(microvm, "kernel_cmdline", amber_cmdline)  # noqa: B010
+            row["sparse"].append(artifact.size_bytes().get("memory_allocated", 0) / 1e6)
+            seconds, restored = timed_restore(artifact, data_dir)
+            restored.close()
+            row["restore"].append(seconds)
+            shutil.rmtree(artifact.directory)
+        print(f"  hygiene round {i + 1}/{n}", file=sys.stderr)
+    print(f"\nmemory hygiene: {MEMORY_MIB} MiB guest, 1 vCPU, median of {n} (min-max)")
+    for name, row in rows.items():
+        print(f"{name:15} boot {fmt_s(row['boot'])}, memory file {med(row['live']):.0f} MB allocated live, "
+              f"{med(row['sparse']):.0f} MB in the artifact; snapshot() {fmt_s(row['snapshot'])}; "
+              f"restore {fmt_s(row['restore'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=10, help="iterations per measurement (default 10)")
     parser.add_argument("--network", action="store_true", help="only the network isolation measurements")
+    parser.add_argument("--hygiene", action="store_true", help="only the init_on_free measurements")
     args = parser.parse_args()
     guest_root = get_settings().data_dir.resolve()
     ensure_guest(guest_root)
@@ -181,8 +226,11 @@ def main() -> None:
         tree = make_busybox_tree(work / "tree")
         disk = work / "busybox.ext4"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", str(tree), str(disk), "64M"], check=True)
-        run_network(args.n, disk, data_dir, work)
-        if args.network:
+        if not args.hygiene:
+            run_network(args.n, disk, data_dir, work)
+        if not args.network:
+            run_hygiene(args.n, disk, data_dir, work)
+        if args.network or args.hygiene:
             return
         lazy = run_mode(MemoryBackend.FILE, args.n, disk, data_dir, work)
         naive = run_mode(MemoryBackend.RAM, args.n, disk, data_dir, work)

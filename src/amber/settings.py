@@ -184,18 +184,19 @@ def default_cache_max_bytes(data_dir: Path) -> int:
 
 
 def prepare_data_dir(settings: Settings) -> Path:
-    """Create the data directory private (0700: nothing under it is reachable by other users) and, for the
-    SQLite default, the database file 0600 before SQLite creates it (its -wal and -shm files take its mode)."""
+    """Create the data directory private (0700: nothing under it is reachable by other users) and, for SQLite,
+    the database file 0600 before SQLite creates it (its -wal and -shm files take its mode)."""
     path = settings.data_dir
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
-    if not settings.database_url:
-        database = path / "amber.db"
-        fd = os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        for name in ("amber.db", "amber.db-wal", "amber.db-shm"):
-            if (path / name).exists():
-                os.chmod(path / name, 0o600)
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for name in (database.name, f"{database.name}-wal", f"{database.name}-shm"):
+            if (database.parent / name).exists():
+                os.chmod(database.parent / name, 0o600)
     return path
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -221,6 +222,19 @@ def copy_sparse(src: Path, dst: Path) -> None:
         fout.truncate(size)
 
 
+FALLOCATE = "/usr/bin/fallocate"
+
+
+def dig_holes(path: Path) -> None:
+    """Turn every all-zero block of ``path`` back into a hole (``fallocate --dig-holes``; contents unchanged).
+    The guest zeroes every page it frees (``init_on_free=1``), which allocates the whole memory file; pages that
+    are zero again need no disk and no reading."""
+    try:
+        subprocess.run([FALLOCATE, "--dig-holes", str(path)], check=True, capture_output=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ArtifactError(f"cannot make {path.name} sparse: {e}") from None
+
+
 def write_artifact(
     staging: Path,
     out_dir: Path,
@@ -245,6 +259,8 @@ def write_artifact(
         _place(layer.path, staging / name, move=layer.path.parent == run_dir)
         disk.append({"path": name, "format": str(layer.format)})
     if files.memory_file is not None:
+        if files.memory_file.parent == run_dir:
+            dig_holes(files.memory_file)
         _place(files.memory_file, staging / "memory.bin", move=files.memory_file.parent == run_dir)
     (staging / "machine.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
     if progress:
