@@ -16,9 +16,9 @@ and internet off (QEMU in an empty network namespace) and with internet on (QEMU
 the nftables table checked before each launch), interleaved round by round so drift hits all alike; plus
 the bare cost of each confinement step (``unshare --net``, the ``nft`` check).
 
-Memory hygiene (``--hygiene``): cold boot, the memory file's allocated size at first agent reply and after the
-snapshot (``fallocate --dig-holes``), snapshot call and restore, with the guest kernel's ``init_on_free=1``
-(Amber's command line) and without it (the line as it was before issue 11), interleaved.
+Memory hygiene (``--hygiene``): cold boot, the memory file's allocated size while the VM runs and in the artifact
+(``fallocate --dig-holes``), snapshot call and restore, with ``boot(zero_freed_memory=True)`` (the guest
+kernel's ``init_on_free=1``, what builds with ``build_envs`` get) and without it, interleaved.
 
 Run: ``.venv/bin/python bench/vm.py [-n 10] [--network] [--hygiene]`` as root, after ``make setup``.
 """
@@ -36,7 +36,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -172,31 +171,20 @@ def run_network(n: int, disk: Path, data_dir: Path, work: Path) -> None:
 
 
 def run_hygiene(n: int, disk: Path, data_dir: Path, work: Path) -> None:
-    """What ``init_on_free=1`` costs: boot, memory file size, snapshot and restore, with and without it."""
-    import amber.vm.microvm as microvm
-    from amber.vm.machine import kernel_cmdline as amber_cmdline
-
-    def plain_cmdline(**kw: Any) -> str:
-        return amber_cmdline(**kw).replace(" init_on_free=1", "")
-
+    """What ``zero_freed_memory`` (``init_on_free=1``) costs: boot, memory file size, snapshot and restore."""
     rows: dict[str, dict[str, list[float]]] = {}
     for i in range(n):
-        for name, cmdline in (("init_on_free=1", amber_cmdline), ("without", plain_cmdline)):
+        for name, zero in (("init_on_free=1", True), ("without", False)):
             row = rows.setdefault(name, {"boot": [], "live": [], "snapshot": [], "sparse": [], "restore": []})
-            setattr(microvm, "kernel_cmdline", cmdline)  # noqa: B010 - describe() reads it from there
-            try:
-                started = time.monotonic()
-                vm = boot(disk, data_dir=data_dir, memory_mib=MEMORY_MIB)
+            started = time.monotonic()
+            with boot(disk, data_dir=data_dir, memory_mib=MEMORY_MIB, zero_freed_memory=zero) as vm:
                 row["boot"].append(time.monotonic() - started)
-                with vm:
-                    vm.exec(shell=SERVICE)
-                    assert vm.files.memory_file is not None
-                    row["live"].append(vm.files.memory_file.stat().st_blocks * 512 / 1e6)
-                    started = time.monotonic()
-                    artifact = vm.snapshot(work / f"hygiene-{name}-{i}")
-                    row["snapshot"].append(time.monotonic() - started)
-            finally:
-                setattr(microvm, "kernel_cmdline", amber_cmdline)  # noqa: B010
+                vm.exec(shell=SERVICE)
+                assert vm.files.memory_file is not None
+                row["live"].append(vm.files.memory_file.stat().st_blocks * 512 / 1e6)
+                started = time.monotonic()
+                artifact = vm.snapshot(work / f"hygiene-{name}-{i}")
+                row["snapshot"].append(time.monotonic() - started)
             row["sparse"].append(artifact.size_bytes().get("memory_allocated", 0) / 1e6)
             seconds, restored = timed_restore(artifact, data_dir)
             restored.close()

@@ -47,7 +47,9 @@ def test_tsc_and_cmdline() -> None:
     assert tsc_khz_from_cpuinfo(CPUINFO.format(extra="")) == 2596129
     line = kernel_cmdline(tsc_khz=2596129, lpj=10384516, network=True)
     assert "tsc_early_khz=2596129" in line and "lpj=10384516" in line and "amber.net=1" in line
-    assert "init_on_free=1" in line.split()  # build-only values do not outlive the pages that held them
+    assert "init_on_free=1" not in line.split()  # zeroing all RAM at boot is paid only when asked
+    zeroing = kernel_cmdline(tsc_khz=1, lpj=4, network=True, zero_freed_memory=True)
+    assert "init_on_free=1" in zeroing.split()  # build-only values do not outlive the pages that held them
     assert "amber.net" not in kernel_cmdline(tsc_khz=1, lpj=4, network=False)
 
 

@@ -85,6 +85,7 @@ def describe(
     memory_backend: MemoryBackend,
     accel: Accel | str | None,
     hostname: str | None = None,
+    zero_freed_memory: bool = False,
 ) -> MachineDescription:
     """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version). ``network``
     is the NIC's presence (every new VM has one; artifacts from before may not)."""
@@ -104,7 +105,8 @@ def describe(
         kernel_release=guest.kernel_release,
         kernel_sha256=guest.vmlinux_sha256,
         initramfs_sha256=guest.initramfs_sha256,
-        kernel_cmdline=kernel_cmdline(tsc_khz=host.tsc_khz(), lpj=host.lpj(), network=network, hostname=hostname),
+        kernel_cmdline=kernel_cmdline(tsc_khz=host.tsc_khz(), lpj=host.lpj(), network=network, hostname=hostname,
+                                      zero_freed_memory=zero_freed_memory),
     )
 
 
@@ -426,6 +428,7 @@ def boot(
     hostname: str | None = None,
     boot_timeout: float = 120.0,
     nic: bool = True,
+    zero_freed_memory: bool = False,
 ) -> MicroVM:
     """Boot a microVM from ``disk`` (one image path, or a ``DiskChain``) and wait for its agent.
 
@@ -435,6 +438,8 @@ def boot(
     guest reaches the outside world only (never the host's loopback or addresses, nor other guests); off,
     nothing at all (``amber.isolation``). ``nic=False`` leaves the NIC out (measurements and compatibility
     tests only: the NIC's presence is part of the machine, so its snapshots can never have network).
+    ``zero_freed_memory``: the guest zeroes every page it frees (``init_on_free=1``), so values that commands
+    held (build-only envs) are not in a later snapshot's memory; costs zeroing all RAM once at boot.
     ``accel`` overrides the choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else
     "amber". Raises ``BootError`` (with the console tail) if the agent does not answer within
     ``boot_timeout`` seconds, or if the host cannot isolate the network as asked; nothing is left behind
@@ -449,7 +454,7 @@ def boot(
     guest = load_guest_or_fail(data_dir)
     try:
         desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=nic, memory_backend=memory_backend,
-                        accel=accel, hostname=hostname)
+                        accel=accel, hostname=hostname, zero_freed_memory=zero_freed_memory)
     except ValueError as e:
         raise BootError(str(e)) from None
     if overlay is not None:

@@ -27,6 +27,7 @@ class MachineSpec:
     cpus: int
     memory_mib: int
     network: bool  # internet access (a runtime choice: every build VM has a NIC)
+    zero_freed_memory: bool = False  # the build has build-only values: the guest zeroes what it frees
 
 
 class BuildMachine(Protocol):
@@ -91,6 +92,7 @@ class MicroVmBackend:
             cpus=spec.cpus,
             memory_mib=spec.memory_mib,
             internet=spec.network,
+            zero_freed_memory=spec.zero_freed_memory,
             accel=self.accel,
             overlay=spec.overlay,
         )

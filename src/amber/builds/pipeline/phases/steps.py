@@ -44,7 +44,8 @@ async def boot(attempt: Attempt, chain: Chain, overlay: Path) -> BuildMachine:
                                                f"network {'on' if vm.internet_access else 'off'}")  # fmt: skip
     started = time.monotonic()
     spec = MachineSpec(chain=(*chain.base.chain, *attempt.layers), overlay=overlay, cpus=vm.vcpus,
-                       memory_mib=vm.memory_mib, network=vm.internet_access)  # fmt: skip
+                       memory_mib=vm.memory_mib, network=vm.internet_access,
+                       zero_freed_memory=bool(chain.plan.build_envs))  # fmt: skip
     # Shielded: if the build is cancelled mid-boot, the cleanup still gets the VM (and stops it).
     attempt.booting = asyncio.ensure_future(asyncio.to_thread(attempt.vm.boot, spec))
     try:
