@@ -398,8 +398,8 @@ async def build_dockerfile_rootfs(
     secrets = dict(secrets or {})
     registry_credentials = dict(registry_credentials or {})
     unpack = unpacker or default_unpacker
-    redact = _Redactor(
-        [*secrets.values(), *(c.password for c in registry_credentials.values())]
+    redact = _Redactor(  # build_envs too: BuildKit shows ARG values in RUN lines, and they are build-only (R56)
+        [*secrets.values(), *request.build_envs.values(), *(c.password for c in registry_credentials.values())]
         + ([base_image_credential.password] if base_image_credential else []),
         server_roots=[dockerd.layout.base_dir.resolve(), dockerd.layout.exec_root, staging_dir.resolve(),
                       target_dir.resolve()],

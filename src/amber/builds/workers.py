@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,21 @@ def load_executor(settings: Any) -> BuildExecutor | None:
         return None
     executor: BuildExecutor = factory(settings)
     return executor
+
+
+def build_only_hider(inputs: BuildInputs | None) -> Callable[[str], str]:
+    """Replaces every ``build_envs`` value (3 characters or more) in a log or failure text by ``***``: the
+    values are build-only (R56) and never stored, so neither may the lines that show them be."""
+    values = sorted({v for v in (inputs.build_envs.values() if inputs else ()) if len(v) >= 3}, key=len,
+                    reverse=True)  # fmt: skip
+
+    def hide(text: str) -> str:
+        for value in values:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
+    return hide
 
 
 class _Progress:
@@ -198,11 +215,15 @@ class WorkerPool:
         attempt = build.attempt
         stopped = False
 
+        hide = build_only_hider(inputs)
+
         async def emit(event: LogEvent) -> None:
             nonlocal stopped
             progress.see(event)
             if stopped:
                 return
+            if hide(event.message) != event.message:
+                event = dataclasses.replace(event, message=hide(event.message))
             if not await service.emit(build.id, event, attempt=attempt):
                 stopped = True
                 cancel.set()
@@ -238,7 +259,7 @@ class WorkerPool:
                 cancel_seen = cancel_seen if cancel_seen is not None else now
                 if now - cancel_seen > _CANCEL_GRACE_SECS:
                     task.cancel()  # the pipeline ignored cancel: stop waiting for it
-        await self._finish(build, task, progress, timeout_message, timed_out, cancel)
+        await self._finish(build, task, progress, timeout_message, timed_out, cancel, hide)
         await self._prune_caches()
 
     async def _prune_caches(self) -> None:
@@ -259,6 +280,7 @@ class WorkerPool:
         timeout_message: str | None,
         timed_out: tuple[FailurePhase, int | None],
         cancel: asyncio.Event,
+        hide: Callable[[str], str],
     ) -> None:
         service = self.service
         error: BaseException | None = None
@@ -278,8 +300,9 @@ class WorkerPool:
             await service.fail(build.id, code="build_error", message=timeout_message,
                                phase=timed_out[0].value, reason="timeout", step_index=timed_out[1])
         elif isinstance(error, BuildFailed):
-            await service.fail(build.id, code=error.code, message=error.message, phase=error.phase.value,
-                               reason=failure_reason(error.phase), step_index=error.step_index, extra=error.details)
+            details = {k: hide(v) if isinstance(v, str) else v for k, v in (error.details or {}).items()}
+            await service.fail(build.id, code=error.code, message=hide(error.message), phase=error.phase.value,
+                               reason=failure_reason(error.phase), step_index=error.step_index, extra=details)
         elif isinstance(error, asyncio.CancelledError) or cancel.is_set():
             # Cancelled through the API (already terminal) or by shutdown: shutdown ends it as interrupted.
             await service.fail(build.id, code="build_error", phase=FailurePhase.INTERRUPTED.value,

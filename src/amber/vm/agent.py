@@ -67,6 +67,8 @@ from amber.vm.protocol import (
     encode_request,
 )
 
+SCRUB_BYTES = 1 << 20  # twice the agent port's receive queue (128 buffers of a 4 KiB page)
+
 __all__ = [  # the client, and the types its methods take and return
     "DEFAULT_WINDOW",
     "STDIN_WINDOW",
@@ -284,6 +286,13 @@ class AgentClient:
     def ping(self, timeout: float = 5.0) -> str:
         """Round trip to the agent; returns its version string ("amber-agent 2")."""
         return self._call(MsgType.PING, [], "ping", timeout).text(Tag.VERSION) or ""
+
+    def scrub_transport(self, timeout: float = 60.0) -> None:
+        """Overwrite the guest kernel's receive buffers of the agent port with zeros: a ping carrying
+        ``SCRUB_BYTES`` of zeros cycles every buffer of the port's queue (128 pages) twice. The guest reuses those
+        buffers without clearing them, so the last requests (exec environments: build-only values) would stay
+        in guest memory, and in a snapshot, until overwritten. The agent zeroes its own copy of every frame."""
+        self._call(MsgType.PING, [encode_field(Tag.DATA, bytes(SCRUB_BYTES))], "scrub", timeout)
 
     def _first_answer(
         self,

@@ -344,10 +344,11 @@ class MicroVM:
     def snapshot(self, out_dir: Path, progress: Progress | None = None) -> TemplateArtifact:
         """Write a template artifact to ``out_dir`` (must not exist) and end this VM.
 
-        Sequence: guest sync → QMP stop → migrate device state (and, for the RAM backend, all memory) to
-        ``state.bin`` with the bandwidth cap lifted and ``x-ignore-shared`` for file-backed memory → quit →
-        the memory file and the disk chain (layers hard-linked when possible, else copied) move into the
-        artifact, with ``machine.json`` and a checksummed ``manifest.json``. On error the VM is closed and
+        Sequence: guest sync → the agent port's receive buffers overwritten (``scrub_transport``) → QMP stop →
+        migrate device state (and, for the RAM backend, all memory) to ``state.bin`` with the bandwidth cap
+        lifted and ``x-ignore-shared`` for file-backed memory → quit → the memory file (zero blocks dug back
+        into holes) and the disk chain (layers hard-linked when possible, else copied) move into the artifact,
+        with ``machine.json`` and a checksummed ``manifest.json``. On error the VM is closed and
         nothing is left at ``out_dir``.
         """
         from amber.vm.artifact import write_artifact
@@ -360,6 +361,7 @@ class MicroVM:
         try:
             try:
                 self.agent.sync()
+                self.agent.scrub_transport()  # no earlier request's bytes left in the guest's port buffers
             except AgentError as e:
                 raise SnapshotError(f"guest sync before snapshot failed: {e}") from None
             state = staging / "state.bin"
