@@ -147,7 +147,7 @@ def occurrences(paths: list[Path], needles: list[bytes]) -> dict[str, int]:
 
 def test_build_only_values_leave_no_trace_in_memory_disk_or_database(sdk: Sdk) -> None:
     token = uuid.uuid4().hex[:12]
-    env_value, secret_value, df_env_value = f"envneedle{token}", f"secretneedle{token}", f"dfenvneedle{token}"
+    env_value, secret_value, df_env_value = f"nativeneedle{token}", f"secretneedle{token}", f"dockerneedle{token}"
     # The step keeps the value in a shell variable, a child process's environment and a pipe, then exits.
     native, _ = build(sdk, {"base_image": sdk.base_image, "build_envs": {"MYENV": env_value}, "steps": [
         {"action": "run", "command": 'v="$MYENV"; x="$v$v$v"; sh -c \'test -n "$MYENV"\' && '
