@@ -278,7 +278,8 @@ def write_artifact(
                   for n in listed},
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    for n in [*listed, "manifest.json"]:  # read-only, private from now on (root still may write, hence the overlay-only discipline)
+    # Read-only and private from now on (root still may write, hence the overlay-only discipline).
+    for n in [*listed, "manifest.json"]:
         with contextlib.suppress(OSError):
             os.chmod(staging / n, 0o400 if n != "memory.bin" else 0o600)
     os.rename(staging, out_dir)

@@ -236,6 +236,12 @@ class MicroVM:
             parts.append(f"guest console (last lines):\n{serial}")
         return "\n".join(parts)
 
+    @property
+    def zeroes_freed_memory(self) -> bool:
+        """Booted with ``zero_freed_memory`` (the guest zeroes freed pages; ``snapshot`` also scrubs the agent
+        port's receive buffers): a VM that carried build-only values."""
+        return "init_on_free=1" in self.description.kernel_cmdline.split()
+
     def alive(self) -> bool:
         return not self._closed and self.process.poll() is None
 
@@ -344,7 +350,8 @@ class MicroVM:
     def snapshot(self, out_dir: Path, progress: Progress | None = None) -> TemplateArtifact:
         """Write a template artifact to ``out_dir`` (must not exist) and end this VM.
 
-        Sequence: guest sync → the agent port's receive buffers overwritten (``scrub_transport``) → QMP stop →
+        Sequence: guest sync → (``zeroes_freed_memory``: the agent port's receive buffers overwritten,
+        ``AgentClient.scrub_transport``) → QMP stop →
         migrate device state (and, for the RAM backend, all memory) to ``state.bin`` with the bandwidth cap
         lifted and ``x-ignore-shared`` for file-backed memory → quit → the memory file (zero blocks dug back
         into holes) and the disk chain (layers hard-linked when possible, else copied) move into the artifact,
@@ -361,7 +368,8 @@ class MicroVM:
         try:
             try:
                 self.agent.sync()
-                self.agent.scrub_transport()  # no earlier request's bytes left in the guest's port buffers
+                if self.zeroes_freed_memory:  # it carried build-only values: none may stay in port buffers
+                    self.agent.scrub_transport()
             except AgentError as e:
                 raise SnapshotError(f"guest sync before snapshot failed: {e}") from None
             state = staging / "state.bin"
