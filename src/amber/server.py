@@ -33,7 +33,9 @@ from amber.builds.logbus import LogBus
 from amber.builds.service import BuildService
 from amber.builds.workers import WorkerPool, load_executor
 from amber.machines.manager import MachineManager
+from amber.machines.pools import PoolController, WarmPools
 from amber.machines.reaper import Reaper
+from amber.machines.snapshots import Snapshots
 from amber.settings import Settings
 from amber.store.database import Database
 from amber.sweep import sweep
@@ -50,7 +52,10 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
     blob_store = BlobStore(settings.blobs_dir)
     service = BuildService(db, settings, LogBus(), blob_store)
     manager = MachineManager(settings, db)
-    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service, machines=manager)
+    pools = PoolController(manager)
+    manager.pools = pools
+    state = AppState(settings=settings, db=db, blobs=blob_store, builds=service, machines=manager,
+                     snapshots=Snapshots(manager), warm_pools=WarmPools(pools))
     count = settings.resolved_workers if workers is None else workers
     lifecycle: list[Part] = [
         lambda: _sweeper(settings),
@@ -58,7 +63,7 @@ def create_server(settings: Settings, *, workers: int | None = None) -> FastAPI:
         lambda: _builtin_templates(db, settings),
         _managed_dockerds,
         lambda: _build_workers(service, settings, count),
-        lambda: _machines(manager),  # after the workers: stops (hibernating its machines) before them
+        lambda: _machines(manager, pools),  # after the workers: stops (hibernating its machines) before them
     ]
 
     @contextlib.asynccontextmanager
@@ -143,14 +148,17 @@ async def _build_workers(service: BuildService, settings: Settings, count: int) 
 
 
 @contextlib.asynccontextmanager
-async def _machines(manager: MachineManager) -> AsyncIterator[None]:
+async def _machines(manager: MachineManager, pools: PoolController) -> AsyncIterator[None]:
     """Machines a dead server ran are marked lost and hibernated ones come back; the reaper enforces time
-    limits; at stop, running machines are hibernated (they resume at the next start)."""
+    limits and the warm-pool controller keeps pools filled; at stop, parked VMs are released and running machines
+    hibernated (they resume at the next start)."""
     await manager.recover()
     reaper = Reaper(manager)
     reaper.start()
+    pools.start()
     try:
         yield
     finally:
+        await pools.stop()
         await reaper.stop()
         await manager.shutdown()

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     machine_restore_slots: int | None = None  # restores at once (CPU-bound); default: one per core
     machine_queue_limit: int = 32  # creates waiting for a restore slot; beyond: 429 with Retry-After
     machine_stop_timeout_secs: float = 60.0  # graceful stop: hibernating running machines may take this long
+    warm_pool_max_parked: int = 8  # parked (ready or warming) VMs of every warm pool together on this host
+    warm_pool_tick_secs: float = 1.0  # the warm-pool controller reconciles every pool this often
     preview_domain: str = "localhost"  # preview URLs are http://{port}-{machine}.{preview_domain}:{port}/
     preview_secret: str | None = Field(default=None, repr=False)  # signs preview and traffic tokens; default:
     # a random key kept in data_dir/preview.key (set it to the same value on every host of a cluster)

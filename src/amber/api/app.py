@@ -19,7 +19,17 @@ from amber.api.deps import AppState
 from amber.api.errors import install_error_handlers
 from amber.api.middleware import RefsRoutingMiddleware, RequestIdMiddleware
 from amber.api.preview import PreviewProxyMiddleware
-from amber.api.routes import blobs, builds, machine_files, machine_ws, machines, templates, unimplemented
+from amber.api.routes import (
+    blobs,
+    builds,
+    machine_files,
+    machine_ws,
+    machines,
+    snapshots,
+    templates,
+    unimplemented,
+    warm_pools,
+)
 from amber.contract.errors import InvalidRef
 from amber.contract.request import CreateTemplateRequest
 from amber.contract.template_refs import parse_ref
@@ -49,6 +59,8 @@ def create_app(state: AppState, *, lifespan: Lifespan | None = None) -> FastAPI:
     app.include_router(machines.router)
     app.include_router(machine_files.router)
     app.include_router(machine_ws.router)
+    app.include_router(snapshots.router)
+    app.include_router(warm_pools.router)
     app.include_router(unimplemented.router)  # last: the families this server does not offer
 
     async def ref_exists(text: str, authorization: str) -> bool:

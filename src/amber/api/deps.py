@@ -12,6 +12,8 @@ from amber.api.ratelimit import RateLimiter, retry_after_header
 from amber.blobs.store import BlobStore
 from amber.builds.service import BuildService
 from amber.machines.manager import MachineManager
+from amber.machines.pools import WarmPools
+from amber.machines.snapshots import Snapshots
 from amber.settings import Settings
 from amber.store import keys
 from amber.store.database import Database
@@ -29,6 +31,8 @@ class AppState:
     blobs: BlobStore
     builds: BuildService
     machines: MachineManager | None = None
+    snapshots: Snapshots | None = None
+    warm_pools: WarmPools | None = None
     _keys: dict[str, tuple[float, Caller]] = field(default_factory=dict)
     limiter: RateLimiter = field(init=False)
 
@@ -83,3 +87,15 @@ async def machine_manager(state: AppState = Depends(app_state)) -> MachineManage
     if state.machines is None:
         raise ApiError(503, "feature_unavailable", "machines are not enabled on this server")
     return state.machines
+
+
+async def machine_snapshots(state: AppState = Depends(app_state)) -> Snapshots:
+    if state.snapshots is None:
+        raise ApiError(503, "feature_unavailable", "machines are not enabled on this server")
+    return state.snapshots
+
+
+async def warm_pools(state: AppState = Depends(app_state)) -> WarmPools:
+    if state.warm_pools is None:
+        raise ApiError(503, "feature_unavailable", "template warm pools are not enabled on this server")
+    return state.warm_pools

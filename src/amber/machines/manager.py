@@ -27,11 +27,11 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from amber.contract.errors import InvalidRef, InvalidRequest
 from amber.contract.machines import (
@@ -73,8 +73,8 @@ from amber.store import machines as records
 from amber.store.database import Database
 from amber.store.errors import NotFound
 from amber.store.keys import Caller
-from amber.store.models import Machine, MachineSnapshot, utcnow
-from amber.vm import AgentError, MachineMismatch, VMError, restore, sweep_stale
+from amber.store.models import Artifact, Machine, MachineSnapshot, utcnow
+from amber.vm import AgentError, MachineMismatch, MicroVM, VMError, restore, sweep_stale
 from amber.vm.process import process_start_time
 
 log = logging.getLogger("amber.machines")
@@ -125,6 +125,14 @@ def owner_alive(owner: str | None) -> bool:
         return False
 
 
+class WarmPoolCheckout(Protocol):
+    """What create needs of the warm-pool controller (``amber.machines.pools``)."""
+
+    async def checkout(self, caller: Caller, pool_id: str | None, mode: str | None, wait_ms: int | None, *,
+                       artifact_id: str, vcpus: int, memory_mb: int, internet: bool
+                       ) -> tuple[MicroVM | None, dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Launch:
     """What a create resolved to."""
@@ -148,9 +156,14 @@ class MachineManager:
         self.tokens = TokenSigner.for_settings(settings)
         self.runtime_artifacts = RuntimeArtifacts(self.data_dir)
         self._live: dict[str, LiveMachine] = {}
+        self.pools: WarmPoolCheckout | None = None  # the warm-pool controller, when the server runs one
         self._creating: dict[str, asyncio.Event] = {}
 
     # ---- lookups ---------------------------------------------------------------------------------------------
+
+    async def get_row(self, caller: Caller, machine_id: str) -> Machine:
+        """The record of ``caller``'s machine (``MachineNotFound`` for anyone else's)."""
+        return await self._row(caller, machine_id)
 
     async def _row(self, caller: Caller, machine_id: str) -> Machine:
         row = await self.db.read(lambda s: records.get_machine(s, caller.namespace_id, machine_id))
@@ -213,35 +226,49 @@ class MachineManager:
     async def create(self, caller: Caller, body: Any, idempotency_key: str | None) -> dict[str, Any]:
         req = parse_model(CreateMachineRequest, body, "CreateMachineRequest")
         check_create(req)
-        if idempotency_key is None:
-            return await self._create(caller, req)
-        if len(idempotency_key) > 255:
-            raise InvalidRequest("Idempotency-Key", "must be at most 255 characters")
-        digest = request_hash(body)
-        existing = await self.db.run(lambda s: records.claim_idempotency_key(
-            s, caller.namespace_id, CREATE, idempotency_key, digest, self.owner))
+        return await self.once(caller, CREATE, idempotency_key, request_hash(body), lambda: self._create(caller, req))
+
+    async def once(self, caller: Caller, operation: str, key: str | None, digest: str,
+                   make: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """``make()`` at most once per (namespace, ``operation``, idempotency ``key``): a retry while it runs is
+        ``TransitionInProgress``, after it gets the same answer; a different request with the key is refused;
+        a failed ``make`` releases the key (a retry starts again). Without a key, just ``make()``."""
+        if key is None:
+            return await make()
+        if not 0 < len(key) <= 255:
+            raise InvalidRequest("Idempotency-Key", "must be 1 to 255 characters")
+        namespace = caller.namespace_id
+        existing = await self.db.run(lambda s: records.claim_idempotency_key(s, namespace, operation, key, digest,
+                                                                              self.owner))
         if existing is not None:
             if existing.request_hash != digest:
-                raise InvalidRequest("Idempotency-Key", "was already used for a different create request")
+                raise InvalidRequest("Idempotency-Key", "was already used for a different request")
             if existing.state == "done" and existing.response_json is not None:
                 replay: dict[str, Any] = json.loads(existing.response_json)
-                token = self.tokens.traffic_token(replay["id"])
-                return {**replay, "traffic_access_token": token}
+                if operation == CREATE:  # never stored: recomputed
+                    replay["traffic_access_token"] = self.tokens.traffic_token(replay["id"])
+                return replay
             if owner_alive(existing.owner):
-                raise TransitionInProgress("a create with this Idempotency-Key is still starting; retry")
-            await self.db.run(lambda s: records.release_idempotency_key(s, caller.namespace_id, CREATE,
-                                                                         idempotency_key))
-            return await self.create(caller, body, idempotency_key)
+                raise TransitionInProgress("a request with this Idempotency-Key is still running; retry")
+            await self.db.run(lambda s: records.release_idempotency_key(s, namespace, operation, key))
+            return await self.once(caller, operation, key, digest, make)
         try:
-            out = await self._create(caller, req)
+            out = await make()
         except BaseException:
-            await asyncio.shield(self.db.run(lambda s: records.release_idempotency_key(
-                s, caller.namespace_id, CREATE, idempotency_key)))
+            await asyncio.shield(self.db.run(lambda s: records.release_idempotency_key(s, namespace, operation,
+                                                                                        key)))
             raise
-        stored = {k: v for k, v in out.items() if k != "traffic_access_token"}  # the token is recomputed
-        await self.db.run(lambda s: records.finish_idempotency_key(s, caller.namespace_id, CREATE, idempotency_key,
-                                                                    201, stored))
+        stored = {k: v for k, v in out.items() if k != "traffic_access_token"}
+        await self.db.run(lambda s: records.finish_idempotency_key(s, namespace, operation, key, 201, stored))
         return out
+
+    async def resolve_artifact(self, caller: Caller, ref_text: str) -> Artifact:
+        """The template artifact ``ref_text`` names for ``caller`` (builtin fallback for bare names)."""
+        launch = await self._resolve_launch(caller, ref_text)
+        artifact = await self.db.read(lambda s: s.get(Artifact, launch.artifact_id))
+        if artifact is None:
+            raise NotFoundProblem(f"template {ref_text!r} not found", code="template_not_found")
+        return artifact
 
     async def _resolve_launch(self, caller: Caller, ref_text: str) -> Launch:
         def resolve(session: Any) -> Launch:
@@ -260,7 +287,7 @@ class MachineManager:
 
     async def _create(self, caller: Caller, req: CreateMachineRequest) -> dict[str, Any]:
         if req.snapshot_id is not None:
-            raise NotImplementedProblem("creating a machine from a snapshot is not available on this server yet")
+            return await self.create_from_snapshot(caller, req)
         if req.desktop is not None:
             raise NotImplementedProblem("desktop machines are not available on this server")
         if req.volumes:
@@ -269,9 +296,6 @@ class MachineManager:
                 req.network.egress is not None and req.network.egress.mode == "custom")):
             raise NotImplementedProblem("custom egress rules are not available on this server "
                                         "(internet_access true or false is)")
-        warm_pool_checkout = None
-        if req.warm_pool is not None:
-            warm_pool_checkout = await self._warm_pool_miss(caller, req)
         launch = await self._resolve_launch(caller, req.template or DEFAULT_TEMPLATE)
         try:
             runtime = await asyncio.to_thread(load_template_runtime, launch.directory)
@@ -281,7 +305,7 @@ class MachineManager:
                               "missing or damaged", code="no_eligible_runtime_host") from None
         vcpus = req.vcpus or runtime.vcpus
         memory_mb = req.memory_mb or runtime.memory_mb
-        self._check_shape(vcpus, memory_mb)
+        self.check_shape(vcpus, memory_mb)
         if req.disk_mb is not None and req.disk_mb > runtime.disk_mb:
             raise InvalidRequest("disk_mb", f"{req.disk_mb} MiB exceeds the template's built-in disk of "
                                             f"{runtime.disk_mb} MiB (rebuild it with build_config.disk_mb ≥ "
@@ -298,23 +322,22 @@ class MachineManager:
             timeout_action=str(timeout_action_of(req)), inactivity_timeout_ms=req.inactivity_timeout_ms,
             auto_delete_after_ms=req.auto_delete_after_ms, ephemeral=req.ephemeral, auto_resume=req.auto_resume,
             storage_dir=str(self.settings.machines_dir / machine_id), owner=self.owner, resume_on_start=False,
-            warm_pool_checkout=warm_pool_checkout, created_at=now,
+            created_at=now,
         )
         self.admission.reserve(machine_id, memory_mb)
+        parked: MicroVM | None = None
+        if req.warm_pool is not None:
+            try:
+                parked, row.warm_pool_checkout = await self._checkout(caller, req, launch, row)
+            except BaseException:
+                self.admission.release(machine_id)
+                raise
         created = asyncio.Event()
         self._creating[machine_id] = created
         try:
             await self.db.run(lambda s: records.add_machine(s, row))
-            live = await self._start(row, runtime, envs=dict(req.envs or {}))
-            started = _now()
-            row.status, row.started_at = MachineStatus.RUNNING, started
-            row.timeout_at = started + timedelta(milliseconds=timeout_ms)
-            row.last_active_at = started
-            self._live[machine_id] = live
-            live.timeout_at = row.timeout_at.timestamp()
-            await self.db.run(lambda s: records.update_machine(
-                s, machine_id, status=row.status, started_at=started, timeout_at=row.timeout_at,
-                last_active_at=started))
+            live = await self._start(row, runtime, envs=dict(req.envs or {}), parked=parked)
+            await self._running(row, live)
         except BaseException as exc:
             await asyncio.shield(self._discard(machine_id))
             if isinstance(exc, MachineMismatch):
@@ -332,36 +355,100 @@ class MachineManager:
                  memory_mb)
         return views.created(row, self.tokens.traffic_token(machine_id))
 
-    def _check_shape(self, vcpus: int, memory_mb: int) -> None:
+    async def create_from_snapshot(self, caller: Caller, req: CreateMachineRequest,
+                                   parent: str | None = None) -> dict[str, Any]:
+        """A new machine restored from the reusable (or fork) snapshot ``req.snapshot_id``: its template, shape,
+        env, files, processes and cwd are the snapshot's; timeouts and metadata are the request's."""
+        snapshot_id = req.snapshot_id or ""
+        kinds = ("reusable", "fork") if parent is not None else ("reusable",)
+        snap = await self.db.read(lambda s: records.get_snapshot(s, caller.namespace_id, snapshot_id))
+        if snap is None or snap.kind not in kinds:
+            raise NotFoundProblem(f"snapshot {snapshot_id!r} not found", code="snapshot_not_found")
+        if req.envs:
+            raise InvalidRequest("envs", "a machine created from a snapshot runs with the snapshot's environment")
+        if req.vcpus not in (None, snap.vcpus) or req.memory_mb not in (None, snap.memory_mb):
+            raise InvalidRequest("vcpus", f"a machine created from a snapshot has the snapshot's shape "
+                                          f"({snap.vcpus} vCPUs, {snap.memory_mb} MiB)")
+        machine_id = new_machine_id()
+        now = _now()
+        timeout_ms = req.timeout_ms or DEFAULT_TIMEOUT_MS
+        row = Machine(
+            id=machine_id, namespace_id=caller.namespace_id, template_ref=snap.template_ref, template_id=None,
+            artifact_id=snap.artifact_id, source_snapshot_id=snap.id, parent_machine_id=parent,
+            status=MachineStatus.CREATING, vcpus=snap.vcpus, memory_mb=snap.memory_mb, disk_mb=snap.disk_mb,
+            internet_access=snap.internet_access and internet_of(req), user_metadata=dict(req.metadata or {}),
+            env_keys=list(snap.env_keys), cwd=normalize_cwd(req.cwd) or snap.cwd, default_user=snap.default_user,
+            default_workdir=snap.default_workdir, timeout_ms=timeout_ms, timeout_action=str(timeout_action_of(req)),
+            inactivity_timeout_ms=req.inactivity_timeout_ms, auto_delete_after_ms=req.auto_delete_after_ms,
+            ephemeral=req.ephemeral, auto_resume=req.auto_resume,
+            storage_dir=str(self.settings.machines_dir / machine_id), owner=self.owner, resume_on_start=False,
+            created_at=now)
+        self.admission.reserve(machine_id, row.memory_mb)
+        created = asyncio.Event()
+        self._creating[machine_id] = created
+        try:
+            await self.db.run(lambda s: records.add_machine(s, row))
+            live = await self.restore_from(row, Path(snap.storage_dir))
+            await self._running(row, live)
+        except BaseException:
+            await asyncio.shield(self._discard(machine_id))
+            raise
+        finally:
+            created.set()
+            self._creating.pop(machine_id, None)
+        log.info("machine %s running (from snapshot %s)", machine_id, snap.id)
+        return views.created(row, self.tokens.traffic_token(machine_id))
+
+    async def _running(self, row: Machine, live: LiveMachine) -> None:
+        """``row``'s VM runs: record it (status, start, deadline) and serve it."""
+        started = _now()
+        row.status, row.started_at = MachineStatus.RUNNING, started
+        row.timeout_at = started + timedelta(milliseconds=row.timeout_ms)
+        row.last_active_at = started
+        live.timeout_at = row.timeout_at.timestamp()
+        self._live[row.id] = live
+        await self.db.run(lambda s: records.update_machine(
+            s, row.id, status=row.status, started_at=started, timeout_at=row.timeout_at, last_active_at=started))
+
+    def check_shape(self, vcpus: int, memory_mb: int, field: str | None = None) -> None:
+        """A shape this host can run (``field`` prefixes the field names in errors)."""
+        prefix = f"{field}." if field else ""
         max_vcpus = max(1, (os.cpu_count() or 1) * 8)
         if vcpus > max_vcpus:
-            raise InvalidRequest("vcpus", f"at most {max_vcpus} on this host")
+            raise InvalidRequest(f"{prefix}vcpus", f"at most {max_vcpus} on this host")
         if memory_mb < 128:
-            raise InvalidRequest("memory_mb", "at least 128 MiB")
+            raise InvalidRequest(f"{prefix}memory_mb", "at least 128 MiB")
         limit = host_memory_mb() // 2
         if memory_mb > limit:
-            raise InvalidRequest("memory_mb", f"at most {limit} MiB on this host (half its memory)")
+            raise InvalidRequest(f"{prefix}memory_mb", f"at most {limit} MiB on this host (half its memory)")
 
-    async def _warm_pool_miss(self, caller: Caller, req: CreateMachineRequest) -> dict[str, Any] | None:
-        """Warm pools are not implemented yet: report how the create went without one."""
+    async def _checkout(self, caller: Caller, req: CreateMachineRequest, launch: Launch, row: Machine
+                        ) -> tuple[MicroVM | None, dict[str, Any]]:
+        """A parked VM from the requested warm pool, or None, with the ``warm_pool_checkout`` report."""
         pool = req.warm_pool
         assert pool is not None
-        mode = str(pool.mode or "prefer")
-        if mode == "bypass":
-            return {"source": "bypassed", "hit": False, "id": pool.id, "mode": mode}
-        if mode == "require":
-            raise Unavailable(f"warm pool {pool.id!r} has no ready machine", code="warm_pool_unavailable")
-        return {"source": "cold_create", "hit": False, "id": pool.id, "mode": mode}
+        if self.pools is None:
+            raise Unavailable("warm pools are not enabled on this server", code="feature_unavailable")
+        vm, outcome = await self.pools.checkout(
+            caller, pool.id, pool.mode, pool.wait_ms, artifact_id=launch.artifact_id or "", vcpus=row.vcpus,
+            memory_mb=row.memory_mb, internet=row.internet_access)
+        return vm, {k: v for k, v in outcome.items() if v is not None}
 
-    async def _start(self, row: Machine, runtime: TemplateRuntime, *, envs: dict[str, str]) -> LiveMachine:
-        """Restore the VM for ``row`` (in a restore slot) and give its agent the env. Raises on failure with
-        nothing left running."""
+    async def restore_template(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int, *,
+                               internet: bool) -> MicroVM:
+        """A fresh VM of the template at this shape (its runtime artifact when the shape is not the template's),
+        restored in a restore slot, with no env given yet."""
         async with self.admission.restore_slot():
             directory = runtime.artifact.directory
-            if (row.vcpus, row.memory_mb) != (runtime.vcpus, runtime.memory_mb):
-                directory = await self.runtime_artifacts.get(runtime, row.vcpus, row.memory_mb,
-                                                             internet=row.internet_access)
-            vm = await asyncio.to_thread(restore, directory, data_dir=self.data_dir, internet=row.internet_access)
+            if (vcpus, memory_mb) != (runtime.vcpus, runtime.memory_mb):
+                directory = await self.runtime_artifacts.get(runtime, vcpus, memory_mb, internet=internet)
+            return await asyncio.to_thread(restore, directory, data_dir=self.data_dir, internet=internet)
+
+    async def _start(self, row: Machine, runtime: TemplateRuntime, *, envs: dict[str, str],
+                     parked: MicroVM | None = None) -> LiveMachine:
+        """The VM for ``row`` (``parked`` from a warm pool, else restored now) with the env given to its agent.
+        Raises on failure with nothing left running."""
+        vm = parked or await self.restore_template(runtime, row.vcpus, row.memory_mb, internet=row.internet_access)
         try:
             env = {**runtime.env, **envs}
             if env:
@@ -427,6 +514,7 @@ class MachineManager:
         self.admission.release(machine_id)
         pause = await self.db.run(lambda s: self._tombstone(s, machine_id, reason, error))
         await asyncio.to_thread(shutil.rmtree, self.settings.machines_dir / machine_id, True)
+        await self.collect_snapshots()
         if pause:
             log.info("machine %s destroyed (%s); its hibernation snapshot removed", machine_id, reason)
         else:
@@ -443,6 +531,20 @@ class MachineManager:
         if pause:
             records.forget_snapshot(session, pause)
         return pause is not None
+
+    async def collect_snapshots(self) -> None:
+        """Remove the storage of deleted snapshots and of fork snapshots whose child is gone, once no machine
+        restored from them remains (their layers live on in whatever else links them)."""
+
+        def due(session: Any) -> list[MachineSnapshot]:
+            gone = [snap for snap in records.snapshots_to_collect(session)
+                    if not records.machines_using_snapshot(session, snap.id)]
+            for snap in gone:
+                records.forget_snapshot(session, snap.id)
+            return gone
+
+        for snap in await self.db.run(due):
+            await asyncio.to_thread(shutil.rmtree, snap.storage_dir, True)
 
     # ---- time ------------------------------------------------------------------------------------------------
 
@@ -583,33 +685,12 @@ class MachineManager:
             snap = await self.db.read(lambda s: records.snapshot_by_id(s, row.pause_snapshot_id or ""))
             if snap is None:
                 raise ConflictProblem(f"machine {machine_id} has no hibernation snapshot", code="incompatible_snapshot")
-            directory = Path(snap.storage_dir)
-            try:
-                state = json.loads(await asyncio.to_thread((directory / PROCESSES_FILE).read_text))
-            except (OSError, ValueError):
-                state = {"next_request_id": None, "processes": []}
-            table = ProcessTable.from_json(state.get("processes", []))
             self.admission.reserve(machine_id, row.memory_mb)
             try:
-                running = table.running()
-                async with self.admission.restore_slot():
-                    vm = await asyncio.to_thread(
-                        restore, directory, data_dir=self.data_dir, internet=row.internet_access,
-                        first_request_id=state.get("next_request_id"), attach=[p.request_id for p in running])
-            except BaseException as exc:
+                live = await self.restore_from(row, Path(snap.storage_dir))
+            except BaseException:
                 self.admission.release(machine_id)
-                if isinstance(exc, MachineMismatch):
-                    raise ConflictProblem(f"machine {machine_id} was hibernated on another QEMU or accelerator",
-                                          code="incompatible_snapshot") from None
-                if isinstance(exc, VMError):
-                    raise ConflictProblem(f"machine {machine_id} could not be resumed: {str(exc).splitlines()[0]}",
-                                          code="incompatible_snapshot") from None
                 raise
-            live = LiveMachine(id=machine_id, namespace_id=row.namespace_id, vm=vm, user=row.default_user,
-                               workdir=row.default_workdir, cwd=row.cwd, memory_mb=row.memory_mb,
-                               inactivity_timeout_ms=row.inactivity_timeout_ms, processes=table)
-            for process in running:
-                await self._reattach(live, process)
             now = _now()
             timeout_at = now + timedelta(milliseconds=row.timeout_ms)
             live.timeout_at = timeout_at.timestamp()
@@ -629,6 +710,34 @@ class MachineManager:
         finally:
             event.set()
             self._creating.pop(machine_id, None)
+
+    async def restore_from(self, row: Machine, directory: Path) -> LiveMachine:
+        """A VM for ``row`` restored from a machine snapshot directory (hibernation, reusable snapshot, fork), in a
+        restore slot, its background processes re-attached to their records (``processes.json``). The caller
+        has reserved admission; on failure nothing is left running (``incompatible_snapshot``)."""
+        try:
+            state = json.loads(await asyncio.to_thread((directory / PROCESSES_FILE).read_text))
+        except (OSError, ValueError):
+            state = {"next_request_id": None, "processes": []}
+        table = ProcessTable.from_json(state.get("processes", []))
+        running = table.running()
+        try:
+            async with self.admission.restore_slot():
+                vm = await asyncio.to_thread(
+                    restore, directory, data_dir=self.data_dir, internet=row.internet_access,
+                    first_request_id=state.get("next_request_id"), attach=[p.request_id for p in running])
+        except MachineMismatch:
+            raise ConflictProblem(f"the snapshot of machine {row.id} was taken on another QEMU or accelerator",
+                                  code="incompatible_snapshot") from None
+        except VMError as exc:
+            raise ConflictProblem(f"machine {row.id} could not be restored: {str(exc).splitlines()[0]}",
+                                  code="incompatible_snapshot") from None
+        live = LiveMachine(id=row.id, namespace_id=row.namespace_id, vm=vm, user=row.default_user,
+                           workdir=row.default_workdir, cwd=row.cwd, memory_mb=row.memory_mb,
+                           inactivity_timeout_ms=row.inactivity_timeout_ms, processes=table)
+        for process in running:
+            await self._reattach(live, process)
+        return live
 
     async def _reattach(self, live: LiveMachine, process: Process) -> None:
         """Route a background command that ran when the machine was hibernated to its process record again."""

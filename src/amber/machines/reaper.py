@@ -97,3 +97,4 @@ class Reaper:
 
         for machine_id in await self.manager.db.run(due):
             self._spawn(machine_id, lambda m=machine_id: self.manager.auto_delete(m))
+        await self.manager.collect_snapshots()

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -134,8 +134,15 @@ def machines_using_snapshot(session: Session, snapshot_id: str) -> list[str]:
                                                          Machine.status != "destroyed")))
 
 
-def deleted_snapshots(session: Session) -> list[MachineSnapshot]:
-    return list(session.scalars(select(MachineSnapshot).where(MachineSnapshot.deleted_at.is_not(None))))
+FORK_GRACE = timedelta(minutes=2)  # a fork snapshot exists briefly before its child's row does
+
+
+def snapshots_to_collect(session: Session) -> list[MachineSnapshot]:
+    """Deleted snapshots, and fork snapshots past their grace: candidates whose storage goes once no machine
+    uses them."""
+    return list(session.scalars(select(MachineSnapshot).where(or_(
+        MachineSnapshot.deleted_at.is_not(None),
+        and_(MachineSnapshot.kind == "fork", MachineSnapshot.created_at < utcnow() - FORK_GRACE)))))
 
 
 def forget_snapshot(session: Session, snapshot_id: str) -> None:

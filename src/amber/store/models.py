@@ -343,3 +343,54 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WarmPool(Base):
+    """A template warm pool (``twp_…``): the desired inventory of parked machines of one template; the parked
+    VMs themselves live in the memory of the server whose controller holds the pool's lease. Counters of what
+    happened to its VMs (claimed, failed, expired) are kept here; what is ready or warming is counted live."""
+
+    __tablename__ = "warm_pools"
+    __table_args__ = (Index("ix_warm_pools_namespace", "namespace_id", "state"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    namespace_id: Mapped[str] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    template_ref: Mapped[str] = mapped_column(Text)
+    resolved_template: Mapped[str | None] = mapped_column(String(40), nullable=True)  # artifact id (tmpl_…)
+    resolved_template_build_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    runtime_artifact_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    previous_resolved_template: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    previous_resolved_template_build_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    previous_runtime_artifact_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    min_ready: Mapped[int] = mapped_column(Integer)
+    max_ready: Mapped[int] = mapped_column(Integer)
+    idle_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    stale_after_seconds: Mapped[int] = mapped_column(Integer)
+    checkout_policy: Mapped[str] = mapped_column(String(16))
+    version_policy: Mapped[str] = mapped_column(String(16))
+    track_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rollout_generation: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(16))  # PoolState
+    degraded_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pool_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    claimed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    expired: Mapped[int] = mapped_column(Integer, default=0)
+    # What the lease holder saw at its last reconcile (so every server answers with the same counts).
+    ready_count: Mapped[int] = mapped_column(Integer, default=0)
+    warming_count: Mapped[int] = mapped_column(Integer, default=0)
+    draining_count: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    enabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    drain_requested_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_reconciled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -27,7 +27,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,10 @@ class TemplateArtifact:
     @property
     def memory(self) -> Path | None:
         return self.directory / "memory.bin" if self.description.memory_backend == MemoryBackend.FILE else None
+
+    def checksums(self) -> dict[Path, str]:
+        """sha256 of every file of the artifact by path (as recorded in its manifest)."""
+        return {self.directory / name: f.sha256 for name, f in self.files.items()}
 
     def size_bytes(self) -> dict[str, int]:
         """Apparent and allocated bytes of the whole artifact, and of state and memory files."""
@@ -243,32 +247,39 @@ def write_artifact(
     files: MachineFiles,
     chain: DiskChain,
     overlay: Path,
-    run_dir: Path,
+    run_dir: Path | None,
     snapshot_seconds: float,
     progress: Progress | None = None,
+    known_sha256: Mapping[Path, str] | None = None,
 ) -> TemplateArtifact:
-    """Assemble a stopped VM's files in ``staging`` (which already holds state.bin), then rename it to
-    ``out_dir``. Files from the run directory are moved; everything else is hard-linked or copied."""
+    """Assemble a VM's files in ``staging`` (which already holds state.bin), then rename it to ``out_dir``.
+    Files from ``run_dir`` are moved (a VM that keeps running passes None: nothing is moved); everything else is
+    hard-linked or copied. ``known_sha256`` = checksums of source files already known (the layers and memory of
+    the artifact a VM was restored from: never written since), which are not read again."""
     _place(files.kernel, staging / "vmlinux", move=False)
     _place(files.initramfs, staging / "initramfs.cpio.gz", move=False)
     (staging / "disk").mkdir()
     disk: list[dict[str, str]] = []
     layers = [*chain.layers, DiskLayer(overlay, DiskFormat.QCOW2)]
+    # The kernel and initramfs were checksummed when `amber setup-guest` built them (and are replaced, never
+    # rewritten, so a hard link keeps that content).
+    known = {"vmlinux": description.kernel_sha256, "initramfs.cpio.gz": description.initramfs_sha256}
     for i, layer in enumerate(layers):
         name = f"disk/{i:02d}-{layer.path.name}"
+        if known_sha256 and layer.path in known_sha256:
+            known[name] = known_sha256[layer.path]
         _place(layer.path, staging / name, move=layer.path.parent == run_dir)
         disk.append({"path": name, "format": str(layer.format)})
     if files.memory_file is not None:
-        if files.memory_file.parent == run_dir:
+        if run_dir is not None and files.memory_file.parent == run_dir:
             dig_holes(files.memory_file)
+        if known_sha256 and files.memory_file in known_sha256 and not files.share_memory:
+            known["memory.bin"] = known_sha256[files.memory_file]
         _place(files.memory_file, staging / "memory.bin", move=files.memory_file.parent == run_dir)
     (staging / "machine.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
     if progress:
         progress("checksumming the artifact")
     listed = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-    # The kernel and initramfs were checksummed when `amber setup-guest` built them (and are replaced, never
-    # rewritten, so a hard link keeps that content).
-    known = {"vmlinux": description.kernel_sha256, "initramfs.cpio.gz": description.initramfs_sha256}
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "created": time.time(),
@@ -348,6 +359,7 @@ def restore(
         files = MachineFiles(kernel=art.kernel, initramfs=art.initramfs, chain=art.chain, overlay=top,
                              memory_file=art.memory, share_memory=False, incoming=True)
         vm = MicroVM.start(run_dir, saved, files, internet=internet)
+        vm.known_sha256.update(art.checksums())
         try:
             if saved.memory_backend == MemoryBackend.FILE:
                 vm.qmp.execute("migrate-set-capabilities",

@@ -166,6 +166,7 @@ class MicroVM:
         self._closed = False
         self._lock = threading.Lock()
         self.boot_seconds = 0.0
+        self.known_sha256: dict[Path, str] = {}  # checksums of chain and memory files known without reading them
 
     # ---- life cycle ----
 
@@ -386,12 +387,79 @@ class MicroVM:
             artifact = write_artifact(
                 staging, out_dir, description=self.description, files=self.files, chain=self.chain,
                 overlay=self.overlay, run_dir=self.run_dir, snapshot_seconds=snapshot_seconds, progress=progress,
+                known_sha256=self.known_sha256,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             self.close()
             raise
         self.close()
+        return artifact
+
+    def live_snapshot(self, out_dir: Path, next_overlay: Path) -> TemplateArtifact:
+        """Write a template artifact of this VM as it is now to ``out_dir`` (must not exist); the VM keeps running.
+
+        Only for VMs with private memory (restores): a shared memory file keeps changing under a snapshot.
+        Sequence: guest sync → (agent quiesced) QMP stop → a fresh overlay at ``next_overlay`` goes on top of the
+        disk (``blockdev-snapshot``), freezing the previous overlay at this instant → migrate device state and guest
+        memory (all of it: it is private) to ``state.bin`` → ``cont``. The guest is paused only for the migration
+        (``artifact.snapshot_seconds``). Afterwards the VM writes to ``next_overlay``; the frozen overlay is
+        hard-linked into the artifact and stays a read-only layer of this VM's chain. On failure the VM runs on
+        (``cont``) when it still can, nothing is left at ``out_dir`` and ``next_overlay`` is removed.
+        """
+        from amber.vm.artifact import write_artifact
+
+        if self.files.share_memory:
+            raise SnapshotError("a live snapshot needs private guest memory (a restored VM)")
+        out_dir, next_overlay = out_dir.resolve(), next_overlay.resolve()
+        if out_dir.exists() or next_overlay.exists():
+            raise SnapshotError(f"live snapshot target {out_dir} or overlay {next_overlay} already exists")
+        staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{self.run_dir.name}")
+        staging.mkdir(parents=True)
+        with self._lock:
+            try:
+                create_overlay(self.overlay, DiskFormat.QCOW2, next_overlay, virtual_size(self.chain.top))
+                try:
+                    self.agent.sync()
+                except AgentError as e:
+                    raise SnapshotError(f"guest sync before snapshot failed: {e}") from None
+                node = f"top{self._checkpoints + 1}"
+                qmp = self.qmp
+                with self.agent.quiesce():
+                    started = time.monotonic()
+                    try:
+                        qmp.execute("stop")
+                        qmp.execute("blockdev-add", driver="qcow2", **{"node-name": node},
+                                    file={"driver": "file", "filename": str(next_overlay)}, backing=None)
+                        qmp.execute("blockdev-snapshot", node=self._top_node, overlay=node)
+                        frozen, chain = self.overlay, self.chain
+                        self._checkpoints += 1
+                        self._top_node = node
+                        self.chain = self.chain.plus(frozen)
+                        self.overlay = next_overlay
+                        qmp.execute("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
+                        qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(staging / 'state.bin'))}")
+                        wait_migration(qmp, "live snapshot", 600)
+                    except QMPError as e:
+                        raise SnapshotError(self._failure(f"live snapshot failed: {e}")) from None
+                    finally:
+                        with contextlib.suppress(QMPError, VMError):
+                            qmp.execute("cont")
+                    paused = time.monotonic() - started
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                if self.overlay != next_overlay:
+                    next_overlay.unlink(missing_ok=True)
+                raise
+        try:
+            artifact = write_artifact(
+                staging, out_dir, description=self.description, files=self.files, chain=chain, overlay=frozen,
+                run_dir=None, snapshot_seconds=paused, known_sha256=self.known_sha256)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        top = artifact.chain.top.path.relative_to(artifact.directory).as_posix()
+        self.known_sha256[frozen] = artifact.files[top].sha256  # the frozen overlay stays a layer of this VM
         return artifact
 
     def _migrate_to(self, state: Path) -> None:
