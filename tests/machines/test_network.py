@@ -1,0 +1,66 @@
+"""From inside a machine: the Amber API, a listener on the host's loopback and addresses, and other machines
+are unreachable; the outside world is reachable with internet and nothing at all without it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nullspace import Machine
+
+from tests.machines.conftest import Machines, run
+from tests.support.network import HostListener, OutsideWorld, host_addresses, outside_world
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def host_listener() -> Iterator[HostListener]:
+    with HostListener() as listener:
+        yield listener
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
+    with outside_world(tmp_path) as world:
+        yield world
+
+
+def tcp(machine: Machine, address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    said = run(machine, f"timeout 5 wget -qO- http://{host}:{port}/ 2>&1; echo status=$?", shell=True).stdout
+    return said.strip()
+
+
+def targets() -> list[str]:
+    return ["10.0.2.2", *(a for a in host_addresses() if a not in ("127.0.0.1", "::1"))]
+
+
+def test_a_machine_reaches_neither_the_host_nor_amber_nor_other_machines(
+    machines: Machines, host_listener: HostListener, outside: OutsideWorld
+) -> None:
+    api_port = machines.server.port
+    with Machine.create(template=machines.template, **machines.acme) as machine, \
+            Machine.create(template=machines.template, **machines.acme) as neighbour:
+        run(neighbour, "nc -lk -p 9090 -e echo neighbour > /dev/null 2>&1 &", shell=True)
+        assert "outside-world" in tcp(machine, outside.address, outside.port)  # the positive control
+        for address in targets():
+            for port in (api_port, host_listener.port, 9090):
+                said = tcp(machine, address, port)
+                assert "status=0" not in said and "neighbour" not in said, (address, port, said)
+        assert host_listener.connections == []
+        # The neighbour's own port answers inside the neighbour only.
+        assert "status=0" in tcp(neighbour, "127.0.0.1", 8080)
+
+
+def test_without_internet_access_no_packet_leaves(machines: Machines, host_listener: HostListener,
+                                                  outside: OutsideWorld) -> None:
+    with Machine.create(template=machines.template, internet_access=False, **machines.acme) as machine:
+        said = tcp(machine, outside.address, outside.port)
+        assert "outside-world" not in said and "status=0" not in said, said
+        for address in targets():
+            assert "status=0" not in tcp(machine, address, host_listener.port)
+        assert "status=0" in tcp(machine, "127.0.0.1", 8080), "the machine's own service still answers"
+    assert outside.wait_events(1, timeout=1.0) == []
+    assert host_listener.connections == []
