@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -248,3 +249,24 @@ def test_a_shape_other_than_the_templates_runs_at_that_shape(machines: Machines)
                                     "wget -qO- http://127.0.0.1:8081/ >/dev/null; echo $?", shell=True).exit_code == 0
     with Machine.create(template=f"{name}:stable", vcpus=1, memory_mb=512, **machines.acme) as same:
         assert run(same, "nproc").stdout.strip() == "1"
+
+
+def test_env_values_never_reach_a_record_a_log_or_an_answer(machines: Machines) -> None:
+    secret = "s3cret-" + uuid.uuid4().hex
+    machine = Machine.create(template=machines.template, envs={"API_TOKEN": secret}, **machines.acme)
+    try:
+        assert f"API_TOKEN={secret}" in run(machine, "env").stdout  # the guest has it
+        answers = [httpx.get(f"{machines.server.url}/v1/machines/{machine.id}",
+                             headers={"Authorization": f"Bearer {machines.acme_key}"}).text,
+                   httpx.get(f"{machines.server.url}/v1/machines",
+                             headers={"Authorization": f"Bearer {machines.acme_key}"}).text]
+        machine.hibernate()
+        resumed = Machine.connect(machine.id, **machines.acme)
+        assert f"API_TOKEN={secret}" in run(resumed, "env").stdout  # kept in the guest's memory image
+    finally:
+        Machine.kill_by_id(machine.id, **machines.acme)
+    for text in answers:
+        assert secret not in text
+    assert secret not in (machines.server.data_dir / "server.log").read_text(errors="replace")
+    database = (machines.server.data_dir / "amber.db").read_bytes()
+    assert secret.encode() not in database
