@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     machine_stop_timeout_secs: float = 60.0  # graceful stop: hibernating running machines may take this long
     warm_pool_max_parked: int = 8  # parked (ready or warming) VMs of every warm pool together on this host
     warm_pool_tick_secs: float = 1.0  # the warm-pool controller reconciles every pool this often
+    preview_connect_wait_secs: float = 5.0  # a preview request waits this long for its port to start listening
     preview_domain: str = "localhost"  # preview URLs are http://{port}-{machine}.{preview_domain}:{port}/
     preview_secret: str | None = Field(default=None, repr=False)  # signs preview and traffic tokens; default:
     # a random key kept in data_dir/preview.key (set it to the same value on every host of a cluster)

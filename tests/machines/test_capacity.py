@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from nullspace import Machine
+from nullspace.errors import NotImplementedError as SdkNotImplementedError
 from nullspace.errors import QuotaExceededError
 
 from tests.machines.conftest import Machines
@@ -55,7 +56,7 @@ def test_the_machine_cap_and_the_start_queue(machines: Machines) -> None:
 
 def test_families_this_server_does_not_offer_are_501(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(SdkNotImplementedError):
             machine.get_metrics()
         headers = {"Authorization": f"Bearer {machines.acme_key}"}
         with httpx.Client(base_url=machines.server.url, timeout=60, headers=headers) as http:

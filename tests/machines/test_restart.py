@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nullspace import Machine, Template, wait_for_port
+from nullspace import Machine, Template, TemplateWarmPool, wait_for_port
 
 from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
 from tests.machines.conftest import details, info_of, start
@@ -101,3 +101,30 @@ def test_sigterm_hibernates_running_machines_and_they_come_back(server: tuple[Am
     assert again.files.read("/tmp/across-restart.txt") == "survived"
     assert any(p.pid == counter.pid and p.running for p in again.commands.list())
     again.kill()
+
+
+def test_warm_pools_refill_after_a_crash_and_leave_no_parked_vm(server: tuple[AmberServer, str, str]) -> None:
+    amber, key, template = server
+    conn: Conn = {"api_key": key, "base_url": amber.url}
+    pool = TemplateWarmPool.create(template, name="restart", min_ready=2, max_ready=2, **conn)
+    try:
+        pool.wait_until_ready(timeout_secs=180)
+        assert len(qemu_pids_of(amber.data_dir)) == 2
+        amber.kill()
+        deadline = time.monotonic() + 15
+        while qemu_pids_of(amber.data_dir):
+            assert time.monotonic() < deadline, "parked VMs survived the server's SIGKILL"
+            time.sleep(0.1)
+        amber.start()
+        again = TemplateWarmPool.get(pool.id, **conn)
+        again.wait_until_ready(timeout_secs=180)
+        assert len(qemu_pids_of(amber.data_dir)) == 2
+        with Machine.create(template=template, warm_pool=pool.id, warm_pool_mode="require",
+                            warm_pool_wait_ms=30_000, **conn) as machine:
+            assert machine.get_info().status.value == "running"  # type: ignore[union-attr]
+    finally:
+        TemplateWarmPool.get(pool.id, **conn).delete()
+    deadline = time.monotonic() + 30
+    while qemu_pids_of(amber.data_dir):
+        assert time.monotonic() < deadline, "a deleted pool kept parked VMs"
+        time.sleep(0.2)

@@ -3,7 +3,8 @@
 ``http://{port}-{machine_id}.{preview_domain}:{server_port}/…`` reaches ``port`` on the guest's loopback through
 the guest agent's relay (no host port, no port forwarding; the guest network stays isolated). HTTP requests are
 proxied one relay per request (``Connection: close`` to the guest; the response is parsed with h11 and streamed
-back); WebSocket upgrades are proxied message by message.
+back); WebSocket upgrades are proxied message by message. While nothing listens on the port yet, a request waits
+up to ``AMBER_PREVIEW_CONNECT_WAIT_SECS`` (5 s) for it, then answers 502 naming the port.
 
 Who gets through: a request carrying the machine's traffic access token or a preview token for that port
 (``nullspace_token`` query parameter — answered with a redirect that moves it into a host-only cookie, so the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -153,10 +155,11 @@ class PreviewProxyMiddleware:
         except MachineProblem as exc:
             await self._refuse(scope, send, exc.status, exc.message)
             return
+        wait = manager.settings.preview_connect_wait_secs
         if scope["type"] == "websocket":
-            await _proxy_websocket(live, port, scope, receive, send)
+            await _proxy_websocket(live, port, scope, receive, send, wait)
         else:
-            await _proxy_http(live, port, scope, receive, send)
+            await _proxy_http(live, port, scope, receive, send, wait)
 
     async def _allowed(self, manager: MachineManager, headers: dict[bytes, bytes], from_query: str | None,
                        machine_id: str, port: int) -> bool | None:
@@ -223,18 +226,27 @@ def _request_head(scope: Scope, headers: dict[bytes, bytes], port: int) -> bytes
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-async def _open_relay(live: LiveMachine, port: int) -> AsyncJob | str:
-    try:
-        return await AsyncJob.relay(live.agent, port)
-    except AgentError:
-        return f"nothing accepts connections on port {port} in machine {live.id}"
-    except VMError:
-        return f"machine {live.id} is not answering"
+async def _open_relay(live: LiveMachine, port: int, wait_secs: float) -> AsyncJob | str:
+    """A relay to ``port``; while nothing listens there yet, retried for up to ``wait_secs`` (a service started a
+    moment ago, as a URL printed right after ``commands.run(…, background=True)`` is opened, gets that long)."""
+    deadline = time.monotonic() + wait_secs
+    delay = 0.05
+    while True:
+        try:
+            return await AsyncJob.relay(live.agent, port)
+        except AgentError:
+            if time.monotonic() + delay > deadline:
+                return f"nothing accepts connections on port {port} in machine {live.id}"
+        except VMError:
+            return f"machine {live.id} is not answering"
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
-async def _proxy_http(live: LiveMachine, port: int, scope: Scope, receive: Receive, send: Send) -> None:
+async def _proxy_http(live: LiveMachine, port: int, scope: Scope, receive: Receive, send: Send,
+                      wait_secs: float) -> None:
     live.touch()
-    relay = await _open_relay(live, port)
+    relay = await _open_relay(live, port, wait_secs)
     if isinstance(relay, str):
         await _plain(send, 502, relay + "\n")
         return
@@ -298,14 +310,15 @@ async def _proxy_http(live: LiveMachine, port: int, scope: Scope, receive: Recei
             relay.close_stdin()
 
 
-async def _proxy_websocket(live: LiveMachine, port: int, scope: Scope, receive: Receive, send: Send) -> None:
+async def _proxy_websocket(live: LiveMachine, port: int, scope: Scope, receive: Receive, send: Send,
+                           wait_secs: float) -> None:
     """A WebSocket to the guest port, message by message (the handshake with the guest is done here)."""
     from websockets.client import ClientProtocol
     from websockets.frames import Frame, Opcode
     from websockets.uri import parse_uri
 
     live.touch()
-    relay = await _open_relay(live, port)
+    relay = await _open_relay(live, port, wait_secs)
     if isinstance(relay, str):
         await PreviewProxyMiddleware._refuse(scope, send, 502, relay)
         return

@@ -9,7 +9,8 @@ Controller (one per server; a pool is warmed by the server holding its lease, ``
 1. Resolve the pool's artifact: ``pinned_build`` keeps the artifact resolved at create; ``track_tag`` re-resolves
    ``template_ref`` and, when its tag moved, rolls out: ``rollout_generation`` + 1, the previous identity kept in
    ``previous_*``, the old generation's parked VMs released.
-2. Recycle: a parked VM older than ``min(idle_timeout_seconds, stale_after_seconds)`` is released (``expired``).
+2. Recycle: a parked VM older than ``min(idle_timeout_seconds, stale_after_seconds)`` is released (``expired``);
+   beyond ``max_ready`` (after a scale-down) the oldest are released.
 3. ``enabled``: start restores until ``ready + warming ≥ min_ready``, never beyond ``max_ready`` nor the host-wide
    ``warm_pool_max_parked`` (``degraded_reason: quota_exceeded`` when the host cap holds it back).
    ``disabled``: no refill; parked VMs stay until stale. ``draining``: every parked VM is released, then the pool
@@ -183,6 +184,8 @@ class PoolController:
                 await self._release(pool.id, parked, count_as=None)
             elif now - parked.parked_at > limit:
                 await self._release(pool.id, parked, count_as="expired")
+        while len(inventory.ready) + inventory.warming > pool.max_ready and inventory.ready:  # scaled down
+            await self._release(pool.id, inventory.ready[0], count_as=None)
         degraded: str | None = None
         if pool.state == PoolState.DRAINING:
             await self._release_all(pool.id, count_as=None)
