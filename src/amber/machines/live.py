@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from amber.machines.processes import Process, ProcessTable, exit_code_of
 from amber.vm import AgentClient, Job, MicroVM
@@ -50,6 +51,12 @@ class LiveMachine:
     def command_cwd(self, requested: str | None) -> str:
         """exec ``cwd`` > machine ``cwd`` > template workdir > ``/``."""
         return requested or self.cwd or self.workdir or "/"
+
+    def process_state(self) -> dict[str, Any]:
+        """What a snapshot keeps of the process table (``processes.json``), taken while the guest is stopped:
+        the agent connection is drained first, so the logs hold exactly what the guest sent before the pause."""
+        self.vm.agent.wait_drained()
+        return {"next_request_id": self.vm.agent.next_request_id, "processes": self.processes.to_json()}
 
     def job_callbacks(self, process: Process) -> JobCallbacks:
         """Callbacks that feed a job's life into ``process``: registered in the table once it runs, output into

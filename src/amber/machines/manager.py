@@ -618,10 +618,11 @@ class MachineManager:
             storage = Path(row.storage_dir)
             target = storage / f"hibernate-{os.urandom(4).hex()}"
             previous = sorted(storage.glob("hibernate-*")) if storage.is_dir() else []
-            next_request_id = live.agent.next_request_id
+            state: dict[str, Any] = {}
             try:
                 await asyncio.to_thread(storage.mkdir, parents=True, exist_ok=True)
-                artifact = await asyncio.to_thread(live.vm.snapshot, target)
+                artifact = await asyncio.to_thread(live.vm.snapshot, target, None,
+                                                   lambda: state.update(live.process_state()))
             except BaseException as exc:
                 live.stopping = False
                 if not live.vm.alive():  # the VM is gone with the failed snapshot: the machine is lost
@@ -634,7 +635,6 @@ class MachineManager:
                 raise
             self._live.pop(machine_id, None)
             self.admission.release(machine_id)
-            state = {"next_request_id": next_request_id, "processes": live.processes.to_json()}
             await asyncio.to_thread((target / PROCESSES_FILE).write_text, json.dumps(state))
             for old in previous:  # its layers are hard-linked into the new one
                 await asyncio.to_thread(shutil.rmtree, old, True)

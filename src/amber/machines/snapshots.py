@@ -61,11 +61,12 @@ class Snapshots:
         async with live.transition:
             if live.stopping or self.manager.live_machine(machine_id) is not live:
                 raise NotReady(f"machine {machine_id} is no longer running")
-            state = {"next_request_id": live.agent.next_request_id, "processes": live.processes.to_json()}
+            state: dict[str, Any] = {}
             next_overlay = live.vm.run_dir / f"overlay-{snapshot_id}.qcow2"
             await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
             try:
-                artifact = await asyncio.to_thread(live.vm.live_snapshot, target, next_overlay)
+                artifact = await asyncio.to_thread(live.vm.live_snapshot, target, next_overlay,
+                                                   lambda: state.update(live.process_state()))
             except VMError as exc:
                 raise ConflictProblem(f"the snapshot of {machine_id} failed: {str(exc).splitlines()[0]}") from None
             await asyncio.to_thread((target / PROCESSES_FILE).write_text, json.dumps(state))

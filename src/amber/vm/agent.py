@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_codes
+import fcntl
 import os
 import posixpath
 import queue
 import secrets
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -133,6 +136,8 @@ class AgentClient:
         self._closed = False
         self.error: str | None = None
         self.dropped_bytes = 0  # output of jobs with no route (see the reader), for diagnostics
+        self._received = 0  # reads from the socket so far, and how many of them were handed over (wait_drained)
+        self._handled = 0
         self._decoder = FrameDecoder(resync=True)
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._outbox_lock = threading.Lock()
@@ -216,6 +221,7 @@ class AgentClient:
                 if not n:
                     self.error = "the VM closed the agent connection"
                     break
+                self._received += 1
                 for frame in self._decoder.feed(view[:n]):
                     with self._routes_lock:
                         route = self._routes.get(frame.id)
@@ -227,6 +233,7 @@ class AgentClient:
                         self.dropped_bytes += len(frame.payload)
                         ack = [encode_field(Tag.LENGTH, len(frame.payload))]
                         self._post(encode_request(MsgType.ACK, frame.id, ack))
+                self._handled = self._received
         except ProtocolError as e:
             self.error = f"agent protocol error: {e}"
         except OSError as e:
@@ -276,6 +283,22 @@ class AgentClient:
             self._outbox.put(None)
         if threading.current_thread() is not self._reader:
             self._reader.join(timeout=5)
+
+    def wait_drained(self, timeout: float = 2.0) -> bool:
+        """Wait until every byte the VM wrote to the connection so far has been read and handed to its job or
+        request (for a paused VM: all it sent before the pause). False when that did not happen in ``timeout``."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while time.monotonic() < deadline:
+            try:
+                pending = struct.unpack("i", fcntl.ioctl(self._sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                return True  # closed: nothing more will come
+            quiet = quiet + 1 if pending == 0 and self._handled == self._received else 0
+            if quiet >= 2:  # twice idle, a moment apart: the reader is not between recv and hand-over
+                return True
+            time.sleep(0.002)
+        return False
 
     def quiesce(self) -> contextlib.AbstractContextManager[None]:
         """Hold every sender back and make sure the agent has read all that was sent (a ping round trip):

@@ -348,7 +348,8 @@ class MicroVM:
             self.overlay = new_overlay
             return self.chain
 
-    def snapshot(self, out_dir: Path, progress: Progress | None = None) -> TemplateArtifact:
+    def snapshot(self, out_dir: Path, progress: Progress | None = None,
+                 on_stopped: Callable[[], None] | None = None) -> TemplateArtifact:
         """Write a template artifact to ``out_dir`` (must not exist) and end this VM.
 
         Sequence: guest sync → (``zeroes_freed_memory``: the agent port's receive buffers overwritten,
@@ -356,8 +357,9 @@ class MicroVM:
         migrate device state (and, for the RAM backend, all memory) to ``state.bin`` with the bandwidth cap
         lifted and ``x-ignore-shared`` for file-backed memory → quit → the memory file (zero blocks dug back
         into holes) and the disk chain (layers hard-linked when possible, else copied) move into the artifact,
-        with ``machine.json`` and a checksummed ``manifest.json``. On error the VM is closed and
-        nothing is left at ``out_dir``.
+        with ``machine.json`` and a checksummed ``manifest.json``. ``on_stopped`` runs while the guest is
+        stopped and its state captured (what it sent before is all it sent: see ``AgentClient.wait_drained``).
+        On error the VM is closed and nothing is left at ``out_dir``.
         """
         from amber.vm.artifact import write_artifact
 
@@ -377,6 +379,8 @@ class MicroVM:
             started = time.monotonic()
             with self.agent.quiesce():  # no request half-received by the guest goes into the snapshot
                 self._migrate_to(state)
+                if on_stopped is not None:
+                    on_stopped()
             snapshot_seconds = time.monotonic() - started
             with contextlib.suppress(QMPError):
                 self.qmp.execute("quit")
@@ -396,7 +400,8 @@ class MicroVM:
         self.close()
         return artifact
 
-    def live_snapshot(self, out_dir: Path, next_overlay: Path) -> TemplateArtifact:
+    def live_snapshot(self, out_dir: Path, next_overlay: Path,
+                      on_stopped: Callable[[], None] | None = None) -> TemplateArtifact:
         """Write a template artifact of this VM as it is now to ``out_dir`` (must not exist); the VM keeps running.
 
         Only for VMs with private memory (restores): a shared memory file keeps changing under a snapshot.
@@ -404,7 +409,8 @@ class MicroVM:
         disk (``blockdev-snapshot``), freezing the previous overlay at this instant → migrate device state and guest
         memory (all of it: it is private) to ``state.bin`` → ``cont``. The guest is paused only for the migration
         (``artifact.snapshot_seconds``). Afterwards the VM writes to ``next_overlay``; the frozen overlay is
-        hard-linked into the artifact and stays a read-only layer of this VM's chain. On failure the VM runs on
+        hard-linked into the artifact and stays a read-only layer of this VM's chain. ``on_stopped`` runs while the
+        guest is still stopped (as for ``snapshot``). On failure the VM runs on
         (``cont``) when it still can, nothing is left at ``out_dir`` and ``next_overlay`` is removed.
         """
         from amber.vm.artifact import write_artifact
@@ -440,6 +446,8 @@ class MicroVM:
                         qmp.execute("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
                         qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(staging / 'state.bin'))}")
                         wait_migration(qmp, "live snapshot", 600)
+                        if on_stopped is not None:
+                            on_stopped()
                     except QMPError as e:
                         raise SnapshotError(self._failure(f"live snapshot failed: {e}")) from None
                     finally:
