@@ -29,6 +29,7 @@ import os
 import posixpath
 import queue
 import secrets
+import select
 import socket
 import struct
 import termios
@@ -337,8 +338,11 @@ class AgentClient:
         deadline = time.monotonic() + timeout
         try:
             while True:
-                ids.append(self._register(waiter.put))
-                self._send(encode_request(type_, ids[-1], fields()))
+                # A copy is resent only into a socket with room: while the guest has not opened its port, QEMU
+                # stops reading, and a blocking send would never reach the deadline check below.
+                if not ids or self._writable():
+                    ids.append(self._register(waiter.put))
+                    self._send(encode_request(type_, ids[-1], fields()))
                 resend = time.monotonic() + resend_after
                 while True:
                     try:
@@ -362,6 +366,12 @@ class AgentClient:
         finally:
             for rid in ids:
                 self._drop(rid)
+
+    def _writable(self) -> bool:
+        try:
+            return bool(select.select([], [self._sock], [], 0)[1])
+        except (OSError, ValueError):
+            return False
 
     def wait_ready(self, timeout: float, alive: Callable[[], bool] = lambda: True, interval: float = 0.02) -> str:
         """Ping until the agent answers. Pings sent before the guest opens its port are discarded by the
