@@ -90,9 +90,14 @@ def test_cancel_queued_retry_and_cancel_after_ready(sdk: Sdk) -> None:
 
 def test_missing_template_in_a_known_namespace(sdk: Sdk) -> None:
     """``from_template("acme/missing:stable")`` is a template ref (acme is a namespace here), not a Docker Hub
-    image: the build is refused up front naming the template, as for any other unknown template base."""
-    for ref in ("acme/does-not-exist:stable", "other/does-not-exist"):
+    image: the build is refused up front naming the template, as for any other unknown template base, with the
+    same answer whether the namespace exists or not (and how to name the Docker Hub image instead)."""
+    answers = []
+    for ref in ("acme/does-not-exist:stable", "zzunknownns/does-not-exist:stable"):
         with pytest.raises(MachineError) as refused:
             Template.build(Template.from_template(ref), unique("orphan"), **sdk.acme)
-        assert refused.value.code == "invalid_request" and "not found" in str(refused.value)
-        assert "docker.io" not in str(refused.value)
+        message = str(refused.value)
+        assert refused.value.code == "invalid_request" and f"template {ref!r} not found" in message, message
+        assert f"written docker.io/{ref}" in message, message  # a hint, never a pull: nothing reached a registry
+        answers.append(message.replace(ref, "REF"))
+    assert answers[0] == answers[1], answers
