@@ -13,9 +13,9 @@ from amber.api.body import raw_body_openapi
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.schemas.responses import (
     ErrorResponse,
-    TemplateBlobPreflightRequest,
     TemplateBlobPreflightResponse,
 )
+from amber.contract.catalog import TemplateBlobPreflightRequest
 from amber.store.blobs import PreflightFile, blob_for_upload, mark_complete, preflight
 from amber.store.errors import Conflict
 from amber.store.keys import Caller

@@ -13,15 +13,13 @@ from amber.api.context_dockerfile import with_context_dockerfile
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.errors import ApiError, request_id_of
 from amber.api.schemas.responses import (
-    CancelTemplateBuildRequest,
     ErrorResponse,
-    PromoteTemplateBuildRequest,
-    RetryTemplateBuildRequest,
     TemplateBuild,
     TemplateBuildStatusSnapshot,
     TemplateInfo,
 )
 from amber.api.sse import sse_stream, wait_terminal
+from amber.contract.catalog import CancelTemplateBuildRequest, PromoteTemplateBuildRequest, RetryTemplateBuildRequest
 from amber.contract.errors import InvalidRef, InvalidRequest
 from amber.contract.plan import TemplateBuildPlanResponse, TemplateBuildValidationResponse
 from amber.contract.template_refs import check_tag

@@ -17,19 +17,21 @@ from sqlalchemy.orm import Session
 from amber.api.deps import AppState, app_state, current_caller
 from amber.api.fields import apply_fields, parse_fields
 from amber.api.schemas.responses import (
-    AssignTagsRequest,
     ErrorResponse,
-    RenameTemplateRequest,
-    ReserveTemplateNameRequest,
     TemplateAliasInfo,
     TemplateBuildListResponse,
     TemplateInfo,
     TemplateNameClaim,
     TemplateNamespaceInfo,
     TemplateTagInfo,
-    UpdateTemplateVisibilityRequest,
 )
 from amber.builds.views import template_info, ts
+from amber.contract.catalog import (
+    AssignTagsRequest,
+    RenameTemplateRequest,
+    ReserveTemplateNameRequest,
+    UpdateTemplateVisibilityRequest,
+)
 from amber.contract.errors import InvalidRef, InvalidRequest
 from amber.contract.sources import Backend, SourceType
 from amber.contract.status import BuildStatus

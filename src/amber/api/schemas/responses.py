@@ -10,8 +10,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, field_serializer
 
+from amber.contract.catalog import Visibility
 from amber.contract.failures import FailurePhase
 from amber.contract.sources import Backend, SourceType
 from amber.contract.status import BuildStatus
@@ -28,11 +29,6 @@ class _Model(BaseModel):
     @field_serializer("*", when_used="json")
     def _timestamps(self, value: Any) -> Any:
         return format_timestamp(value) if isinstance(value, datetime) else value
-
-
-class Visibility(StrEnum):
-    PRIVATE = "private"
-    PUBLIC = "public"
 
 
 class NamespaceKind(StrEnum):
@@ -210,62 +206,3 @@ class ErrorResponse(_Model):
     build_id: str | None = None
     retryable: bool | None = None
     suggested_action: str | None = None
-
-
-# Request bodies of the management endpoints (the build request and plan models belong to the planning code).
-
-
-class AssignTagsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    tags: list[str] = Field(description="Non-empty list of tags to attach to (move onto) the resolved artifact.")
-
-
-class RenameTemplateRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    new_name: str
-
-
-class UpdateTemplateVisibilityRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    visibility: Visibility
-
-
-class ReserveTemplateNameRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    template_ref: str
-
-
-class CancelTemplateBuildRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    reason: str | None = None
-
-
-class PromoteTemplateBuildRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    tag: str | None = None
-    tags: list[str] | None = None
-
-
-class RetryTemplateBuildRequest(BaseModel):
-    """Fresh, memory-only inputs for a retry; values are validated by the build request model."""
-
-    model_config = ConfigDict(extra="ignore")
-    tags: list[str] | None = None
-    base_image_auth: dict[str, Any] | None = None
-    registry_auth: list[dict[str, Any]] | None = None
-    build_secrets: list[dict[str, Any]] | None = None
-
-
-class TemplateBlobPreflightFile(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    path: str
-    entry_type: str
-    mode: str | None = None
-    sha256: str | None = None
-    size_bytes: int | None = None
-    force_upload: bool | None = None
-
-
-class TemplateBlobPreflightRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    files: list[TemplateBlobPreflightFile]
