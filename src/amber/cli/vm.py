@@ -7,9 +7,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -45,6 +46,19 @@ def _to_stderr(data: bytes) -> None:
     sys.stderr.buffer.flush()
 
 
+def _exit_with_command(start: Callable[[], MicroVM], step: str, command: list[str]) -> NoReturn:
+    """Start a VM (shown as ``step``), run ``command`` in it, close it and exit with the command's status."""
+    try:
+        with _step(step):
+            vm = start()
+        with vm:
+            code = _run_command(vm, command)
+    except VMError as e:
+        _error(f"{e}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
 def _run_command(vm: MicroVM, command: list[str]) -> int:
     if not command:
         _error("no command given (put it after --)")
@@ -71,15 +85,8 @@ def run(
     data_dir: Path = DATA_DIR,
 ) -> None:
     """Boot DISK (never modified: the VM writes to a throwaway overlay), run the command, exit with its status."""
-    try:
-        with _step("booting the VM"):
-            vm = boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, internet=internet)
-        with vm:
-            code = _run_command(vm, command or [])
-    except VMError as e:
-        _error(f"{e}")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    _exit_with_command(lambda: boot(disk, data_dir=data_dir, cpus=cpus, memory_mib=memory, internet=internet),
+                       "booting the VM", command or [])
 
 
 @app.command("snapshot")
@@ -136,12 +143,4 @@ def restore_cmd(
     data_dir: Path = DATA_DIR,
 ) -> None:
     """Restore a snapshot into a new sandbox, run the command in it, exit with its status."""
-    try:
-        with _step("restoring the snapshot"):
-            vm = restore(artifact, data_dir=data_dir)
-        with vm:
-            code = _run_command(vm, command or [])
-    except VMError as e:
-        _error(f"{e}")
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    _exit_with_command(lambda: restore(artifact, data_dir=data_dir), "restoring the snapshot", command or [])

@@ -52,6 +52,7 @@ from amber.contract.warm_pools import (
     check_times,
     template_ref_of,
 )
+from amber.machines.background import Background
 from amber.machines.errors import NotFoundProblem, Unavailable
 from amber.machines.manager import MachineManager, owner_alive
 from amber.machines.templates import TemplateRuntime, load_template_runtime
@@ -105,26 +106,17 @@ class PoolController:
         self.owner = manager.owner
         self.inventory: dict[str, Inventory] = {}
         self.parked_changed = asyncio.Condition()
-        self._loop: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("amber-warm-pools")
         self._reconciling: dict[str, asyncio.Lock] = {}
         self._kick = asyncio.Event()
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._run(), name="amber-warm-pools")
+        self._background.start(self._run())
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await self._background.stop(cancel_spawned=True)
         for inventory in self.inventory.values():
             for parked in inventory.ready:
                 await asyncio.to_thread(parked.vm.close)
@@ -224,13 +216,8 @@ class PoolController:
         start = min(want, max(0, room))
         for _ in range(start):
             inventory.warming += 1
-            self._spawn(self._warm(pool, artifact))
+            self._background.spawn(self._warm(pool, artifact))
         return DegradedReason.QUOTA_EXCEEDED if start < want else None
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _warm(self, pool: WarmPool, artifact: Artifact) -> None:
         inventory = self.inventory.setdefault(pool.id, Inventory())

@@ -10,11 +10,11 @@ so one slow hibernation never delays the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from amber.machines.background import Background
 from amber.machines.manager import MachineManager
 from amber.store import machines as records
 
@@ -28,20 +28,13 @@ class Reaper:
     def __init__(self, manager: MachineManager) -> None:
         self.manager = manager
         self._busy: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.Task[None] | None = None
+        self._background = Background("amber-machine-reaper")
 
     def start(self) -> None:
-        self._loop = asyncio.create_task(self._run(), name="amber-machine-reaper")
+        self._background.start(self._run())
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        await self._background.stop(cancel_spawned=False)  # a hibernation under way finishes
 
     async def _run(self) -> None:
         tick = 0
@@ -68,9 +61,7 @@ class Reaper:
             finally:
                 self._busy.discard(machine_id)
 
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(run())
 
     def tick(self) -> None:
         now = time.time()

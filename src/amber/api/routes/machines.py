@@ -5,7 +5,6 @@ Every route answers another namespace's machine with 404 ``machine_not_found``; 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -13,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from amber.api.body import json_body_openapi, read_json
 from amber.api.deps import current_caller, machine_manager
+from amber.api.metadata_filter import parse_metadata_filter
 from amber.api.preview import host_info, preview_url
 from amber.contract.errors import InvalidRequest
 from amber.contract.machines import MachineStatus, SendStdinRequest, parse_model
@@ -64,14 +64,7 @@ async def list_machines(
         for s in statuses:
             if s not in known:
                 raise InvalidRequest("state", f"unknown status {s!r}: use {', '.join(sorted(known))}")
-    query: dict[str, Any] | None = None
-    if metadata:
-        try:
-            query = json.loads(metadata)
-        except ValueError:
-            raise InvalidRequest("metadata", "must be a JSON object") from None
-        if not isinstance(query, dict):
-            raise InvalidRequest("metadata", "must be a JSON object")
+    query = parse_metadata_filter(metadata)
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidRequest("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
     out = await manager.list_machines(caller, statuses=statuses, template=template, metadata=query, limit=limit,

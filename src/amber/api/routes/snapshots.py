@@ -4,14 +4,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
 from amber.api.deps import current_caller, machine_snapshots
-from amber.contract.errors import InvalidRequest
+from amber.api.metadata_filter import parse_metadata_filter
 from amber.machines.snapshots import Snapshots
 from amber.store.keys import Caller
 
@@ -39,14 +36,7 @@ async def list_snapshots(
     caller: Caller = Depends(current_caller), snapshots: Snapshots = Depends(machine_snapshots),
     machine_id: str | None = Query(None), metadata: str | None = Query(None),
 ) -> JSONResponse:
-    query: dict[str, Any] | None = None
-    if metadata:
-        try:
-            query = json.loads(metadata)
-        except ValueError:
-            raise InvalidRequest("metadata", "must be a JSON object") from None
-        if not isinstance(query, dict):
-            raise InvalidRequest("metadata", "must be a JSON object")
+    query = parse_metadata_filter(metadata)
     return JSONResponse(await snapshots.list(caller, machine_id=machine_id, metadata=query))
 
 
