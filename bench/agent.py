@@ -31,8 +31,7 @@ from tests.vm.conftest import make_disk
 
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
-from amber.vm import MicroVM, boot
-from amber.vm.microvm import resolve_accel
+from amber.vm import MicroVM, boot, resolve_accel
 
 SIZE = 16 << 20
 MB = 1e6

@@ -38,11 +38,10 @@ from tests.support.registry import running_registry  # noqa: E402
 
 from amber.builds.executor import BuildArtifact  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
-from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
 from amber.contract.logs import CacheKind, CacheStatus, LogEvent, LogKind  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
-from amber.vm.microvm import resolve_accel  # noqa: E402
+from amber.vm import QemuDriver, resolve_accel  # noqa: E402
 
 APP = b"print('hello')\n"
 APP_BLOB = "sha256:" + hashlib.sha256(APP).hexdigest()
@@ -85,7 +84,7 @@ class Timeline:
 
 
 async def one_build(data_dir: Path, base_ref: str, blob: Path, build_id: str) -> tuple[float, Timeline]:
-    executor = NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
+    executor = NativeExecutor(data_dir=data_dir, vm=QemuDriver(data_dir))
     job = job_for(request(base_ref), build_id, data_dir, blob_paths={APP_BLOB: blob})
     timeline = Timeline()
     started = time.monotonic()

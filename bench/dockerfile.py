@@ -50,10 +50,10 @@ from amber.buildkit.build import DockerfileBuildRequest, build_dockerfile_rootfs
 from amber.buildkit.daemon import ManagedDockerd, managed_dockerd, stop_managed_dockerds  # noqa: E402
 from amber.builds.executor import BuildArtifact  # noqa: E402
 from amber.builds.pipeline import NativeExecutor  # noqa: E402
-from amber.builds.pipeline.machine import MicroVmBackend  # noqa: E402
 from amber.contract.logs import LogEvent  # noqa: E402
 from amber.guest.install import ensure_guest  # noqa: E402
 from amber.settings import get_settings  # noqa: E402
+from amber.vm import QemuDriver  # noqa: E402
 
 CACHE = Path(os.environ.get("AMBER_BENCH_CACHE", "/var/cache/amber-bench"))
 DOCKER_CLI = "/usr/bin/docker"  # never /usr/local/bin/docker (no buildx, fails with BuildKit)
@@ -213,7 +213,7 @@ def e2e_request(base: str) -> dict[str, Any]:
 
 async def amber_e2e(data_dir: Path, base: str, build_id: str) -> tuple[float, dict[str, float]]:
     """One build through the pipeline's executor; returns (seconds, seconds per log phase)."""
-    executor = NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
+    executor = NativeExecutor(data_dir=data_dir, vm=QemuDriver(data_dir))
     job = job_for(e2e_request(base), build_id, data_dir)
     marks: list[tuple[float, str]] = []
     started = time.monotonic()

@@ -44,8 +44,7 @@ from tests.support.busybox import make_busybox_tree
 from amber.guest.install import ensure_guest
 from amber.isolation import ensure_host_rules
 from amber.settings import get_settings
-from amber.vm import MemoryBackend, MicroVM, TemplateArtifact, boot, restore
-from amber.vm.microvm import resolve_accel
+from amber.vm import MemoryBackend, MicroVM, TemplateArtifact, boot, resolve_accel, restore
 
 MEMORY_MIB = 512
 PARALLEL = 5

@@ -16,7 +16,7 @@ import pytest
 from nullspace import BuildError, Template, TemplateBuild, TemplateBuildLogEntry, wait_for_file, wait_for_port
 from nullspace.template import CommandReadinessProbe
 
-from amber.vm.artifact import restore
+from amber.vm import restore
 from tests.buildkit.conftest import Images, scan_for
 from tests.contract.conftest import Conn, data_dir_with_guest, leftover_vms
 from tests.contract.test_log_bytes import EXPECTED_LINES, PRINT_EVERYTHING

@@ -15,7 +15,7 @@ from amber.builds.pipeline import NativeExecutor
 from amber.builds.pipeline.prune import scan, usage
 from amber.cli import app
 from amber.contract.logs import CacheKind, CacheStatus
-from amber.vm.artifact import TemplateArtifact, restore
+from amber.vm import TemplateArtifact, restore
 from tests.builds.test_pipeline import (  # noqa: F401 - module fixtures, shared by name
     APP_TEXT,
     base_ref,

@@ -18,14 +18,12 @@ import pytest
 from amber.buildkit.daemon import managed_dockerd
 from amber.builds.executor import BuildArtifact
 from amber.builds.pipeline import NativeExecutor
-from amber.builds.pipeline.machine import MicroVmBackend
 from amber.builds.planning import BuildPlan, render_plan
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, CacheReason, CacheStatus, LogEvent, LogKind, LogPhase
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
-from amber.vm.artifact import restore
-from amber.vm.process import sweep_stale
+from amber.vm import QemuDriver, restore, sweep_stale
 from tests.support.images import push_busybox_image
 from tests.support.jobs import job_for
 from tests.support.registry import Registry, running_registry
@@ -63,7 +61,7 @@ def base_ref(registry: Registry) -> str:
 
 @pytest.fixture(scope="module")
 def executor(data_dir: Path) -> NativeExecutor:
-    return NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir))
+    return NativeExecutor(data_dir=data_dir, vm=QemuDriver(data_dir))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from amber.builds.builtin import ensure_builtin
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
-from amber.vm.process import sweep_stale
+from amber.vm import sweep_stale
 from tests.support.images import push_busybox_image
 from tests.support.registry import Registry, running_registry
 from tests.support.server import AmberServer, running_server

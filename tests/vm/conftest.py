@@ -13,8 +13,7 @@ import pytest
 
 from amber.guest.install import ensure_guest
 from amber.settings import get_settings
-from amber.vm import MicroVM, boot
-from amber.vm.process import sweep_stale
+from amber.vm import MicroVM, boot, sweep_stale
 from tests.support.busybox import make_busybox_tree
 
 

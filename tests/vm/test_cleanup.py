@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from amber.vm import BootError, boot, sweep_stale
-from amber.vm.host import qemu_binary
-from amber.vm.microvm import sweep_once
-from amber.vm.process import create_run_dir
+from amber.vm.qemu.driver import sweep_once
+from amber.vm.qemu.host import qemu_binary
+from amber.vm.qemu.process import create_run_dir
 from tests.vm.conftest import qemu_processes_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,18 +19,10 @@ from amber.guest.install import (
     resolve_kernel_package,
 )
 from amber.vm.artifact import copy_sparse
-from amber.vm.host import accel_from_cpuinfo, tsc_khz_from_cpuinfo
-from amber.vm.machine import (
-    Accel,
-    DiskChain,
-    DiskFormat,
-    MachineDescription,
-    MachineFiles,
-    MemoryBackend,
-    kernel_cmdline,
-    qemu_argv,
-)
-from amber.vm.qcow2 import write_overlay
+from amber.vm.machine import Accel, DiskChain, DiskFormat, MachineDescription, MemoryBackend
+from amber.vm.qemu.argv import MachineFiles, kernel_cmdline, qemu_argv
+from amber.vm.qemu.host import accel_from_cpuinfo, tsc_khz_from_cpuinfo
+from amber.vm.qemu.qcow2 import write_overlay
 
 CPUINFO = "processor\t: 0\ncpu MHz\t\t: 2596.129\nflags\t\t: fpu vme de pse tsc msr {extra}\n"
 

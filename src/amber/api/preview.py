@@ -32,8 +32,7 @@ from amber.machines.errors import MachineProblem
 from amber.machines.live import LiveMachine
 from amber.machines.manager import MachineManager
 from amber.store.keys import Caller
-from amber.vm import AgentError, VMError
-from amber.vm.aio import AsyncJob
+from amber.vm import AgentError, AsyncJob, VMError
 
 HOST_RE = re.compile(r"^(\d{1,5})-(mch_[0-9a-z]+)\.", re.IGNORECASE)
 TOKEN_PARAM = "nullspace_token"

@@ -49,6 +49,7 @@ from amber.contract.machines import (
     timeout_action_of,
 )
 from amber.contract.template_refs import parse_ref
+from amber.host.owners import process_start_time
 from amber.machines import views
 from amber.machines.admission import Admission, host_memory_mb
 from amber.machines.errors import (
@@ -75,7 +76,6 @@ from amber.store.errors import NotFound
 from amber.store.keys import Caller
 from amber.store.models import Artifact, Machine, MachineSnapshot, utcnow
 from amber.vm import AgentError, MachineMismatch, MicroVM, VMError, restore, sweep_stale
-from amber.vm.process import process_start_time
 
 log = logging.getLogger("amber.machines")
 T = TypeVar("T")

@@ -25,7 +25,6 @@ from amber.builds.pipeline.readiness import NotReady, probe_once, wait_until_rea
 from amber.machines.errors import Unavailable
 from amber.machines.templates import TemplateRuntime
 from amber.vm import MicroVM, VMError, boot
-from amber.vm.artifact import sha256_file
 
 log = logging.getLogger("amber.machines")
 
@@ -37,7 +36,7 @@ class RuntimeArtifacts:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def path_for(self, runtime: TemplateRuntime, vcpus: int, memory_mb: int) -> Path:
-        manifest = sha256_file(runtime.artifact.directory / "manifest.json")
+        manifest = runtime.artifact.manifest_sha256()
         key = hashlib.sha256(f"{manifest}:{vcpus}:{memory_mb}".encode()).hexdigest()[:40]
         return self.root / key
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from amber.builds.artifact_metadata import ArtifactMetadataError, read_artifact_metadata
 from amber.builds.planning.runtime import RuntimeDefaults
-from amber.vm import TemplateArtifact
-from amber.vm.machine import virtual_size
+from amber.vm import TemplateArtifact, virtual_size
 
 MIB = 1 << 20
 

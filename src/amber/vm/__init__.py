@@ -43,7 +43,9 @@ Guarantees and limits:
 """
 
 from amber.vm.agent import AgentClient, ExecResult, FileInfo, FileStat, FileType, Job, RunningExec
-from amber.vm.artifact import TemplateArtifact, restore
+from amber.vm.aio import AsyncJob
+from amber.vm.artifact import TemplateArtifact
+from amber.vm.driver import Driver, Machine
 from amber.vm.errors import (
     AgentDisconnected,
     AgentError,
@@ -54,10 +56,17 @@ from amber.vm.errors import (
     SnapshotError,
     VMError,
 )
-from amber.vm.machine import Accel, DiskChain, DiskFormat, DiskLayer, MachineDescription, MemoryBackend
-from amber.vm.microvm import MicroVM, boot
-from amber.vm.process import sweep_snapshot_staging, sweep_stale
+from amber.vm.machine import (
+    Accel,
+    DiskChain,
+    DiskFormat,
+    DiskLayer,
+    MachineDescription,
+    MemoryBackend,
+    virtual_size,
+)
 from amber.vm.protocol import SyncMode
+from amber.vm.qemu import MicroVM, QemuDriver, boot, resolve_accel, restore, sweep_snapshot_staging, sweep_stale
 
 __all__ = [
     "Accel",
@@ -66,26 +75,32 @@ __all__ = [
     "AgentError",
     "AgentTimeout",
     "ArtifactError",
+    "AsyncJob",
     "BootError",
     "DiskChain",
     "DiskFormat",
     "DiskLayer",
+    "Driver",
     "ExecResult",
     "FileInfo",
     "FileStat",
     "FileType",
     "Job",
+    "Machine",
     "MachineDescription",
     "MachineMismatch",
     "MemoryBackend",
     "MicroVM",
+    "QemuDriver",
     "RunningExec",
     "SnapshotError",
     "SyncMode",
     "TemplateArtifact",
     "VMError",
     "boot",
+    "resolve_accel",
     "restore",
     "sweep_snapshot_staging",
     "sweep_stale",
+    "virtual_size",
 ]

@@ -1,4 +1,5 @@
-"""Template artifacts (a snapshotted VM on disk) and lazy restore from them.
+"""The template artifact format: a snapshotted VM on disk, its reader (``TemplateArtifact.load``) and writer
+(``write_artifact``).
 
 Layout of an artifact directory::
 
@@ -11,8 +12,9 @@ Layout of an artifact directory::
 
 Guarantees: an artifact is never written after ``snapshot`` returns; restores map ``memory.bin`` private
 (copy-on-write) and write only to their own fresh overlay, so any number of restores, in parallel, leave
-every artifact file byte-identical. A restore checks file presence and sizes (and, with
-``verify_checksums``, the sha256 of every file) and the machine description before QEMU starts.
+every artifact file byte-identical. ``load`` checks file presence and sizes (and, with ``verify_checksums``,
+the sha256 of every file); a restore (``amber.vm.qemu.driver``) also checks the machine description before QEMU
+starts.
 Limits: QEMU 7.2 opens ``memory.bin`` read-write even for a private mapping, so the artifact must be on a
 writable filesystem; a restore needs the same QEMU version and accelerator as the snapshot.
 """
@@ -23,36 +25,15 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
-import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amber.vm.errors import ArtifactError, BootError, MachineMismatch, VMError
-from amber.vm.machine import (
-    DiskChain,
-    DiskFormat,
-    DiskLayer,
-    MachineDescription,
-    MachineFiles,
-    MemoryBackend,
-    virtual_size,
-)
-from amber.vm.microvm import (
-    MicroVM,
-    create_overlay,
-    describe,
-    load_guest_or_fail,
-    new_boot_id,
-    sweep_once,
-    wait_migration,
-)
-from amber.vm.process import create_run_dir
-from amber.vm.qmp import QMPError
+from amber.vm.errors import ArtifactError
+from amber.vm.machine import DiskChain, DiskFormat, DiskLayer, MachineDescription, MemoryBackend
 
 MANIFEST_VERSION = 1
 Progress = Callable[[str], None]
@@ -123,6 +104,10 @@ class TemplateArtifact:
     @property
     def memory(self) -> Path | None:
         return self.directory / "memory.bin" if self.description.memory_backend == MemoryBackend.FILE else None
+
+    def manifest_sha256(self) -> str:
+        """sha256 of ``manifest.json``, which lists every file's checksum: names this exact artifact content."""
+        return sha256_file(self.directory / "manifest.json")
 
     def checksums(self) -> dict[Path, str]:
         """sha256 of every file of the artifact by path (as recorded in its manifest)."""
@@ -244,7 +229,10 @@ def write_artifact(
     out_dir: Path,
     *,
     description: MachineDescription,
-    files: MachineFiles,
+    kernel: Path,
+    initramfs: Path,
+    memory_file: Path | None,
+    memory_shared: bool,
     chain: DiskChain,
     overlay: Path,
     run_dir: Path | None,
@@ -252,12 +240,14 @@ def write_artifact(
     progress: Progress | None = None,
     known_sha256: Mapping[Path, str] | None = None,
 ) -> TemplateArtifact:
-    """Assemble a VM's files in ``staging`` (which already holds state.bin), then rename it to ``out_dir``.
+    """Assemble a VM's files in ``staging`` (which already holds state.bin), then rename it to ``out_dir``:
+    its ``kernel`` and ``initramfs``, ``memory_file`` (``memory_shared``: the guest wrote to it, so a checksum
+    known from before does not hold), the ``chain`` and the VM's ``overlay`` on top.
     Files from ``run_dir`` are moved (a VM that keeps running passes None: nothing is moved); everything else is
     hard-linked or copied. ``known_sha256`` = checksums of source files already known (the layers and memory of
     the artifact a VM was restored from: never written since), which are not read again."""
-    _place(files.kernel, staging / "vmlinux", move=False)
-    _place(files.initramfs, staging / "initramfs.cpio.gz", move=False)
+    _place(kernel, staging / "vmlinux", move=False)
+    _place(initramfs, staging / "initramfs.cpio.gz", move=False)
     (staging / "disk").mkdir()
     disk: list[dict[str, str]] = []
     layers = [*chain.layers, DiskLayer(overlay, DiskFormat.QCOW2)]
@@ -270,12 +260,12 @@ def write_artifact(
             known[name] = known_sha256[layer.path]
         _place(layer.path, staging / name, move=layer.path.parent == run_dir)
         disk.append({"path": name, "format": str(layer.format)})
-    if files.memory_file is not None:
-        if run_dir is not None and files.memory_file.parent == run_dir:
-            dig_holes(files.memory_file)
-        if known_sha256 and files.memory_file in known_sha256 and not files.share_memory:
-            known["memory.bin"] = known_sha256[files.memory_file]
-        _place(files.memory_file, staging / "memory.bin", move=files.memory_file.parent == run_dir)
+    if memory_file is not None:
+        if run_dir is not None and memory_file.parent == run_dir:
+            dig_holes(memory_file)
+        if known_sha256 and memory_file in known_sha256 and not memory_shared:
+            known["memory.bin"] = known_sha256[memory_file]
+        _place(memory_file, staging / "memory.bin", move=memory_file.parent == run_dir)
     (staging / "machine.json").write_text(json.dumps(description.to_json(), indent=2) + "\n")
     if progress:
         progress("checksumming the artifact")
@@ -295,91 +285,3 @@ def write_artifact(
             os.chmod(staging / n, 0o400 if n != "memory.bin" else 0o600)
     os.rename(staging, out_dir)
     return TemplateArtifact.load(out_dir)
-
-
-def restore(
-    artifact: Path | TemplateArtifact,
-    *,
-    data_dir: Path,
-    cpus: int | None = None,
-    memory_mib: int | None = None,
-    internet: bool = False,
-    accel: str | None = None,
-    overlay: Path | None = None,
-    hostname: str | None = None,
-    verify_checksums: bool = False,
-    timeout: float = 60.0,
-    first_request_id: int | None = None,
-    attach: Iterable[int] = (),
-) -> MicroVM:
-    """Start a new VM from a template artifact and return it once its agent has answered.
-
-    Arguments left as None take the artifact's values; any that differ from it (and any host fact that
-    differs: QEMU version, accelerator, kernel) raise ``MachineMismatch`` before QEMU starts, as does a
-    missing or resized file (``ArtifactError``). After ``cont`` the agent sets the guest clock to the
-    host's, reseeds the guest RNG with fresh host entropy and gives the guest a new boot_id, so restores
-    from one template never share clocks or random streams. The VM writes to a fresh overlay (in its run
-    directory, or ``overlay``). ``attach`` = agent request ids of jobs running in the guest when the
-    artifact was taken: their frames are kept for ``vm.agent.attach(id)``; ``first_request_id`` seeds the
-    agent client's request ids above every id the guest may still hold. ``internet`` is this restore's own
-    choice (restores of one artifact may differ): on, the guest reaches only the outside world; off, nothing
-    (see ``boot``). An artifact taken without a NIC (before every VM had one) restores without network.
-    """
-    data_dir = data_dir.resolve()
-    sweep_once(data_dir)
-    art = artifact if isinstance(artifact, TemplateArtifact) else TemplateArtifact.load(
-        artifact, verify_checksums=verify_checksums)
-    saved = art.description
-    guest = load_guest_or_fail(data_dir)
-    wanted = describe(
-        guest,
-        cpus=saved.cpus if cpus is None else cpus,
-        memory_mib=saved.memory_mib if memory_mib is None else memory_mib,
-        network=saved.network,
-        memory_backend=saved.memory_backend,
-        accel=accel or saved.accel,
-    )
-    # The kernel is the artifact's own copy, so only the host-dependent and caller-chosen fields compare.
-    wanted = replace(wanted, kernel_release=saved.kernel_release, kernel_sha256=saved.kernel_sha256,
-                     initramfs_sha256=saved.initramfs_sha256, kernel_cmdline=saved.kernel_cmdline)
-    diffs = saved.differences(wanted)
-    if diffs:
-        raise MachineMismatch(f"cannot restore {art.directory}: the machine differs from the snapshot's "
-                              f"({'; '.join(d.replace(' != ', ' in the artifact, requested ') for d in diffs)})")
-    if overlay is not None:
-        overlay = overlay.resolve()
-        if overlay.exists():
-            raise BootError(f"overlay {overlay} already exists")
-    run_dir = create_run_dir(data_dir)
-    vm: MicroVM | None = None
-    try:
-        started = time.monotonic()
-        top = overlay or run_dir / "disk.qcow2"
-        create_overlay(art.chain.top.path, art.chain.top.format, top, virtual_size(art.chain.top))
-        files = MachineFiles(kernel=art.kernel, initramfs=art.initramfs, chain=art.chain, overlay=top,
-                             memory_file=art.memory, share_memory=False, incoming=True)
-        vm = MicroVM.start(run_dir, saved, files, internet=internet)
-        vm.known_sha256.update(art.checksums())
-        try:
-            if saved.memory_backend == MemoryBackend.FILE:
-                vm.qmp.execute("migrate-set-capabilities",
-                               capabilities=[{"capability": "x-ignore-shared", "state": True}])
-            vm.qmp.execute("migrate-incoming", uri=f"exec:cat {shlex.quote(str(art.state))}")
-            wait_migration(vm.qmp, "restore", timeout)
-            vm.qmp.execute("cont")
-        except QMPError as e:
-            raise BootError(vm._failure(f"restore of {art.directory} failed: {e}")) from None
-        agent = vm.connect_agent(timeout, ping=False, first_request_id=first_request_id, attach=attach)
-        try:  # the first request doubles as the readiness check: one round trip instead of two
-            agent.post_restore(boot_id=new_boot_id(), hostname=hostname, timeout=timeout, alive=vm.alive)
-        except VMError as e:
-            raise BootError(vm._failure(f"post-restore duties failed: {e}")) from None
-        vm.boot_seconds = time.monotonic() - started
-        return vm
-    except BaseException:
-        if vm is not None:
-            vm.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if overlay is not None:
-            overlay.unlink(missing_ok=True)
-        raise

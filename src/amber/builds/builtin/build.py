@@ -51,16 +51,14 @@ from amber.builds.builtin.definition import (
     mirror_from_apt_sources,
     short,
 )
-from amber.builds.pipeline.machine import MicroVmBackend
 from amber.builds.planning.digests import digest_json
-from amber.guest.install import GuestMissing, load_guest
+from amber.guest.install import GuestMissing
 from amber.host.files import remove
 from amber.host.mounts import mounts_under
 from amber.oci.errors import RootDiskError
 from amber.rootfs.ext4 import make_ext4
 from amber.settings import get_settings
-from amber.vm import DiskChain, MemoryBackend, TemplateArtifact, VMError, boot
-from amber.vm.microvm import describe
+from amber.vm import DiskChain, MemoryBackend, QemuDriver, TemplateArtifact, VMError, boot
 
 Progress = Callable[[str], None]
 CURRENT = "current.json"
@@ -186,9 +184,10 @@ def _guest_fingerprint(data_dir: Path, definition: BuiltinDefinition, accel: str
     fingerprint) and the machine a restore compares with the snapshot's (``MachineDescription`` without the
     kernel command line, whose TSC figures vary), so a driver change a restore would refuse rebuilds it."""
     try:
-        fingerprint = MicroVmBackend(data_dir, accel=accel).fingerprint()
-        machine = describe(load_guest(data_dir), cpus=definition.vcpus, memory_mib=definition.memory_mib,
-                           network=True, memory_backend=MemoryBackend.FILE, accel=accel)  # every VM has a NIC
+        driver = QemuDriver(data_dir, accel=accel)
+        fingerprint = driver.fingerprint()
+        machine = driver.describe(cpus=definition.vcpus, memory_mib=definition.memory_mib, network=True,
+                                  memory_backend=MemoryBackend.FILE)  # every VM has a NIC
     except (GuestMissing, VMError) as exc:
         raise BuiltinError(f"the guest is not ready: {exc}") from None
     compared = {k: v for k, v in machine.to_json().items() if k != "kernel_cmdline"}

@@ -4,22 +4,22 @@
 ``steps``, ``start``, ``snapshot``, ``finalize``) over one ``attempt``, every cached result through the one
 ``runner``: OCI bases are imported natively (``amber.oci``/``amber.rootfs``), Dockerfile sources are built by
 BuildKit (``amber.buildkit``), template bases reuse the parent's disk (``BuildJob.base_template_artifact``);
-steps, start command, readiness and snapshot run in a build VM (``machine`` over ``amber.vm``). ``store`` is the
-cache on disk, ``prune`` its eviction. See ``docs/pipeline.md``.
+steps, start command, readiness and snapshot run in a build VM (an ``amber.vm.Machine`` from the executor's
+``amber.vm.Driver``). ``store`` is the cache on disk, ``prune`` its eviction. See ``docs/pipeline.md``.
 """
 
 from __future__ import annotations
 
 from amber.builds.executor import BuildExecutor
-from amber.builds.pipeline.machine import MicroVmBackend
 from amber.builds.pipeline.native import NativeExecutor
 from amber.settings import Settings
+from amber.vm import QemuDriver
 
 
 def create_executor(settings: Settings) -> BuildExecutor:
     """The executor for ``settings.data_dir`` (guest files, caches, artifacts and work files live there)."""
     data_dir = settings.data_dir.resolve()
-    return NativeExecutor(data_dir=data_dir, vm=MicroVmBackend(data_dir, accel=settings.accel),
+    return NativeExecutor(data_dir=data_dir, vm=QemuDriver(data_dir, accel=settings.accel),
                           git_local_roots=settings.git_local_roots)  # fmt: skip
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 from amber.builds.executor import BuildJob
 from amber.builds.pipeline.events import BuildLog, OutputPump
-from amber.builds.pipeline.machine import BuildMachine, VmBackend
 from amber.builds.pipeline.runner import CachedRunner
 from amber.builds.pipeline.store import EntryHold
 from amber.builds.planning.build_plan import BuildPlan
 from amber.builds.planning.cache import CacheDecision
 from amber.builds.planning.runtime import ImageDefaults, RuntimeDefaults, image_env, map_healthcheck
 from amber.contract.logs import CacheReason
+from amber.vm import Driver, Machine
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Attempt:
     job: BuildJob
     log: BuildLog
     cache: CachedRunner
-    vm: VmBackend
+    vm: Driver
     cancel: asyncio.Event
     data_dir: Path
     layer_cache: Path  # ``amber.oci``'s shared image-layer cache
@@ -105,8 +105,8 @@ class Attempt:
     fingerprint: str = ""  # the build VM's (kernel, initramfs, agent, QEMU, accelerator): part of the keys
     holds: list[EntryHold] = field(default_factory=list)  # cache entries this attempt created or uses
     layers: list[Path] = field(default_factory=list)  # cached step layers over the base, in order
-    machine: BuildMachine | None = None
-    booting: asyncio.Future[BuildMachine] | None = None
+    machine: Machine | None = None
+    booting: asyncio.Future[Machine] | None = None
     pumps: list[OutputPump] = field(default_factory=list)
     done: bool = False  # the artifact directory is the result: keep it
 

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from amber.builds.planning.steps import GitCloneOp
 from amber.isolation import IsolationError, confine
-from amber.vm.agent import AgentClient
+from amber.vm import AgentClient
 
 CLONE_TIMEOUT_SECS = 600.0
 MAX_TREE_BYTES = 2 * 1024**3

@@ -21,8 +21,7 @@ from pathlib import Path
 from amber.builds.pipeline.context import BuildContextFiles, GuestDir, GuestFile, copy_operations
 from amber.builds.pipeline.git_clone import GitCloneError, clone_on_host, display_command, unpack_in_guest
 from amber.builds.planning.steps import CopyOp, GitCloneOp, ShellOp, UserOp, WorkdirOp, resolve_workdir
-from amber.vm.agent import AgentClient, ExecResult
-from amber.vm.errors import AgentError
+from amber.vm import AgentClient, AgentError, ExecResult
 
 TAIL_LINES = 20
 TAIL_CHARS = 2000

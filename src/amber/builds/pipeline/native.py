@@ -28,7 +28,6 @@ from amber.builds.executor import BuildArtifact, BuildJob
 from amber.builds.pipeline.attempt import Attempt, Chain
 from amber.builds.pipeline.context import BuildContextFiles, ContextError
 from amber.builds.pipeline.events import BuildLog
-from amber.builds.pipeline.machine import VmBackend
 from amber.builds.pipeline.phases.base import prepare_base
 from amber.builds.pipeline.phases.finalize import finalize
 from amber.builds.pipeline.phases.steps import BOOT_WAIT_SECS, run_steps
@@ -36,6 +35,7 @@ from amber.builds.pipeline.runner import CachedRunner
 from amber.builds.pipeline.store import CacheStore, EntryHold
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import Emit, LogPhase
+from amber.vm import Driver
 
 
 class NativeExecutor:
@@ -46,7 +46,7 @@ class NativeExecutor:
     ``<data_dir>/builds/<build_id>`` (removed when the attempt ends).
     """
 
-    def __init__(self, *, data_dir: Path, vm: VmBackend, git_local_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, *, data_dir: Path, vm: Driver, git_local_roots: Sequence[Path] = ()) -> None:
         self.data_dir = data_dir
         self.git_local_roots = tuple(git_local_roots)  # AMBER_GIT_LOCAL_ROOTS: where git_clone may read paths
         self.cache = CacheStore(data_dir / "cache" / "build")

@@ -24,7 +24,7 @@ from amber.contract.status import ACTIVE_STATUSES
 from amber.settings import Settings
 from amber.store import builds as store_builds
 from amber.store.models import Build, utcnow
-from amber.vm.process import sweep_stale
+from amber.vm import sweep_stale
 
 _CACHE_KINDS = {k.value for k in CacheKind}
 _CACHE_STATUSES = {s.value for s in CacheStatus}

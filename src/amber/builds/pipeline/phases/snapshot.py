@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 from amber.builds.pipeline.attempt import Attempt
-from amber.builds.pipeline.machine import BuildMachine
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import LogPhase
+from amber.vm import Machine
 
 
-async def snapshot(attempt: Attempt, vm: BuildMachine, artifact_dir: Path) -> None:
+async def snapshot(attempt: Attempt, vm: Machine, artifact_dir: Path) -> None:
     for pump in attempt.pumps:
         await pump.close()
     attempt.pumps.clear()

@@ -16,13 +16,13 @@ import time
 from amber.builds.pipeline.attempt import Attempt, Chain
 from amber.builds.pipeline.events import OutputPump
 from amber.builds.pipeline.guest_ops import StepError, agent_user, run_shell
-from amber.builds.pipeline.machine import BuildMachine
 from amber.builds.pipeline.readiness import NotReady, describe, probe_once, wait_until_ready
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import LogPhase
+from amber.vm import Machine
 
 
-async def start_and_wait(attempt: Attempt, vm: BuildMachine, chain: Chain) -> None:
+async def start_and_wait(attempt: Attempt, vm: Machine, chain: Chain) -> None:
     """Launch the start command and wait until the probe passes (pumps go to ``attempt.pumps``)."""
     runtime = chain.runtime
     loop = asyncio.get_running_loop()
@@ -38,7 +38,7 @@ async def start_and_wait(attempt: Attempt, vm: BuildMachine, chain: Chain) -> No
                           phase=FailurePhase.READINESS, details={"command": runtime.start_cmd})  # fmt: skip
 
 
-async def _start(attempt: Attempt, vm: BuildMachine, chain: Chain, start_exit: asyncio.Future[str]) -> OutputPump:
+async def _start(attempt: Attempt, vm: Machine, chain: Chain, start_exit: asyncio.Future[str]) -> OutputPump:
     """Start the start command in the guest without waiting for it; its output is logged until the returned
     pump is closed (at the snapshot). ``start_exit`` is set if it fails (non-zero exit, signal) before the
     snapshot; a zero exit is allowed (daemons fork and return)."""
@@ -65,7 +65,7 @@ async def _start(attempt: Attempt, vm: BuildMachine, chain: Chain, start_exit: a
     return pump
 
 
-async def _wait_ready(attempt: Attempt, vm: BuildMachine, chain: Chain, start_exit: asyncio.Future[str]) -> None:
+async def _wait_ready(attempt: Attempt, vm: Machine, chain: Chain, start_exit: asyncio.Future[str]) -> None:
     runtime = chain.runtime
     readiness = runtime.readiness
     assert readiness is not None

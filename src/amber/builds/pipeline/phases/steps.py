@@ -3,7 +3,7 @@
 Each step is one ``CachedRunner`` entry (kind ``layer``, over the previous step's entry, or the base's). Cached
 steps are used without a VM; the first uncached one boots the build VM over the base disk and the cached layers
 (``boot``), with its writes going to a private overlay in the work directory. After a step's ops ran, the VM
-freezes that overlay (``checkpoint``) and continues on the next one; the frozen overlay is the step's layer and
+freezes that overlay (``checkpoint_disk``) and continues on the next one; the frozen overlay is the step's layer and
 is stored in the cache (hard link). Once the VM runs, later steps are not looked up: they build on this
 attempt's own layers. ``step_index``/``total_steps`` are on every entry of a step.
 """
@@ -18,13 +18,13 @@ from amber.builds.pipeline.attempt import Attempt, Chain
 from amber.builds.pipeline.context import BuildContextFiles
 from amber.builds.pipeline.events import OutputPump
 from amber.builds.pipeline.guest_ops import GuestState, StepError, apply_ops
-from amber.builds.pipeline.machine import BuildMachine, MachineSpec
 from amber.builds.pipeline.runner import Entry
 from amber.builds.pipeline.store import EntryHold
 from amber.builds.planning.runtime import step_state
 from amber.builds.planning.steps import StepPlan
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, LogPhase
+from amber.vm import DiskChain, Machine
 
 BOOT_WAIT_SECS = 180.0  # how long the cleanup waits for a boot in flight (longer than the VM driver's own timeout)
 
@@ -37,17 +37,20 @@ def overlay_path(attempt: Attempt, position: int) -> Path:
     return attempt.work_dir / f"step-{position + 1:03d}.qcow2"
 
 
-async def boot(attempt: Attempt, chain: Chain, overlay: Path) -> BuildMachine:
+async def boot(attempt: Attempt, chain: Chain, overlay: Path) -> Machine:
     """``vm_create``: boot the base and the cached layers, writing into ``overlay``."""
     vm = chain.plan.vm
     await attempt.log.info(LogPhase.VM_CREATE, f"booting the build VM: {vm.vcpus} vCPU, {vm.memory_mib} MiB, "
                                                f"network {'on' if vm.internet_access else 'off'}")  # fmt: skip
     started = time.monotonic()
-    spec = MachineSpec(chain=(*chain.base.chain, *attempt.layers), overlay=overlay, cpus=vm.vcpus,
-                       memory_mib=vm.memory_mib, network=vm.internet_access,
-                       zero_freed_memory=bool(chain.plan.build_envs))  # fmt: skip
+    layers = (*chain.base.chain, *attempt.layers)
+
+    def start() -> Machine:
+        return attempt.vm.boot(DiskChain.of(*layers), overlay=overlay, cpus=vm.vcpus, memory_mib=vm.memory_mib,
+                               internet=vm.internet_access, zero_freed_memory=bool(chain.plan.build_envs))
+
     # Shielded: if the build is cancelled mid-boot, the cleanup still gets the VM (and stops it).
-    attempt.booting = asyncio.ensure_future(asyncio.to_thread(attempt.vm.boot, spec))
+    attempt.booting = asyncio.ensure_future(asyncio.to_thread(start))
     try:
         attempt.machine = await asyncio.shield(attempt.booting)
     except Exception as exc:
@@ -56,7 +59,7 @@ async def boot(attempt: Attempt, chain: Chain, overlay: Path) -> BuildMachine:
     return attempt.machine
 
 
-async def machine(attempt: Attempt, chain: Chain) -> BuildMachine:
+async def machine(attempt: Attempt, chain: Chain) -> Machine:
     """The running build VM; booted over every layer when all steps were cached."""
     if attempt.machine is not None:
         return attempt.machine
@@ -91,7 +94,7 @@ async def run_steps(attempt: Attempt, chain: Chain, context: BuildContextFiles) 
 
 
 async def _run_step(
-    attempt: Attempt, chain: Chain, context: BuildContextFiles, vm: BuildMachine, step: StepPlan, state: GuestState,
+    attempt: Attempt, chain: Chain, context: BuildContextFiles, vm: Machine, step: StepPlan, state: GuestState,
     next_overlay: Path,
 ) -> None:  # fmt: skip
     """Run the step's ops, then freeze its overlay into a layer and continue on ``next_overlay``."""
@@ -110,6 +113,6 @@ async def _run_step(
                           details=exc.details) from None
     finally:
         await pump.close()
-    await asyncio.to_thread(vm.checkpoint, next_overlay)
+    await asyncio.to_thread(vm.checkpoint_disk, next_overlay)
     await log.info(LogPhase.STEP, f"step {step.index}/{total} done in {time.monotonic() - started:.2f} s",
                    step=step.index)  # fmt: skip

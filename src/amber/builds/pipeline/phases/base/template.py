@@ -23,8 +23,7 @@ from amber.builds.planning.digests import digest_json
 from amber.builds.planning.runtime import inherited_defaults
 from amber.contract.failures import BuildFailed, FailurePhase
 from amber.contract.logs import CacheKind, LogPhase
-from amber.vm.artifact import TemplateArtifact
-from amber.vm.errors import VMError
+from amber.vm import TemplateArtifact, VMError
 
 
 async def template_base(attempt: Attempt, decision: CacheDecision) -> BaseImage:

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amber.host import files, processes
-from amber.host.owners import process_start_time, read_owner, write_owner
+from amber.host.owners import read_owner, write_owner
 
 RUN_PREFIX = "vm-"
 OWNER_FILE = "owner.json"
 # A snapshot's staging directory next to its artifact: ``.<artifact>.tmp-<pid>-<run dir>`` (microvm.snapshot).
 _STAGING_RE = re.compile(r"\..+\.tmp-[0-9]+-(" + RUN_PREFIX + r"[0-9a-f]+)")
 
-__all__ = ["SweepReport", "create_run_dir", "kill_and_wait", "process_start_time", "spawn", "staging_name",
-           "sweep_snapshot_staging", "sweep_stale"]
+__all__ = ["SweepReport", "create_run_dir", "kill_and_wait", "spawn", "staging_name", "sweep_snapshot_staging",
+           "sweep_stale"]
 
 
 def spawn(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -19,95 +19,25 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from amber.guest.install import GuestImage, GuestMissing, load_guest
 from amber.isolation import IsolationError, confine
-from amber.settings import get_settings
-from amber.vm import host
 from amber.vm.agent import AgentClient, ExecResult, OutputCallback, RunningExec
+from amber.vm.artifact import TemplateArtifact, write_artifact
 from amber.vm.errors import AgentError, BootError, SnapshotError, VMError
-from amber.vm.machine import (
-    Accel,
-    DiskChain,
-    DiskFormat,
-    MachineDescription,
-    MachineFiles,
-    MemoryBackend,
-    kernel_cmdline,
-    qemu_argv,
-    virtual_size,
-)
-from amber.vm.process import create_run_dir, kill_and_wait, spawn, staging_name, sweep_stale
+from amber.vm.machine import DiskChain, DiskFormat, MachineDescription, MemoryBackend, virtual_size
 from amber.vm.protocol import SyncMode
-from amber.vm.qcow2 import write_overlay
-from amber.vm.qmp import QMPClient, QMPError
-
-if TYPE_CHECKING:
-    from amber.vm.artifact import TemplateArtifact
+from amber.vm.qemu import host
+from amber.vm.qemu.argv import MachineFiles, qemu_argv
+from amber.vm.qemu.process import kill_and_wait, spawn, staging_name
+from amber.vm.qemu.qcow2 import write_overlay
+from amber.vm.qemu.qmp import QMPClient, QMPError
 
 Progress = Callable[[str], None]
 
 MAX_BANDWIDTH = 100 << 30  # bytes/s: lifts QEMU's 128 MiB/s default, which also throttles migration to a file
-_swept: set[Path] = set()
-_sweep_lock = threading.Lock()
-
-
-def sweep_once(data_dir: Path) -> None:
-    """Run ``sweep_stale`` the first time this process touches ``data_dir``."""
-    with _sweep_lock:
-        if data_dir not in _swept:
-            sweep_stale(data_dir)
-            _swept.add(data_dir)
-
-
-def resolve_accel(accel: Accel | str | None) -> Accel:
-    """Explicit argument, else ``Settings.accel`` (AMBER_ACCEL), else KVM only with vmx/svm, else TCG."""
-    chosen = accel or get_settings().accel
-    if chosen:
-        try:
-            return Accel(chosen)
-        except ValueError:
-            raise VMError(f"accel must be 'kvm' or 'tcg', got {chosen!r}") from None
-    return host.detect_accel()
-
-
-def describe(
-    guest: GuestImage,
-    *,
-    cpus: int,
-    memory_mib: int,
-    network: bool,
-    memory_backend: MemoryBackend,
-    accel: Accel | str | None,
-    hostname: str | None = None,
-    zero_freed_memory: bool = False,
-) -> MachineDescription:
-    """The machine a boot on this host would get (reads host facts: accel, TSC, QEMU version). ``network``
-    is the NIC's presence (every new VM has one; artifacts from before may not)."""
-    if not 1 <= cpus <= 64:
-        raise VMError(f"cpus must be 1..64, got {cpus}")
-    if not 64 <= memory_mib <= 1 << 20:
-        raise VMError(f"memory_mib must be at least 64, got {memory_mib}")
-    chosen = resolve_accel(accel)
-    return MachineDescription(
-        qemu_version=host.qemu_version(),
-        accel=chosen,
-        cpu_model="max" if chosen == Accel.TCG else "host",
-        cpus=cpus,
-        memory_mib=memory_mib,
-        memory_backend=memory_backend,
-        network=network,
-        kernel_release=guest.kernel_release,
-        kernel_sha256=guest.vmlinux_sha256,
-        initramfs_sha256=guest.initramfs_sha256,
-        kernel_cmdline=kernel_cmdline(tsc_khz=host.tsc_khz(), lpj=host.lpj(), network=network, hostname=hostname,
-                                      zero_freed_memory=zero_freed_memory),
-    )
 
 
 def create_overlay(backing: Path, backing_format: DiskFormat, overlay: Path, size: int) -> None:
@@ -118,13 +48,6 @@ def create_overlay(backing: Path, backing_format: DiskFormat, overlay: Path, siz
         write_overlay(overlay, backing, str(backing_format), size)
     except (OSError, ValueError) as e:
         raise VMError(f"cannot create the disk overlay {overlay}: {e}") from None
-
-
-def load_guest_or_fail(data_dir: Path) -> GuestImage:
-    try:
-        return load_guest(data_dir)
-    except GuestMissing as e:
-        raise BootError(str(e)) from None
 
 
 def _tail(path: Path, limit: int = 3000) -> str:
@@ -188,7 +111,7 @@ class MicroVM:
         except BaseException as e:
             vm.close()
             if isinstance(e, VMError):
-                raise BootError(vm._failure(f"QEMU did not start: {e}")) from None
+                raise BootError(vm.failure(f"QEMU did not start: {e}")) from None
             raise
         return vm
 
@@ -224,10 +147,11 @@ class MicroVM:
             if ping:
                 self._agent.wait_ready(timeout, alive=self.alive)
         except VMError as e:
-            raise BootError(self._failure(f"the guest agent did not answer: {e}")) from None
+            raise BootError(self.failure(f"the guest agent did not answer: {e}")) from None
         return self._agent
 
-    def _failure(self, message: str) -> str:
+    def failure(self, message: str) -> str:
+        """``message`` with the tails of QEMU's log and the guest console: what a start or snapshot error says."""
         parts = [message]
         log = _tail(self.run_dir / "qemu.log", 1500)
         if log:
@@ -361,8 +285,6 @@ class MicroVM:
         stopped and its state captured (what it sent before is all it sent: see ``AgentClient.wait_drained``).
         On error the VM is closed and nothing is left at ``out_dir``.
         """
-        from amber.vm.artifact import write_artifact
-
         out_dir = out_dir.resolve()
         if out_dir.exists():
             raise SnapshotError(f"snapshot target {out_dir} already exists")
@@ -389,9 +311,10 @@ class MicroVM:
             except subprocess.TimeoutExpired:
                 kill_and_wait(self.process.pid)
             artifact = write_artifact(
-                staging, out_dir, description=self.description, files=self.files, chain=self.chain,
-                overlay=self.overlay, run_dir=self.run_dir, snapshot_seconds=snapshot_seconds, progress=progress,
-                known_sha256=self.known_sha256,
+                staging, out_dir, description=self.description, kernel=self.files.kernel,
+                initramfs=self.files.initramfs, memory_file=self.files.memory_file,
+                memory_shared=self.files.share_memory, chain=self.chain, overlay=self.overlay, run_dir=self.run_dir,
+                snapshot_seconds=snapshot_seconds, progress=progress, known_sha256=self.known_sha256,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -413,8 +336,6 @@ class MicroVM:
         guest is still stopped (as for ``snapshot``). On failure the VM runs on
         (``cont``) when it still can, nothing is left at ``out_dir`` and ``next_overlay`` is removed.
         """
-        from amber.vm.artifact import write_artifact
-
         if self.files.share_memory:
             raise SnapshotError("a live snapshot needs private guest memory (a restored VM)")
         out_dir, next_overlay = out_dir.resolve(), next_overlay.resolve()
@@ -449,7 +370,7 @@ class MicroVM:
                         if on_stopped is not None:
                             on_stopped()
                     except QMPError as e:
-                        raise SnapshotError(self._failure(f"live snapshot failed: {e}")) from None
+                        raise SnapshotError(self.failure(f"live snapshot failed: {e}")) from None
                     finally:
                         with contextlib.suppress(QMPError, VMError):
                             qmp.execute("cont")
@@ -461,8 +382,10 @@ class MicroVM:
                 raise
         try:
             artifact = write_artifact(
-                staging, out_dir, description=self.description, files=self.files, chain=chain, overlay=frozen,
-                run_dir=None, snapshot_seconds=paused, known_sha256=self.known_sha256)
+                staging, out_dir, description=self.description, kernel=self.files.kernel,
+                initramfs=self.files.initramfs, memory_file=self.files.memory_file,
+                memory_shared=self.files.share_memory, chain=chain, overlay=frozen, run_dir=None,
+                snapshot_seconds=paused, known_sha256=self.known_sha256)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -481,7 +404,7 @@ class MicroVM:
             qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
             wait_migration(qmp, "snapshot", 600)
         except QMPError as e:
-            raise SnapshotError(self._failure(f"snapshot failed: {e}")) from None
+            raise SnapshotError(self.failure(f"snapshot failed: {e}")) from None
 
 
 def wait_migration(qmp: QMPClient, what: str, timeout: float) -> None:
@@ -499,77 +422,3 @@ def wait_migration(qmp: QMPClient, what: str, timeout: float) -> None:
             raise QMPError(f"{what} migration still {status} after {timeout:.0f}s")
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
-
-
-def boot(
-    disk: DiskChain | Path,
-    *,
-    data_dir: Path,
-    cpus: int = 1,
-    memory_mib: int = 512,
-    internet: bool = False,
-    memory_backend: MemoryBackend = MemoryBackend.FILE,
-    accel: Accel | str | None = None,
-    overlay: Path | None = None,
-    hostname: str | None = None,
-    boot_timeout: float = 120.0,
-    nic: bool = True,
-    zero_freed_memory: bool = False,
-) -> MicroVM:
-    """Boot a microVM from ``disk`` (one image path, or a ``DiskChain``) and wait for its agent.
-
-    The chain is read-only; the guest writes to ``overlay`` (created fresh; it must not exist) or, by
-    default, to a private overlay in the run directory. Every VM has a user-mode NIC (guest 10.0.2.15,
-    gateway 10.0.2.2, DNS 10.0.2.3); ``internet`` is a runtime choice, not part of the machine: on, the
-    guest reaches the outside world only (never the host's loopback or addresses, nor other guests); off,
-    nothing at all (``amber.isolation``). ``nic=False`` leaves the NIC out (measurements and compatibility
-    tests only: the NIC's presence is part of the machine, so its snapshots can never have network).
-    ``zero_freed_memory``: the guest zeroes every page it frees (``init_on_free=1``), so values that commands
-    held (build-only envs) are not in a later snapshot's memory; costs zeroing all RAM once at boot.
-    ``accel`` overrides the choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else
-    "amber". Raises ``BootError`` (with the console tail) if the agent does not answer within
-    ``boot_timeout`` seconds, or if the host cannot isolate the network as asked; nothing is left behind
-    then.
-    """
-    data_dir = data_dir.resolve()
-    sweep_once(data_dir)
-    chain = disk if isinstance(disk, DiskChain) else DiskChain.of(disk)
-    for layer in chain.layers:
-        if not layer.path.is_file():
-            raise BootError(f"disk layer {layer.path} does not exist")
-    guest = load_guest_or_fail(data_dir)
-    try:
-        desc = describe(guest, cpus=cpus, memory_mib=memory_mib, network=nic, memory_backend=memory_backend,
-                        accel=accel, hostname=hostname, zero_freed_memory=zero_freed_memory)
-    except ValueError as e:
-        raise BootError(str(e)) from None
-    if overlay is not None:
-        overlay = overlay.resolve()
-        if overlay.exists():
-            raise BootError(f"overlay {overlay} already exists")
-    run_dir = create_run_dir(data_dir)
-    vm: MicroVM | None = None
-    try:
-        started = time.monotonic()
-        top = overlay or run_dir / "disk.qcow2"
-        create_overlay(chain.top.path, chain.top.format, top, virtual_size(chain.top))
-        files = MachineFiles(
-            kernel=guest.vmlinux, initramfs=guest.initramfs, chain=chain, overlay=top,
-            memory_file=run_dir / "memory.bin" if memory_backend == MemoryBackend.FILE else None,
-            share_memory=True,
-        )
-        vm = MicroVM.start(run_dir, desc, files, internet=internet)
-        vm.connect_agent(boot_timeout)
-        vm.boot_seconds = time.monotonic() - started
-        return vm
-    except BaseException:
-        if vm is not None:
-            vm.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if overlay is not None:
-            overlay.unlink(missing_ok=True)
-        raise
-
-
-def new_boot_id() -> str:
-    return str(uuid.uuid4())
