@@ -1,21 +1,31 @@
-"""Amber's microVM runtime: QEMU ``microvm`` VMs driven over QMP, a guest agent over virtio-serial,
-snapshots to template artifacts and lazy copy-on-write restores.
+"""Amber's microVM runtime: a VM driver protocol and its QEMU ``microvm`` implementation (QMP), a guest agent
+over virtio-serial, snapshots to template artifacts and lazy copy-on-write restores.
 
-Public API (everything else is internal):
+Everything outside ``amber.vm`` imports only what this module exports (an import-linter contract keeps every
+module under it private). Layout: ``driver`` (the ``Driver``/``Machine`` protocols, each method's preconditions
+and guarantees), ``agent``/``job``/``aio``/``protocol``/``files`` (the agent client), ``artifact`` (the artifact
+format), ``machine`` (``DiskChain``, ``MachineDescription``), ``qemu/`` (the implementation: ``QemuDriver``,
+``boot``/``restore`` on one start path, ``MicroVM``, QMP, run directories and sweeps).
 
+Public API:
+
+- ``Driver`` / ``Machine``: the protocols; ``QemuDriver(data_dir, accel=)`` is the ``Driver`` (``fingerprint``,
+  ``describe``, ``boot``, ``restore``) and ``MicroVM`` the ``Machine``
 - ``boot(disk, data_dir=…, cpus=, memory_mib=, internet=, memory_backend=, accel=, overlay=, hostname=,
   boot_timeout=)`` → ``MicroVM``
 - ``restore(artifact_dir, data_dir=…, [cpus=, memory_mib=, internet=, accel=, overlay=, hostname=,
   verify_checksums=, timeout=, first_request_id=, attach=])`` → ``MicroVM`` (clock set, RNG reseeded, new
   boot_id; ``attach`` keeps the frames of jobs started before the snapshot for ``vm.agent.attach(id)``)
 - ``MicroVM``: context manager; ``exec(...)`` → ``ExecResult``; ``agent`` (``AgentClient``);
-  ``checkpoint_disk(new_overlay)`` → ``DiskChain``; ``snapshot(out_dir)`` → ``TemplateArtifact``; ``close()``
+  ``checkpoint_disk(new_overlay)`` → ``DiskChain``; ``snapshot(out_dir)`` / ``live_snapshot(out_dir,
+  next_overlay)`` → ``TemplateArtifact``; ``close()``
 - ``AgentClient``: ``exec`` (blocking), ``start``/``relay``/``attach`` → ``Job`` (driven by the reader
   thread, no thread per command), ``set_env``; files ``stat``/``exists``/``list_dir``/``mkdir``/``remove``/
   ``rename``/``chmod``/``read_file_chunks``/``write_file_chunks`` (→ ``FileStat``; each optionally as a guest
   ``user``), ``write_file``/``read_file``; ``tcp_probe``, ``http_probe``, ``sync``, ``post_restore``, ``quiesce``
-- ``amber.vm.aio.AsyncJob``: the asyncio face of a ``Job`` (await start and exit, iterate output)
-- ``DiskChain.of(base, *layers)``, ``TemplateArtifact.load(dir)``, ``sweep_stale(data_dir)``,
+- ``AsyncJob``: the asyncio face of a ``Job`` (await start and exit, iterate output)
+- ``DiskChain.of(base, *layers)``, ``virtual_size(layer)``, ``TemplateArtifact.load(dir)`` (``checksums``,
+  ``manifest_sha256``, ``size_bytes``, ``verify``), ``resolve_accel(accel)``, ``sweep_stale(data_dir)``,
   ``sweep_snapshot_staging(directory, data_dir)``
 
 Guarantees and limits:

@@ -1,4 +1,5 @@
-"""A running QEMU microVM: boot from a disk chain, talk to its agent, checkpoint its disk, close it.
+"""A running QEMU microVM, the ``Machine`` of ``amber.vm.driver``: talk to its agent, checkpoint its disk, snapshot
+it, close it (started by ``amber.vm.qemu.driver``).
 
 Guarantees: a ``MicroVM`` is a context manager; on ``close()``, on an exception during boot, on SIGKILL
 of the owning process (parent-death signal) and at the next driver start after a crash (``sweep_stale``)
