@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from amber.builds.builtin import BuiltinError, ensure_builtin
+from amber.cli.progress import timed_progress
 
 
 def setup_base(
@@ -18,9 +19,7 @@ def setup_base(
     """Build (once) the builtin template nullspace/base under DATA_DIR/builtin/base; a second run does nothing.
     Rebuilt when its definition or the guest (kernel, agent, QEMU) changes. Needs `amber setup-guest` first."""
     started = time.monotonic()
-
-    def progress(message: str) -> None:
-        typer.echo(f"setup-base: {message} ({time.monotonic() - started:.1f}s)", err=True)
+    progress = timed_progress("setup-base: ")
 
     try:
         result = ensure_builtin(data_dir, progress=progress, rebuild=rebuild)

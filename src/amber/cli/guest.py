@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
 
+from amber.cli.progress import timed_progress
 from amber.guest.install import GuestSetupError, ensure_guest
 
 
@@ -14,10 +14,7 @@ def setup_guest(
     data_dir: Path = typer.Option(Path(".amber"), envvar="AMBER_DATA_DIR", help="Data directory."),
 ) -> None:
     """Build (once) the guest kernel, initramfs and agent under DATA_DIR/guest; a second run does nothing."""
-    started = time.monotonic()
-
-    def progress(message: str) -> None:
-        typer.echo(f"setup-guest: {message} ({time.monotonic() - started:.1f}s)", err=True)
+    progress = timed_progress("setup-guest: ")
 
     try:
         image, built = ensure_guest(data_dir, progress)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import typer
 
+from amber.cli.progress import timed_progress
 from amber.guest.install import GuestSetupError, ensure_guest
 from amber.settings import Settings, prepare_data_dir
 
@@ -49,10 +49,7 @@ def provision_guest(data_dir: Path) -> None:
     """Build the guest into ``data_dir`` once (what ``amber setup-guest`` does), before any build is accepted,
     with progress on the terminal; nothing to do when it is there. Exits 1 when it cannot be built: a server whose
     every build would fail is worse than none. (A process running no build workers needs no guest.)"""
-    started = time.monotonic()
-
-    def progress(message: str) -> None:
-        typer.echo(f"amber: guest: {message} ({time.monotonic() - started:.1f}s)", err=True)
+    progress = timed_progress("amber: guest: ")
 
     try:
         image, built = ensure_guest(data_dir, progress)
