@@ -280,8 +280,9 @@ class MicroVM:
         Sequence: guest sync → (``zeroes_freed_memory``: the agent port's receive buffers overwritten,
         ``AgentClient.scrub_transport``) → QMP stop →
         migrate device state (and, for the RAM backend, all memory) to ``state.bin`` with the bandwidth cap
-        lifted and ``x-ignore-shared`` for file-backed memory → quit → the memory file (zero blocks dug back
-        into holes) and the disk chain (layers hard-linked when possible, else copied) move into the artifact,
+        lifted and ``x-ignore-shared`` for file-backed memory → quit → the memory file (``zeroes_freed_memory``:
+        zero blocks dug back into holes) and the disk chain (layers hard-linked when possible, else copied) move
+        into the artifact,
         with ``machine.json`` and a checksummed ``manifest.json``. ``on_stopped`` runs while the guest is
         stopped and its state captured (what it sent before is all it sent: see ``AgentClient.wait_drained``).
         On error the VM is closed and nothing is left at ``out_dir``.
@@ -316,6 +317,7 @@ class MicroVM:
                 initramfs=self.files.initramfs, memory_file=self.files.memory_file,
                 memory_shared=self.files.share_memory, chain=self.chain, overlay=self.overlay, run_dir=self.run_dir,
                 snapshot_seconds=snapshot_seconds, progress=progress, known_sha256=self.known_sha256,
+                sparsify_memory=self.zeroes_freed_memory,
             )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
