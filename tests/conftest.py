@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.network import HostListener, OutsideWorld
 from tests.support.postgres import PostgresServer, running_postgres
 
 
@@ -24,3 +26,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'amber.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database(f"amber_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
+    """A network namespace standing for the internet (``tests.support.network``), removed afterwards."""
+    with OutsideWorld(tmp_path) as world:
+        yield world
+
+
+@pytest.fixture
+def host_listener() -> Iterator[HostListener]:
+    """Listeners on the host's loopback and other addresses that record every connection they get."""
+    with HostListener() as listener:
+        yield listener

@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from amber.buildkit.daemon import ManagedDockerd
 from amber.isolation import ensure_bridge
 from tests.buildkit.conftest import Images
 from tests.buildkit.test_build import Run, build
 from tests.support.network import HostListener, OutsideWorld, host_addresses
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
-    with OutsideWorld(tmp_path) as world:
-        yield world
-
-
-@pytest.fixture
-def host_listener() -> Iterator[HostListener]:
-    with HostListener() as listener:
-        yield listener
 
 
 def _probe_script(targets: list[str], port: int) -> str:

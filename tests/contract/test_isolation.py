@@ -15,7 +15,6 @@ import json
 import stat
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,6 @@ from tests.contract.conftest import Sdk, unique
 from tests.support.network import HostListener, OutsideWorld, host_addresses
 
 pytestmark = [pytest.mark.vm, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True, scope="module")]
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
-    with OutsideWorld(tmp_path) as world:
-        yield world
-
-
-@pytest.fixture
-def host_listener() -> Iterator[HostListener]:
-    with HostListener() as listener:
-        yield listener
 
 
 def client(sdk: Sdk) -> httpx.Client:

@@ -3,28 +3,13 @@ are unreachable; the outside world is reachable with internet and nothing at all
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from nullspace import Machine
 
 from tests.machines.conftest import Machines, run
-from tests.support.network import HostListener, OutsideWorld, host_addresses, outside_world
+from tests.support.network import HostListener, OutsideWorld, host_addresses
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture
-def host_listener() -> Iterator[HostListener]:
-    with HostListener() as listener:
-        yield listener
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
-    with outside_world(tmp_path) as world:
-        yield world
 
 
 def tcp(machine: Machine, address: str, port: int) -> str:

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,9 +208,3 @@ class OutsideWorld:
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@contextlib.contextmanager
-def outside_world(work: Path) -> Iterator[OutsideWorld]:
-    with OutsideWorld(work) as world:
-        yield world

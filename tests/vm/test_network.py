@@ -10,7 +10,6 @@ guest's busybox (``nc``, ``wget``, ``tftp``), and the listeners count what arriv
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ from amber.isolation import host_ruleset
 from amber.settings import get_settings
 from amber.vm import MicroVM, boot, restore
 from tests.support.network import HostListener, OutsideWorld, host_addresses
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Iterator[OutsideWorld]:
-    with OutsideWorld(tmp_path) as world:
-        yield world
-
-
-@pytest.fixture
-def host_listener() -> Iterator[HostListener]:
-    with HostListener() as listener:
-        yield listener
 
 
 def tcp(vm: MicroVM, address: str, port: int) -> str:
