@@ -68,6 +68,38 @@ def test_preview_url_serves_the_guest_page_in_a_browser(machines: Machines) -> N
             assert stolen.status_code == 404, "another machine's token opened this machine"
 
 
+def test_wait_for_preview_reports_whether_the_port_serves(machines: Machines) -> None:
+    """``wait_for_preview`` probes the guest port from inside the machine until it serves or the time is up;
+    not ready is an answer with the reason, a bad probe is a 400, another namespace gets 404."""
+    with Machine.create(template=machines.template, **machines.acme) as machine:
+        ready = machine.wait_for_preview(8080)
+        assert ready.ready and ready.service_ready and ready.route_ready and ready.attempts >= 1
+        assert (ready.machine_id, ready.port, ready.kind, ready.code) == (machine.id, 8080, "tcp", None)
+        page = machine.wait_for_preview(8080, kind="http", path="/")
+        assert page.ready and page.path == "/"
+        missing = machine.wait_for_preview(8080, kind="http", path="/no-such-page", timeout_secs=1, interval_ms=200)
+        assert not missing.ready and missing.route_ready and "404" in (missing.error or ""), missing
+
+        closed = machine.wait_for_preview(9090, timeout_secs=1, interval_ms=200)
+        assert not closed.ready and not closed.service_ready and closed.route_ready
+        assert closed.code == "preview_service_not_ready" and closed.attempts >= 2 and closed.suggested_action
+        assert 800 <= closed.elapsed_ms < 10_000, closed
+
+        start(machine, "sleep 2; exec httpd -f -p 9090 -h /tmp", shell=True)  # a service that comes up later
+        later = machine.wait_for_preview(9090, timeout_secs=30, interval_ms=200)
+        assert later.ready and later.attempts > 1, later
+
+        with httpx.Client(timeout=30) as http:
+            readiness = f"{machines.server.url}/v1/machines/{machine.id}/ports/8080/readiness"
+            for body, field in (({"kind": "udp"}, "kind"), ({"timeout_secs": 3600}, "timeout_secs"),
+                                ({"kind": "http", "path": "no-slash"}, "path")):
+                refused = http.post(readiness, json=body, headers={"Authorization": f"Bearer {machines.acme_key}"})
+                assert refused.status_code == 400 and field in refused.text, refused.text
+            other = http.post(f"{machines.server.url}/v1/machines/{machine.id}/ports/8080/readiness", json={},
+                              headers={"Authorization": f"Bearer {machines.other_key}"})
+            assert other.status_code == 404, other.text
+
+
 def test_another_namespace_sees_404_everywhere(machines: Machines) -> None:
     with Machine.create(template=machines.template, **machines.acme) as machine:
         machine.files.write("/workspace/private.txt", "acme only")

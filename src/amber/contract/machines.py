@@ -131,6 +131,16 @@ class SendStdinRequest(OpenModel):
     data: str
 
 
+class PreviewReadinessRequest(OpenModel):
+    """``POST /v1/machines/{id}/ports/{port}/readiness``: wait up to ``timeout_secs`` for the port to accept a TCP
+    connection (``tcp``) or answer ``path`` with a status below 400 (``http``), trying every ``interval_ms``."""
+
+    kind: Literal["tcp", "http"] = "tcp"
+    path: str = Field(default="/", pattern=r"^/[^\s]*$", max_length=2048)
+    timeout_secs: int = Field(default=30, ge=0, le=300)
+    interval_ms: int = Field(default=500, ge=50, le=60_000)
+
+
 def parse_model(model: type[M], data: Any, what: str) -> M:
     """``data`` (decoded JSON) as ``model``, or ``InvalidRequest`` naming the first bad field."""
     if not isinstance(data, dict):

@@ -15,9 +15,10 @@ from amber.api.deps import current_caller, machine_manager
 from amber.api.metadata_filter import parse_metadata_filter
 from amber.api.preview import host_info, preview_url
 from amber.contract.errors import InvalidRequest
-from amber.contract.machines import MachineStatus, SendStdinRequest, parse_model
+from amber.contract.machines import MachineStatus, PreviewReadinessRequest, SendStdinRequest, parse_model
 from amber.machines import commands
 from amber.machines.manager import MachineManager
+from amber.machines.port_readiness import port_readiness
 from amber.store.keys import Caller
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
@@ -189,6 +190,17 @@ async def get_host(
     port = _port(body.get("port"))
     await manager.get(caller, machine_id)  # 404 for another namespace's machine
     return JSONResponse(host_info(manager, request, machine_id, port))
+
+
+@router.post("/{machine_id}/ports/{port}/readiness", openapi_extra=json_body_openapi("PreviewReadinessRequest"))
+async def check_preview_readiness(
+    machine_id: str, port: int, request: Request, caller: Caller = Depends(current_caller),
+    manager: MachineManager = Depends(machine_manager),
+) -> JSONResponse:
+    body = await read_json(request, required=False)
+    probe = parse_model(PreviewReadinessRequest, {} if body is None else body, "the readiness request")
+    live = await manager.live_for(caller, machine_id)
+    return JSONResponse(await port_readiness(live, _port(port), probe))
 
 
 @router.get("/{machine_id}/ports/{port}/preview-url")
