@@ -67,3 +67,8 @@ def test_families_this_server_does_not_offer_are_501(machines: Machines) -> None
                 answer = http.request(method, path, json={})
                 assert answer.status_code == 501 and answer.json()["code"] == "not_implemented", (path, answer.text)
             assert http.get("/v1/machines/mch_0000/pty").status_code == 404
+            snapshot = machine.create_snapshot()
+            answer = http.get(f"/v1/snapshots/{snapshot.id}/lifecycle")
+            assert answer.status_code == 501 and answer.json()["code"] == "not_implemented", answer.text
+            assert http.get("/v1/snapshots/snap_0000/lifecycle").status_code == 404
+            assert http.delete(f"/v1/snapshots/{snapshot.id}").status_code == 204

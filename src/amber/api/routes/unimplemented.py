@@ -8,10 +8,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, WebSocket
 from fastapi.responses import JSONResponse
 
-from amber.api.deps import current_caller, machine_manager
+from amber.api.deps import current_caller, machine_manager, machine_snapshots
 from amber.api.errors import error_body
 from amber.machines.errors import NotImplementedProblem
 from amber.machines.manager import MachineManager
+from amber.machines.snapshots import Snapshots
 from amber.store.ids import request_id
 from amber.store.keys import Caller
 
@@ -64,6 +65,16 @@ def _machine_route(path: str, what: str) -> None:
         router.add_api_route(path + suffix, refuse, methods=ALL, include_in_schema=False)
 
 
+def _snapshot_route(path: str, what: str) -> None:
+    async def refuse(snapshot_id: str, caller: Caller = Depends(current_caller),
+                     snapshots: Snapshots = Depends(machine_snapshots)) -> None:
+        await snapshots.get(caller, snapshot_id)
+        raise NotImplementedProblem(f"{what} is not available on this server")
+
+    for suffix in ("", "/{rest:path}"):
+        router.add_api_route(path + suffix, refuse, methods=ALL, include_in_schema=False)
+
+
 def _top_route(path: str, what: str) -> None:
     async def refuse(caller: Caller = Depends(current_caller)) -> None:
         raise NotImplementedProblem(f"{what} is not available on this server")
@@ -86,6 +97,7 @@ for _family, _what in FILE_FAMILIES.items():
     _machine_route(f"/v1/machines/{{machine_id}}/files/{_family}", _what)
 for _family, _what in PORT_FAMILIES.items():
     _machine_route(f"/v1/machines/{{machine_id}}/ports/{{port}}/{_family}", _what)
+_snapshot_route("/v1/snapshots/{snapshot_id}/lifecycle", "lifecycle events")
 for _family, _what in TOP_LEVEL.items():
     _top_route(f"/v1/{_family}", _what)
 for _path, _what in (("/v1/lifecycle/ws", "lifecycle events"), ("/v1/monitor/ws", "the monitor stream"),
