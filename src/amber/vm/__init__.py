@@ -30,6 +30,8 @@ Public API:
 
 Guarantees and limits:
 
+- A fresh guest that hangs while booting (QEMU runs, its agent never answers: seen rarely under TCG, early in
+  the kernel) is booted once more before ``boot`` raises ``GuestHung`` (a ``BootError``).
 - No stray processes: QEMU dies with its owner (parent-death signal) and on ``close``/errors; the first VM
   call of a process in a data directory sweeps run directories whose owner died (``sweep_stale``); a snapshot
   interrupted by its owner's death leaves a staging directory only until ``sweep_snapshot_staging``.
@@ -62,6 +64,7 @@ from amber.vm.errors import (
     AgentTimeout,
     ArtifactError,
     BootError,
+    GuestHung,
     MachineMismatch,
     SnapshotError,
     VMError,
@@ -95,6 +98,7 @@ __all__ = [
     "FileInfo",
     "FileStat",
     "FileType",
+    "GuestHung",
     "Job",
     "Machine",
     "MachineDescription",

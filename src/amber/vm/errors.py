@@ -11,6 +11,11 @@ class BootError(VMError):
     """QEMU did not start or the guest agent never answered; carries the tail of the serial console."""
 
 
+class GuestHung(BootError):
+    """QEMU kept running but the freshly booted guest's agent never answered: the guest hung while booting
+    (seen rarely under TCG, early in the kernel). ``boot`` tries once more before raising it."""
+
+
 class AgentError(VMError):
     """The guest agent refused or failed a request (bad path, unknown user, exec failure…)."""
 

@@ -11,6 +11,7 @@ directory and accelerator choice to these functions for callers that take a ``Dr
 from __future__ import annotations
 
 import hashlib
+import logging
 import shlex
 import shutil
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 from amber.guest.install import GuestImage, GuestMissing, load_guest
 from amber.settings import get_settings
 from amber.vm.artifact import TemplateArtifact
-from amber.vm.errors import BootError, MachineMismatch, VMError
+from amber.vm.errors import BootError, GuestHung, MachineMismatch, VMError
 from amber.vm.machine import Accel, DiskChain, MachineDescription, MemoryBackend, virtual_size
 from amber.vm.qemu import host
 from amber.vm.qemu.argv import MachineFiles, kernel_cmdline
@@ -33,6 +34,8 @@ from amber.vm.qemu.qmp import QMPError
 
 _swept: set[Path] = set()
 _sweep_lock = threading.Lock()
+
+log = logging.getLogger("amber.vm")
 
 
 def sweep_once(data_dir: Path) -> None:
@@ -125,9 +128,10 @@ def boot(
     ``zero_freed_memory``: the guest zeroes every page it frees (``init_on_free=1``), so values that commands
     held (build-only envs) are not in a later snapshot's memory; costs zeroing all RAM once at boot.
     ``accel`` overrides the choice of KVM/TCG. ``hostname`` defaults to the image's /etc/hostname, else
-    "amber". Raises ``BootError`` (with the console tail) if the agent does not answer within
-    ``boot_timeout`` seconds, or if the host cannot isolate the network as asked; nothing is left behind
-    then.
+    "amber". A guest that hangs while booting (``GuestHung``: QEMU runs, the agent never answers) is booted
+    once more. Raises ``BootError`` (with the console tail) if the agent does not answer within
+    ``boot_timeout`` seconds (twice, for a hung guest), or if the host cannot isolate the network as asked;
+    nothing is left behind then.
     """
     data_dir = data_dir.resolve()
     sweep_once(data_dir)
@@ -141,6 +145,11 @@ def boot(
                         accel=accel, hostname=hostname, zero_freed_memory=zero_freed_memory)
     except ValueError as e:
         raise BootError(str(e)) from None
+    try:
+        return _start(data_dir, desc, kernel=guest.vmlinux, initramfs=guest.initramfs, chain=chain,
+                      overlay=overlay, internet=internet, timeout=boot_timeout, incoming=None)
+    except GuestHung as hung:  # nothing of the first attempt is left (_start cleans up): boot afresh, once
+        log.warning("a guest hung while booting; booting it once more: %s", str(hung).splitlines()[0])
     return _start(data_dir, desc, kernel=guest.vmlinux, initramfs=guest.initramfs, chain=chain, overlay=overlay,
                   internet=internet, timeout=boot_timeout, incoming=None)
 

@@ -27,7 +27,7 @@ from types import TracebackType
 from amber.isolation import IsolationError, confine
 from amber.vm.agent import AgentClient, ExecResult, OutputCallback, RunningExec
 from amber.vm.artifact import TemplateArtifact, write_artifact
-from amber.vm.errors import AgentError, BootError, SnapshotError, VMError
+from amber.vm.errors import AgentError, AgentTimeout, BootError, GuestHung, SnapshotError, VMError
 from amber.vm.machine import DiskChain, DiskFormat, MachineDescription, MemoryBackend, virtual_size
 from amber.vm.protocol import SyncMode
 from amber.vm.qemu import host
@@ -148,7 +148,8 @@ class MicroVM:
             if ping:
                 self._agent.wait_ready(timeout, alive=self.alive)
         except VMError as e:
-            raise BootError(self.failure(f"the guest agent did not answer: {e}")) from None
+            error = GuestHung if ping and isinstance(e, AgentTimeout) and self.alive() else BootError
+            raise error(self.failure(f"the guest agent did not answer: {e}")) from None
         return self._agent
 
     def failure(self, message: str) -> str:
